@@ -1,0 +1,127 @@
+"""The export folder that inference loads: config.json + model.safetensors + README.md.
+
+Loading needs torch and safetensors only; there is no pickle anywhere in the folder. Training
+checkpoints (Lightning .ckpt) are never what inference loads: `export` turns one into this.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.schema import SCHEMA_VERSION
+
+EXPORT_FORMAT = "relevance-predictor"
+EXPORT_VERSION = 1
+CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
+
+
+def save_predictor(
+    model: RelevancePredictor,
+    path: str | os.PathLike,
+    trained_on: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write the export folder atomically (a temp folder renamed into place); returns its path.
+
+    trained_on: what the shards were (model id, adapter, explainer, modality, sample counts, N_v range)
+    metrics: validation metrics at export time; training: the recipe (target keep, epochs, ...)
+    """
+    path = Path(path)
+    config = {
+        "format": EXPORT_FORMAT,
+        "export_version": EXPORT_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "predictor": model.config.to_dict(),
+        "trained_on": trained_on or {},
+        "training": training or {},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / CARD_NAME).write_text(model_card(config))
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            _rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        _rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RelevancePredictor:
+    """Rebuild an exported predictor (eval mode) from its folder."""
+    path = Path(path)
+    cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not cfg_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a predictor export (expected {CONFIG_NAME} and {WEIGHTS_NAME}); "
+            "create one with: python train.py export_dir=<dir>, or python train.py export_from=<run.ckpt>"
+        )
+    config = read_export_config(path)
+    model = RelevancePredictor(PredictorConfig.from_dict(config["predictor"]))
+    model.load_state_dict(load_file(str(weights), device=str(map_location)))
+    return model.eval()
+
+
+def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
+    config = json.loads((Path(path) / CONFIG_NAME).read_text())
+    if config.get("format") != EXPORT_FORMAT or config.get("export_version") != EXPORT_VERSION:
+        raise ValueError(
+            f"{path}/{CONFIG_NAME}: expected format {EXPORT_FORMAT!r} version {EXPORT_VERSION}, found "
+            f"{config.get('format')!r} version {config.get('export_version')!r}; re-export it with this version"
+        )
+    return config
+
+
+def model_card(config: dict[str, Any]) -> str:
+    p, t, m = config["predictor"], config["trained_on"], config["metrics"]
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(m.items())) or "| (none recorded) | |"
+    trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items())) or "- (not recorded)"
+    return f"""---
+library_name: relevance-predictor
+tags: [token-pruning, multimodal, visual-token-compression]
+---
+# Visual-token relevance predictor
+
+Scores the visual tokens of a multimodal LLM from its first layer's attention, so that the
+least relevant tokens can be dropped before the LLM runs (Lei et al., arXiv 2506.01097).
+It is specific to the MLLM and modality it was trained on (below): do not use it with another.
+
+## Architecture
+`{p['arch']}`, widths {p['widths']}, kernel {p['kernel_size']}, norm `{p['norm']}`, inputs {p['inputs']}.
+
+## Trained on
+{trained}
+
+## Validation metrics
+| metric | value |
+|---|---|
+{rows}
+
+## Use
+```python
+from predictor import load_predictor
+model = load_predictor("path/to/this/folder")   # torch + safetensors only
+```
+See the project README for pruned generation with `predictor.runtime`.
+"""
