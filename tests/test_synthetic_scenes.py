@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+
+from data_gen import scenes
+from data_gen.sources import SOURCES, get_source
+from data_gen.sources.synthetic_scenes import SyntheticScenes
+
+
+def test_registered():
+    assert get_source("synthetic_scenes") is SyntheticScenes
+    assert "synthetic_scenes" in SOURCES
+
+
+def test_deterministic_and_independent_of_order():
+    a = SyntheticScenes(num_items=20, seed=3, sizes=[[224, 224], [224, 448]])
+    b = SyntheticScenes(num_items=20, seed=3, sizes=[[224, 224], [224, 448]])
+    for i in (7, 0, 19, 7):  # any order, any repetition: item i depends only on (seed, split, i)
+        x, y = a[i], b[i]
+        assert (x.id, x.instruction, x.answer, x.extra) == (y.id, y.instruction, y.answer, y.extra)
+        assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
+    other_seed = SyntheticScenes(num_items=20, seed=4, sizes=[[224, 224], [224, 448]])
+    assert any(np.asarray(a[i].image).shape != np.asarray(other_seed[i].image).shape
+               or not np.array_equal(np.asarray(a[i].image), np.asarray(other_seed[i].image)) for i in range(5))
+
+
+def test_splits_are_disjoint_streams():
+    train = SyntheticScenes(num_items=5, split="train")
+    held = SyntheticScenes(num_items=5, split="heldout")
+    for i in range(5):
+        assert train[i].id != held[i].id
+        assert not np.array_equal(np.asarray(train[i].image), np.asarray(held[i].image))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (224, 448), (336, 168)])
+def test_ground_truth_matches_drawn_pixels(size):
+    """Recompute each item's relevance from the pixels of the target's exact fill colour."""
+    source = SyntheticScenes(num_items=12, seed=1, sizes=[size])
+    for i in range(len(source)):
+        item = source[i]
+        img = np.asarray(item.image)
+        assert img.shape == (*size, 3)
+        t, h, w = item.extra["grid"]
+        assert (t, h, w) == (1, size[0] // 28, size[1] // 28)
+        target = item.extra["objects"][item.extra["target"]]
+        mask = np.all(img == np.asarray(target["fill"], dtype=np.uint8), axis=-1)
+        assert mask.sum() > 100, "the target must be visible"
+        counts = mask.reshape(h, 28, w, 28).sum(axis=(1, 3)).reshape(-1)
+        rel = np.asarray(item.extra["gt_relevance"])
+        assert rel.shape == (h * w,)
+        np.testing.assert_allclose(rel, counts / counts.sum(), atol=2e-6)
+        # the answer is a property of that object, and the question names it uniquely
+        q = item.instruction
+        if item.extra["question_type"] == "shape":
+            assert item.answer == target["shape"] and target["colour"] in q
+            assert sum(o["colour"] in q for o in item.extra["objects"]) == 1
+        else:
+            assert item.answer == target["colour"] and target["shape"] in q
+            assert sum(o["shape"] in q for o in item.extra["objects"]) == 1
+        json.dumps(item.extra)  # goes into shard metadata
+
+
+def test_token_labels_follow_the_objects():
+    source = SyntheticScenes(num_items=4, seed=2)
+    for i in range(4):
+        s = source.scene(i)
+        colour, shape = scenes.token_labels(s)
+        img = np.asarray(s.image)
+        for k, obj in enumerate(s.objects):
+            cid = list(scenes.COLOURS).index(obj.colour) + 1
+            mask = np.all(img == np.asarray(obj.fill, dtype=np.uint8), axis=-1)
+            share = mask.reshape(8, 28, 8, 28).sum(axis=(1, 3)).reshape(-1) / 28 ** 2
+            assert colour[share.argmax()] == cid  # the token most covered by an object carries its label
+            assert shape[share.argmax()] == scenes.SHAPES.index(obj.shape) + 1
+        assert (colour == 0).sum() > len(colour) // 2  # most tokens are background
+
+
+def test_bad_config_says_what_to_do():
+    with pytest.raises(ValueError, match="multiples of 28"):
+        SyntheticScenes(sizes=[[230, 224]])
+    with pytest.raises(ValueError, match="split"):
+        SyntheticScenes(split="validation")
+    with pytest.raises(ValueError, match="question type"):
+        SyntheticScenes(question_types=["count"])[0]
+    with pytest.raises(IndexError):
+        SyntheticScenes(num_items=2)[2]
