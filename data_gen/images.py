@@ -1,0 +1,71 @@
+"""Image loading with a pixel cap, and thumbnails for figures.
+
+Everything that can go wrong with an image file raises `ImageError` with a short reason, so that the
+generation loop can skip the item and record why (a bad file never stops a run).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Any
+
+from PIL import Image
+
+
+class ImageError(ValueError):
+    """An item's image cannot be used. `reason` is the short tag counted in the run summary."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+def load_image(image: Any, root: str | None = None) -> Image.Image:
+    """A path (relative to `root` if given), raw bytes, a {"bytes"|"path": ...} dict (HF datasets)
+    or a PIL image -> fully decoded RGB PIL image."""
+    if isinstance(image, dict):  # datasets' Image feature without decoding
+        image = image.get("bytes") or image.get("path")
+    if image is None:
+        raise ImageError("missing_image", "the item has no image")
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, (bytes, bytearray)):
+        img = _open(io.BytesIO(image), "<bytes>")
+    elif isinstance(image, (str, os.PathLike)):
+        path = os.path.join(root, image) if root and not os.path.isabs(image) else str(image)
+        if not os.path.isfile(path):
+            raise ImageError("missing_image", f"no file {path}")
+        img = _open(path, path)
+    else:
+        raise ImageError("unreadable_image", f"unsupported image value of type {type(image).__name__}")
+    try:
+        img.load()  # decode now: truncated files fail here, not inside the processor
+        return img.convert("RGB")
+    except Exception as e:
+        raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from e
+
+
+def _open(fp: Any, name: str) -> Image.Image:
+    try:
+        return Image.open(fp)
+    except Exception as e:
+        raise ImageError("unreadable_image", f"{name}: {type(e).__name__}: {e}") from e
+
+
+def cap_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Downscale (keeping the aspect ratio) so that width * height <= max_pixels; None: no cap."""
+    if not max_pixels or img.width * img.height <= max_pixels:
+        return img
+    scale = math.sqrt(max_pixels / (img.width * img.height))
+    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def thumbnail_png(img: Image.Image, max_side: int = 96) -> bytes:
+    """Small PNG of the image (longest side `max_side`) for figures."""
+    thumb = img.copy()
+    thumb.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

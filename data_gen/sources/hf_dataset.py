@@ -1,0 +1,58 @@
+"""`hf_dataset`: a dataset saved locally with `datasets`' `save_to_disk` (never downloaded here).
+
+Column names are config. An image column of the `Image` feature is read undecoded, so a broken
+image fails inside the per-item handling (skipped with its reason) instead of while indexing; a
+string column is taken as a path relative to `image_root`. A list-valued answer column (VQA
+datasets with several answers) uses its first answer. Ids come from `id_column`, or are
+`<folder name>-<index>` (stable for the same saved dataset).
+"""
+from __future__ import annotations
+
+import os
+
+from data_gen.sources.base import SOURCES, Item, Source
+
+
+@SOURCES.register("hf_dataset")
+class HFDatasetSource(Source):
+    def __init__(self, path: str, split: str | None = "train", image_column: str = "image",
+                 instruction_column: str = "question", answer_column: str = "answer",
+                 id_column: str | None = None, image_root: str | None = None):
+        try:
+            import datasets  # heavy and optional: only this source needs it
+        except ImportError as e:
+            raise ImportError("source=hf_dataset needs the `datasets` package: pip install datasets "
+                              "(or pip install -e '.[data_gen]')") from e
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"hf_dataset source: no folder {path!r}; set source.path to a folder "
+                                    f"written by datasets' save_to_disk")
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise KeyError(f"hf_dataset {path}: no split {split!r}; available: {list(ds)} (set source.split=...)")
+            ds = ds[split]
+        missing = [c for c in (image_column, instruction_column, answer_column, id_column)
+                   if c is not None and c not in ds.column_names]
+        if missing:
+            raise KeyError(f"hf_dataset {path}: no column(s) {missing}; columns: {ds.column_names} "
+                           f"(set source.image_column / instruction_column / answer_column / id_column)")
+        if isinstance(ds.features[image_column], datasets.Image):
+            ds = ds.cast_column(image_column, datasets.Image(decode=False))
+        self.ds, self.path, self.image_root = ds, path, image_root
+        self.columns = (image_column, instruction_column, answer_column, id_column)
+        self.name = os.path.basename(os.path.normpath(path))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Item:
+        image_c, instr_c, answer_c, id_c = self.columns
+        row = self.ds[i]
+        image = row[image_c]
+        if isinstance(image, str) and self.image_root and not os.path.isabs(image):
+            image = os.path.join(self.image_root, image)
+        answer = row[answer_c]
+        if isinstance(answer, (list, tuple)):
+            answer = answer[0] if answer else ""
+        item_id = str(row[id_c]) if id_c is not None else f"{self.name}-{i}"
+        return Item(id=item_id, instruction=str(row[instr_c] or ""), answer=str(answer), image=image)
