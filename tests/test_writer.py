@@ -1,0 +1,85 @@
+import json
+import os
+
+import pytest
+import torch
+import webdataset as wds
+
+from data_gen.writer import ShardWriter, read_manifests, safe_key, tar_keys
+from predictor.schema import SampleError, Sample, decode, make_meta
+
+
+def _sample(key, n_v=6):
+    meta = make_meta(model_id="m", adapter="fake", explainer="gae", modality="image", grid=[1, 2, n_v // 2],
+                     instruction="q", reference_answer="a", generated_answer="a", correct=True, answer_tokens=1)
+    return Sample(key=key, attn=torch.full((n_v,), 1.0 / n_v), relevance=torch.arange(n_v).float(), meta=meta,
+                  extra={"gt_rel.npy": b"\x93NUMPY"})
+
+
+def _read(out):
+    urls = sorted(str(p) for p in __import__("pathlib").Path(out).glob("*.tar"))
+    return [decode(raw) for raw in wds.WebDataset(urls, shardshuffle=False)] if urls else []
+
+
+def test_shards_are_atomic_and_readable(tmp_path):
+    out = str(tmp_path / "out")
+    w = ShardWriter(out, rank=3, shard_size=2)
+    for k in "abc":
+        w.write(_sample(k))
+    # two shards so far: one complete (renamed), one open under its temporary name
+    assert sorted(os.listdir(out)) == ["manifest-r00003.jsonl", "shard-r00003-000000.tar", "shard-r00003-000001.tar.tmp"]
+    assert set(read_manifests(out)) == {"a", "b"}  # c is not finished until its shard is
+    w.skip("d", "missing_image", "no file x.png")
+    w.close()
+    assert sorted(os.listdir(out)) == ["manifest-r00003.jsonl", "shard-r00003-000000.tar", "shard-r00003-000001.tar"]
+    samples = _read(out)
+    assert [s.key for s in samples] == ["a", "b", "c"]
+    assert samples[0].extra == {"gt_rel.npy": b"\x93NUMPY"} and samples[2].relevance.tolist() == list(range(6))
+    done = read_manifests(out)
+    assert done["c"] == {"key": "c", "status": "written", "shard": "shard-r00003-000001.tar"}
+    assert done["d"]["status"] == "skipped" and done["d"]["reason"] == "missing_image"
+
+
+def test_invalid_sample_is_refused_before_writing(tmp_path):
+    w = ShardWriter(str(tmp_path), shard_size=10)
+    bad = _sample("x")
+    bad.relevance[0] = float("nan")
+    with pytest.raises(SampleError, match="finite"):
+        w.write(bad)
+    w.write(_sample("y"))
+    w.close()
+    assert [s.key for s in _read(tmp_path)] == ["y"]
+
+
+def test_recovery_after_crash(tmp_path):
+    out = str(tmp_path)
+    w = ShardWriter(out, shard_size=2)
+    for k in "abc":
+        w.write(_sample(k))
+    w._manifest.write('{"key": "torn')  # a line cut by SIGKILL
+    w._manifest.flush()
+    del w  # crash: temp shard with c stays behind
+    # and a complete shard whose manifest lines were lost (crash between rename and manifest append)
+    w2 = ShardWriter(out, shard_size=2)
+    for k in "ef":
+        w2.write(_sample(k))
+    with open(w2.manifest_path, "rb+") as f:  # drop the lines of e, f
+        lines = f.read().splitlines(keepends=True)
+        f.seek(0), f.truncate(), f.write(b"".join(l for l in lines if b'"e"' not in l and b'"f"' not in l))
+    del w2
+    w3 = ShardWriter(out, shard_size=2)
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    assert set(w3.done) == {"a", "b", "e", "f"}  # c redone, e and f recovered from their shard
+    w3.write(_sample("c"))
+    w3.close()
+    assert sorted(s.key for s in _read(out)) == ["a", "b", "c", "e", "f"]
+    with open(w3.manifest_path) as f:
+        assert all(json.loads(line) for line in f)  # the torn line was cut, every line parses
+    assert tar_keys(os.path.join(out, "shard-r00000-000002.tar")) == ["c"]
+
+
+def test_safe_key():
+    assert safe_key("abc-12_x") == "abc-12_x"
+    k1, k2 = safe_key("coco/000.jpg"), safe_key("coco_000_jpg")
+    assert "." not in k1 and "/" not in k1 and k1 != k2
+    assert safe_key("a.b") == safe_key("a.b") != safe_key("a/b")
