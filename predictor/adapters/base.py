@@ -99,3 +99,78 @@ class Adapter(ABC):
     @abstractmethod
     def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(1, S[+T], D) input embeddings with the visual features merged in."""
+
+    # ---- pruned inference (predictor.runtime). Llama-style defaults; a family overrides
+    # `language_model` and `position_ids`, and whatever else differs. ----
+
+    def language_model(self) -> torch.nn.Module:
+        """The decoder stack: `.layers[0].input_layernorm`, `.layers[0].self_attn.{q,k}_proj`, `.rotary_emb`."""
+        raise NotImplementedError(f"adapter {self.name!r} does not expose its language model for pruned inference")
+
+    def position_ids(self, prepared: Prepared) -> torch.Tensor:
+        """Rotary position ids of the prompt, in the shape the model's forward takes:
+        (1, S) for 1-D RoPE, (3, 1, S) for Qwen2-VL's M-RoPE. Sequence is always the last dim."""
+        raise NotImplementedError(f"adapter {self.name!r} does not provide position ids for pruned inference")
+
+    def layer0_qk(self, embeds: torch.Tensor, position_ids: torch.Tensor,
+                  query_positions: torch.Tensor, key_len: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Layer-0 queries of `query_positions` and keys of positions [0, key_len), rotary applied,
+        key heads repeated for grouped-query attention, in fp32 (bf16 q.k overflows in Qwen2 models).
+
+        embeds: (1, S, D); position_ids as returned by `position_ids`.
+        Returns q (H, N_q, d), k (H, key_len, d) and the softmax scale.
+        Only what layer 0 needs for these rows and columns is computed: no values, no S x S scores.
+        """
+        lm = self.language_model()
+        layer, attn = lm.layers[0], lm.layers[0].self_attn
+        h = embeds[:, :key_len]
+        x = layer.input_layernorm(h)  # (1, K, D)
+        pos = position_ids[..., :key_len]
+        cos, sin = lm.rotary_emb(h, pos)  # (1, K, d) each, M-RoPE sections already interleaved
+        cos, sin = cos[0].float(), sin[0].float()
+        n_heads = attn.config.num_attention_heads
+        head_dim = getattr(attn, "head_dim", attn.config.hidden_size // n_heads)
+        q = attn.q_proj(x[0, query_positions]).float().view(-1, n_heads, head_dim).transpose(0, 1)
+        k = attn.k_proj(x[0]).float().view(key_len, -1, head_dim).transpose(0, 1)  # (H_kv, K, d)
+        q = q * cos[query_positions] + _rotate_half(q) * sin[query_positions]
+        k = k * cos + _rotate_half(k) * sin
+        k = k.repeat_interleave(n_heads // k.shape[0], dim=0)  # head h reads kv head h // n_rep (repeat_kv)
+        scale = float(getattr(attn, "scaling", head_dim ** -0.5))
+        return q, k, scale
+
+    def generate_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             position_ids: torch.Tensor, max_new_tokens: int = 32) -> list[torch.Tensor]:
+        """Greedy answers from (possibly pruned, left-padded) prompt embeddings with explicit positions.
+
+        embeds (B, S, D), attention_mask (B, S) with 0 on left padding, position_ids as from
+        `position_ids` with batch B. Runs the model's own attention (whatever it was loaded with).
+        Returns B answer id tensors (T_b,) without EOS or padding.
+        """
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  max_new_tokens=max_new_tokens, do_sample=False)
+        return [_strip_answer(row, self._stop_ids()) for row in out]
+
+    def _stop_ids(self) -> set[int]:
+        gc = getattr(self.model, "generation_config", None)
+        ids = set()
+        for v in (getattr(gc, "eos_token_id", None), getattr(gc, "pad_token_id", None)):
+            ids |= set(v if isinstance(v, (list, tuple)) else [] if v is None else [v])
+        return ids
+
+    def decode_answer(self, answer_ids: torch.Tensor) -> str:
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        return tok.decode(answer_ids.tolist(), skip_special_tokens=True).strip()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _strip_answer(row: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
+    """Generated ids up to the first EOS/pad."""
+    ids = row.tolist()
+    for i, t in enumerate(ids):
+        if t in stop_ids:
+            return row[:i]
+    return row

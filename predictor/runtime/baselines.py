@@ -1,0 +1,90 @@
+"""Baselines that are not rankings: cluster aggregation and image downsampling.
+
+Cluster aggregation (Omri, Shroff, Tambe, arXiv 2504.17892): k-means over the projected visual
+tokens (the LLM's input embeddings), each cluster replaced by the mean of its members. Training-free
+and instruction-agnostic.
+Positions: each cluster's mean token takes the sequence slot and the original rotary position
+ids (1-D, or Qwen2-VL's 3-D (t, h, w)) of the member nearest to the cluster centroid, so every
+aggregated token sits at a real grid location and the sequence stays in raster order.
+
+Downsampling: resize the image so that the model's own preprocessing yields about `keep` times
+the visual tokens, then run the model unpruned. The model sees the whole image at lower detail;
+the number of tokens actually produced is reported, since the processor rounds sizes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from predictor.runtime.scorers import ScoreContext, Selection
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means with k-means++ seeding. x: (N, D) -> (assign (N,) long, centroids (k, D)) float32."""
+    x = x.float()
+    n = x.shape[0]
+    k = min(k, n)
+    g = torch.Generator().manual_seed(seed)
+    idx = [int(torch.randint(n, (1,), generator=g))]
+    d2 = ((x - x[idx[0]]) ** 2).sum(-1)
+    for _ in range(1, k):
+        if float(d2.sum()) <= 0:  # fewer distinct points than k: take the next unused ones
+            rest = [i for i in range(n) if i not in set(idx)]
+            idx.append(rest[0])
+        else:
+            idx.append(int(torch.multinomial((d2 / d2.sum()).cpu(), 1, generator=g)))
+        d2 = torch.minimum(d2, ((x - x[idx[-1]]) ** 2).sum(-1))
+    c = x[idx].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, c).argmin(-1)
+        new = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).float()
+        empty = counts == 0
+        new = new / counts.clamp_min(1)[:, None]
+        new[empty] = c[empty]  # an empty cluster keeps its centroid (and is dropped below if still empty)
+        if torch.allclose(new, c):
+            break
+        c = new
+    assign = torch.cdist(x, c).argmin(-1)
+    return assign, c
+
+
+class ClusterAggregation:
+    name = "cluster"
+
+    def __init__(self, iters: int = 25, seed: int = 0):
+        self.iters, self.seed = iters, seed
+
+    @torch.no_grad()
+    def select(self, ctx: ScoreContext, k: int) -> Selection:
+        v = ctx.visual_embeds  # (N_v, D)
+        n = v.shape[0]
+        assign, _ = kmeans(v, k, self.iters, self.seed)
+        kept = torch.zeros(n, dtype=torch.bool, device=v.device)
+        slots, means = [], []
+        for c in assign.unique():
+            members = (assign == c).nonzero().squeeze(-1)
+            mean = v[members].float().mean(0)
+            slot = members[(v[members].float() - mean).norm(dim=-1).argmin()]
+            slots.append(int(slot))
+            means.append(mean)
+        order = torch.tensor(slots).argsort()
+        kept[torch.tensor(slots, device=v.device)] = True
+        replace = torch.stack(means)[order].to(v.dtype)  # kept slots are filled in sequence order
+        return Selection(kept=kept, replace=replace)
+
+
+def downsample_size(width: int, height: int, keep: float) -> tuple[int, int]:
+    """Image size with about `keep` times the pixels (hence visual tokens), aspect ratio kept."""
+    s = math.sqrt(keep)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def downsample_image(image, keep: float):
+    """PIL image resized to about `keep` times its area (bicubic); keep=1 returns it unchanged."""
+    if keep >= 1:
+        return image
+    from PIL import Image
+
+    return image.resize(downsample_size(*image.size, keep), Image.BICUBIC)

@@ -1,0 +1,79 @@
+"""Evaluation outputs: the Markdown table, the retained-accuracy plot, kept-token figures.
+
+results: {method: {keep (str, e.g. "0.25"): {"accuracy", "retained", "visual_tokens", ...}}}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+COLUMNS = (("accuracy", "acc", "{:.3f}"), ("retained", "retained", "{:.1%}"),
+           ("visual_tokens", "visual tokens", "{:.1f}"), ("prefill_ms", "prefill ms", "{:.2f}"),
+           ("kv_cache_kib", "KV cache KiB", "{:.1f}"))
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]], title: str = "") -> str:
+    """One row per (method, keep ratio), methods in insertion order, keep ratios descending."""
+    head = "| method | keep | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = ([f"### {title}", ""] if title else []) + [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for method, per_keep in results.items():
+        for keep in sorted(per_keep, key=float, reverse=True):
+            r = per_keep[keep]
+            cells = [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS]
+            lines.append(f"| {method} | {float(keep):g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_retained(results: dict[str, dict[str, dict[str, float]]], path: str | Path, title: str = "") -> Path:
+    """Retained accuracy (fraction of the unpruned model's) against keep ratio, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method, per_keep in results.items():
+        keeps = sorted(per_keep, key=float)
+        ax.plot([float(k) for k in keeps], [per_keep[k]["retained"] for k in keeps], marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("visual tokens kept (fraction)")
+    ax.set_ylabel("accuracy retained (fraction of unpruned)")
+    ax.set_title(title or "pruned generation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def kept_overlay(image, grid: tuple[int, int, int], kept: dict[str, torch.Tensor], path: str | Path,
+                 title: str = "") -> Path | None:
+    """The image once per method, dropped visual tokens darkened. kept: {method: (N_v,) bool} in
+    raster order of the (t, h, w) grid (first frame shown). Returns None if the grid does not tile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    t, h, w = grid
+    img = np.asarray(image.convert("RGB").resize((w * 28, h * 28))).astype(np.float32) / 255
+    n = len(kept)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
+    for ax, (name, mask) in zip(axes[0], kept.items()):
+        if mask.numel() != t * h * w:
+            plt.close(fig)
+            return None
+        m = mask.reshape(t, h, w)[0].float().numpy()
+        shade = np.kron(m, np.ones((28, 28)))[..., None]
+        ax.imshow(img * (0.25 + 0.75 * shade))
+        ax.set_title(f"{name} ({int(mask.sum())}/{mask.numel()})", fontsize=7)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,132 @@
+"""Ways to choose which visual tokens to keep, behind one interface, so evaluation can swap them.
+
+A method is an object with `select(ctx, k) -> Selection`: given one prompt's context and a token
+budget k, it marks the visual tokens to keep (and may replace their embeddings, as cluster
+aggregation does). Score-based methods rank tokens and keep the top k with `topk_mask`
+(ties broken by position, deterministic).
+
+    random      uniform random scores (seeded)
+    attention   layer-0 instruction-to-visual attention used directly (no predictor)
+    oracle      a relevance explainer on a full pass (the paper's GAE): needs the unpruned answer
+    predictor   an exported relevance predictor on layer-0 attention features
+    cluster     k-means in pre-LLM embedding space, one mean token per cluster (baselines.py)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from predictor.features import build_features
+from predictor.runtime.layer0 import layer0_attention
+from predictor.targets import topk_mask
+
+
+@dataclass
+class ScoreContext:
+    """One prompt, embedded once and shared by every method that looks at it.
+
+    embeds: (1, S, D); position_ids: (1, S) or (3, 1, S); answer_ids: the unpruned greedy answer
+    (T,), needed by the oracle (computed on demand if absent).
+    """
+
+    adapter: Any
+    prepared: Any
+    embeds: torch.Tensor
+    position_ids: torch.Tensor
+    answer_ids: torch.Tensor | None = None
+    cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # method name -> scores
+    _layer0: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def visual_embeds(self) -> torch.Tensor:
+        """(N_v, D) projected visual tokens as the LLM receives them."""
+        return self.embeds[0, self.prepared.visual_positions.to(self.embeds.device)]
+
+    def layer0(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heads (H, N_v), mean (N_v,)) layer-0 instruction-to-visual attention, computed once."""
+        if self._layer0 is None:
+            p = self.prepared
+            self._layer0 = layer0_attention(self.adapter, self.embeds, self.position_ids,
+                                            p.instruction_positions, p.visual_positions)
+        return self._layer0
+
+
+@dataclass
+class Selection:
+    kept: torch.Tensor  # (N_v,) bool
+    scores: torch.Tensor | None = None  # (N_v,) float, what the ranking used (for figures)
+    replace: torch.Tensor | None = None  # (n_kept, D) embeddings for the kept slots, in order
+
+
+class ScoreMethod:
+    """Rank by `scores(ctx) -> (N_v,)` and keep the top k."""
+
+    name = ""
+
+    def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select(self, ctx: ScoreContext, k: int) -> Selection:
+        if self.name not in ctx.cache:  # one scoring serves every keep ratio of this prompt
+            ctx.cache[self.name] = self.scores(ctx).float().reshape(-1)
+        s = ctx.cache[self.name]
+        n = s.numel()
+        keep = min(1.0, k / n)
+        kept = topk_mask(s[None], torch.ones(1, n, dtype=torch.bool, device=s.device), keep)[0]
+        return Selection(kept=kept, scores=s)
+
+
+class RandomScores(ScoreMethod):
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        return torch.rand(ctx.prepared.num_visual, generator=self.gen)
+
+
+class AttentionScores(ScoreMethod):
+    name = "attention"
+
+    def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        return ctx.layer0()[1]
+
+
+class PredictorScores(ScoreMethod):
+    """An export from `predictor.load_predictor`, fed exactly the features it was trained on."""
+
+    name = "predictor"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        heads, mean = ctx.layer0()
+        grid = tuple(int(g) for g in ctx.prepared.grid)
+        cfg = self.model.config
+        x = build_features(cfg.inputs, mean.cpu(), grid, heads.cpu() if "attn_heads" in cfg.inputs else None)
+        dev = next(self.model.parameters()).device
+        mask = torch.ones(1, x.shape[-1], dtype=torch.bool, device=dev)
+        return self.model(x[None].to(dev), mask, torch.tensor([grid], device=dev))[0]
+
+
+class OracleScores(ScoreMethod):
+    """A relevance explainer `(adapter, prepared, answer_ids) -> (N_v,)` on the full, unpruned
+    prompt (e.g. data_gen's `gae`). An upper reference, not a deployable method: it needs a full
+    generation plus a backward pass per answer token."""
+
+    name = "oracle"
+
+    def __init__(self, explainer: Callable[..., torch.Tensor], max_new_tokens: int = 32):
+        self.explainer = explainer
+        self.max_new_tokens = max_new_tokens
+
+    def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        if ctx.answer_ids is None:
+            ctx.answer_ids = ctx.adapter.generate(ctx.prepared, max_new_tokens=self.max_new_tokens)[0]
+        with torch.enable_grad():
+            return self.explainer(ctx.adapter, ctx.prepared, ctx.answer_ids).detach().float()
