@@ -1,0 +1,300 @@
+"""Tiny random MLLMs in real HF families, built offline from configs.
+
+No weights can be downloaded here, so tests, benchmarks and the reference MLLM build models with
+transformers' own classes (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`,
+`LlavaOnevisionForConditionalGeneration`), a word-level tokenizer made with the `tokenizers` library
+and the family's processor classes, and save them with `save_pretrained`: the folder then loads
+through `from_pretrained` (and our adapters) exactly like a real checkpoint.
+
+    build_qwen2_vl(out_dir, words)          -> Path   (Qwen2-VL or, variant="qwen2_5_vl", Qwen2.5-VL)
+    build_llava_onevision(out_dir, words)   -> Path
+    make_qwen2_vl(words) / make_llava_onevision(words) -> (model, processor) in memory (train, then save)
+    save_model(model, processor, out_dir)   -> Path
+
+The tokenizer is word-level: every lower-case word of `words` (plus a fixed base vocabulary for the
+chat templates), every digit and punctuation mark is one token; anything else is `<unk>`.
+"""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from predictor.adapters.hf_compat import allow_missing_video_processor
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+UNK = "<unk>"
+
+# words the chat templates and default system prompt use, always in the vocabulary
+BASE_WORDS = ("system", "user", "assistant", "you", "are", "a", "helpful", "picture", "video")
+
+# special tokens per family, in id order after the ordinary vocabulary (as in the real tokenizers,
+# where they sit at the end of the vocabulary)
+QWEN2_VL_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+LLAVA_OV_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+
+# Short but faithful versions of the real chat templates (Qwen/Qwen2-VL-7B-Instruct and
+# llava-hf/llava-onevision-qwen2-7b-ov-hf), so that template tokens sit where the real models put them.
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAVA_OV_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+FAMILIES = {
+    "qwen2_vl": dict(special=QWEN2_VL_SPECIAL, template=QWEN2_VL_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>",
+                     extra={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                            "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}),
+    "llava_onevision": dict(special=LLAVA_OV_SPECIAL, template=LLAVA_OV_TEMPLATE, eos="<|im_end|>",
+                            pad="<|endoftext|>", extra={"image_token": "<image>", "video_token": "<video>"}),
+}
+FAMILIES["qwen2_5_vl"] = FAMILIES["qwen2_vl"]
+
+
+def _family(family: str) -> dict:
+    if family not in FAMILIES:
+        raise KeyError(f"unknown model family {family!r}; available: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[family]
+
+
+def build_tokenizer(words: list[str], family: str = "qwen2_vl"):
+    """Word-level `PreTrainedTokenizerFast` with the family's special tokens and chat template.
+
+    Vocabulary: `<unk>`, newline, digits, punctuation, then sorted lower-case `words` + BASE_WORDS,
+    then the family's special tokens. Text is lower-cased; spaces separate words and are dropped.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    fam = _family(family)
+    lexicon = sorted({w.lower() for text in list(words) + list(BASE_WORDS) for w in _WORD_RE_PY(text)})
+    vocab: dict[str, int] = {}
+    for tok in [UNK, "\n", *string.digits, *string.punctuation, *lexicon]:
+        vocab.setdefault(tok, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),  # spaces go, newlines stay tokens
+        pre_tokenizers.Split(Regex(r"\n|[a-z]+|[0-9]|[^\sa-z0-9]"), behavior="isolated"),
+    ])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, "a ," -> "a,"
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fam["special"]])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=UNK, eos_token=fam["eos"], pad_token=fam["pad"],
+        extra_special_tokens=dict(fam["extra"]),
+        model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = fam["template"]
+    return tokenizer
+
+
+def _WORD_RE_PY(text: str) -> list[str]:
+    """The pre-tokenizer's word pieces of `text` (lower-case letter runs), for building the lexicon."""
+    import re
+
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _ids(tokenizer, *tokens: str) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+# --- Qwen2-VL / Qwen2.5-VL --------------------------------------------------------------------
+
+TINY_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128)
+TINY_VISION = dict(depth=1, embed_dim=32, num_heads=2, patch_size=14, spatial_merge_size=2,
+                   temporal_patch_size=2)
+
+
+def make_qwen2_vl(words: list[str], *, variant: str = "qwen2_vl", text: dict | None = None,
+                  vision: dict | None = None, min_pixels: int = 56 * 56, max_pixels: int = 224 * 224,
+                  seed: int = 0, tokenizer=None) -> tuple[Any, Any]:
+    """(random Qwen2-VL / Qwen2.5-VL model, Qwen2VLProcessor / Qwen2_5_VLProcessor), in memory, fp32.
+
+    text:   overrides of TINY_TEXT (hidden_size, num_hidden_layers, num_attention_heads,
+            num_key_value_heads, intermediate_size, ...)
+    vision: overrides of TINY_VISION (depth, embed_dim [Qwen2-VL] / hidden_size [Qwen2.5-VL], num_heads,
+            patch_size, spatial_merge_size, ...). One visual token covers (patch_size*merge)^2 pixels.
+    """
+    import transformers as tf
+
+    if variant not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"variant must be 'qwen2_vl' or 'qwen2_5_vl', got {variant!r}")
+    tokenizer = tokenizer or build_tokenizer(words, variant)
+    text_cfg = {**TINY_TEXT, **(text or {})}
+    vis = {**TINY_VISION, **(vision or {})}
+    head_dim = text_cfg["hidden_size"] // text_cfg["num_attention_heads"]
+    # M-RoPE splits the rotary half-dim into (temporal, height, width) sections
+    half = head_dim // 2
+    section = [half - 2 * (half // 4) * 1, half // 4, half // 4]
+    text_cfg = {**text_cfg, "vocab_size": len(tokenizer), "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    image_id, video_id, vs_id, ve_id = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    if variant == "qwen2_vl":
+        vis = {"hidden_size": text_cfg["hidden_size"], **vis}  # Qwen2-VL: hidden_size = merger output
+        cfg_cls, model_cls, proc_cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor
+    else:
+        emb = vis.pop("embed_dim", None)
+        vis = {"hidden_size": emb or 32, "intermediate_size": 2 * (emb or 32),
+               "out_hidden_size": text_cfg["hidden_size"], "window_size": 112,
+               "fullatt_block_indexes": [vis.get("depth", 1) - 1], **vis}
+        cfg_cls, model_cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
+        proc_cls = tf.Qwen2_5_VLProcessor
+    config = cfg_cls(text_config=text_cfg, vision_config=vis, image_token_id=image_id, video_token_id=video_id,
+                     vision_start_token_id=vs_id, vision_end_token_id=ve_id, tie_word_embeddings=False)
+    _seed(seed)
+    model = model_cls(config).eval()
+    image_processor = tf.Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=vis["patch_size"],
+        temporal_patch_size=vis["temporal_patch_size"], merge_size=vis["spatial_merge_size"])
+    video_processor = _maybe_video(
+        tf, "Qwen2VLVideoProcessor", min_pixels=min_pixels, max_pixels=max_pixels, patch_size=vis["patch_size"],
+        temporal_patch_size=vis["temporal_patch_size"], merge_size=vis["spatial_merge_size"])
+    with allow_missing_video_processor():
+        processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                             chat_template=tokenizer.chat_template)
+    return model, processor
+
+
+def _maybe_video(tf, cls_name: str, **kwargs):
+    """The family's video processor, or None where its backend (torchvision) is not installed."""
+    try:
+        return getattr(tf, cls_name)(**kwargs)
+    except ImportError:  # video processors need torchvision; images work without it
+        return None
+
+
+def build_qwen2_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
+    """Save a random tiny Qwen2-VL (or variant="qwen2_5_vl") to `out_dir`; see `make_qwen2_vl`."""
+    model, processor = make_qwen2_vl(words, **kwargs)
+    return save_model(model, processor, out_dir)
+
+
+# --- LLaVA-OneVision ----------------------------------------------------------------------------
+
+TINY_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                   patch_size=14, image_size=56)
+
+
+def make_llava_onevision(words: list[str], *, text: dict | None = None, vision: dict | None = None,
+                         grid_pinpoints: list[list[int]] | None = None, seed: int = 0,
+                         tokenizer=None) -> tuple[Any, Any]:
+    """(random LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor), in memory, fp32.
+
+    Vision: a tiny SigLIP (TINY_SIGLIP overrides), base image `image_size` px -> (image_size/patch)^2
+    tokens; crops from `grid_pinpoints` (multiples of image_size), each crop the same size.
+    """
+    import transformers as tf
+
+    tokenizer = tokenizer or build_tokenizer(words, "llava_onevision")
+    text_cfg = {**TINY_TEXT, **(text or {})}
+    text_cfg = {"model_type": "qwen2", **text_cfg, "vocab_size": len(tokenizer), "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    vis = {"model_type": "siglip_vision_model", **TINY_SIGLIP, "vision_use_head": False, **(vision or {})}
+    size = vis["image_size"]
+    pinpoints = grid_pinpoints or [[size * a, size * b] for a in (1, 2) for b in (1, 2)]
+    image_id, video_id = _ids(tokenizer, "<image>", "<video>")
+    config = tf.LlavaOnevisionConfig(text_config=text_cfg, vision_config=vis, image_token_index=image_id,
+                                     video_token_index=video_id, vision_feature_select_strategy="full",
+                                     vision_feature_layer=-1, image_grid_pinpoints=pinpoints,
+                                     vision_aspect_ratio="anyres_max_9", tie_word_embeddings=False)
+    _seed(seed)
+    model = tf.LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = tf.LlavaOnevisionImageProcessorPil(
+        size={"height": size, "width": size}, crop_size={"height": size, "width": size},
+        image_grid_pinpoints=pinpoints, do_pad=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    num_image_tokens = (size // vis["patch_size"]) ** 2
+    video_processor = _maybe_video(tf, "LlavaOnevisionVideoProcessor", size={"height": size, "width": size})
+    with allow_missing_video_processor():
+        processor = tf.LlavaOnevisionProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+            num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
+            chat_template=tokenizer.chat_template, vision_aspect_ratio="anyres_max_9")
+    return model, processor
+
+
+def build_llava_onevision(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
+    """Save a random tiny LLaVA-OneVision to `out_dir`; see `make_llava_onevision`."""
+    model, processor = make_llava_onevision(words, **kwargs)
+    return save_model(model, processor, out_dir)
+
+
+# --- saving -------------------------------------------------------------------------------------
+
+def save_model(model: Any, processor: Any, out_dir: str | Path) -> Path:
+    """`save_pretrained` model (safetensors), processor, tokenizer and generation config into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.do_sample = False
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.pad_token_id = model.config.text_config.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    with allow_missing_video_processor():
+        processor.save_pretrained(out)
+    if getattr(processor, "video_processor", None) is None:
+        _write_video_processor_config(out, processor)
+    return out
+
+
+# the family's video processor class, written into processor_config.json where it could not be built
+_VIDEO_PROCESSOR_TYPES = {"Qwen2VLProcessor": "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
+                          "LlavaOnevisionProcessor": "LlavaOnevisionVideoProcessor"}
+
+
+def _write_video_processor_config(out: Path, processor: Any) -> None:
+    """Without torchvision no video processor can be built, so save_pretrained leaves it out; a machine
+    with torchvision expects one. Write its config from the image processor's settings."""
+    path = out / "processor_config.json"
+    cfg = json.loads(path.read_text())
+    image_cfg = dict(cfg.get("image_processor", {}))
+    image_cfg.pop("image_processor_type", None)
+    keep = ("do_convert_rgb", "do_normalize", "do_rescale", "do_resize", "image_mean", "image_std", "resample",
+            "rescale_factor", "size", "patch_size", "temporal_patch_size", "merge_size")
+    video_cfg = {k: v for k, v in image_cfg.items() if k in keep}
+    video_cfg["video_processor_type"] = _VIDEO_PROCESSOR_TYPES[type(processor).__name__]
+    cfg["video_processor"] = video_cfg
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+DEFAULT_WORDS = ("what is in the image describe this picture red green blue yellow circle square triangle "
+                 "object shape colour color left right of above below how many yes no").split()
