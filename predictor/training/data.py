@@ -1,0 +1,228 @@
+"""LightningDataModule: shards -> in-memory features -> padded batches with masks.
+
+Batch (a dict):
+    x         (B, C, N) float32  predictor input (`predictor.features.build_features`), 0 on padding
+    relevance (B, N) float32     oracle R_v, 0 on padding
+    attn      (B, N) float32     raw layer-0 attention (for the attention-only reference), 0 on padding
+    mask      (B, N) bool        True on each sample's N_v valid tokens (they come first)
+    grid      (B, 3) long        (t, h, w) per sample, t*h*w == N_v
+    keys      list[str]          sample keys
+N is the longest N_v in the batch.
+
+DDP: `EvenBatchSampler` gives every rank the same number of batches (DDP's gradient all-reduce
+would hang otherwise) while each sample is seen exactly once per epoch across ranks: the shuffled
+indices are cut into world_size * K nearly equal batches (sizes differ by at most one, none larger
+than batch_size) and rank r takes batches r, r + world_size, ... No sample is repeated or dropped
+to even out the counts, unlike torch's DistributedSampler, which pads with repeats.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from predictor.features import build_features
+from predictor.schema import Sample
+from predictor.training.shards import ReadStats, read_shards, resolve_shards
+
+log = logging.getLogger(__name__)
+
+
+def key_fraction(key: str) -> float:
+    """Stable hash of a sample key -> [0, 1). Same on every machine and Python (no PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def is_val_key(key: str, val_fraction: float) -> bool:
+    return key_fraction(key) < val_fraction
+
+
+@dataclass
+class Item:
+    key: str
+    x: torch.Tensor  # (C, N_v)
+    relevance: torch.Tensor  # (N_v,)
+    attn: torch.Tensor  # (N_v,)
+    grid: tuple[int, int, int]
+    thumbnail: bytes | None = None
+
+
+class ItemDataset(Dataset):
+    def __init__(self, items: list[Item]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Item:
+        return self.items[i]
+
+
+def make_item(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -> Item:
+    x = build_features(inputs, sample.attn, sample.grid, sample.attn_heads)
+    return Item(sample.key, x, sample.relevance, sample.attn, sample.grid,
+                sample.thumbnail if keep_thumbnail else None)
+
+
+def collate(items: list[Item]) -> dict[str, Any]:
+    """Pad to the longest N_v of the batch; see the module docstring for the shapes."""
+    B, C = len(items), items[0].x.shape[0]
+    N = max(it.x.shape[1] for it in items)
+    x = torch.zeros(B, C, N)
+    rel = torch.zeros(B, N)
+    attn = torch.zeros(B, N)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = it.x.shape[1]
+        x[b, :, :n] = it.x
+        rel[b, :n] = it.relevance
+        attn[b, :n] = it.attn
+        mask[b, :n] = True
+    grid = torch.tensor([it.grid for it in items], dtype=torch.long)
+    return {"x": x, "relevance": rel, "attn": attn, "mask": mask, "grid": grid, "keys": [it.key for it in items]}
+
+
+class EvenBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices for one rank: equal batch counts on every rank, each index once
+    per epoch across ranks (see the module docstring). Shuffling is seeded by (seed, epoch), the
+    same on every rank; `epoch_fn` supplies the epoch (the trainer's, so a resumed run continues
+    the sequence)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, epoch_fn: Callable[[], int] | None = None):
+        if n < world_size:
+            raise ValueError(f"{n} samples cannot be split over {world_size} ranks; "
+                             "generate more shards or use fewer devices (trainer.devices=)")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size, self.epoch_fn = rank, world_size, epoch_fn
+        self.epoch = 0
+        per_round = world_size * batch_size
+        self.num_global = world_size * math.ceil(n / per_round)  # batches over all ranks
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_global // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=g).numpy()
+        else:
+            order = np.arange(self.n)
+        parts = np.array_split(order, self.num_global)
+        for part in parts[self.rank :: self.world_size]:
+            yield part.tolist()
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Reads shards (a folder, glob or list), splits train/val by a stable hash of each sample's key,
+    builds predictor inputs once, and serves padded batches (see `collate`).
+
+    inputs: predictor input channels (PredictorConfig.inputs); val_fraction: share of keys held out.
+    """
+
+    def __init__(self, shards: str | list[str], inputs: list[str], batch_size: int = 128,
+                 val_fraction: float = 0.1, num_workers: int = 0, strict: bool = False,
+                 seed: int = 0, figure_samples: int = 4):
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.shards, self.inputs = shards, list(inputs)
+        self.batch_size, self.val_fraction, self.num_workers = batch_size, val_fraction, num_workers
+        self.strict, self.seed, self.figure_samples = strict, seed, figure_samples
+        self.train_set: ItemDataset | None = None
+        self.val_set: ItemDataset | None = None
+        self.stats: ReadStats | None = None
+        self.summary: dict[str, Any] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        paths = resolve_shards(self.shards)
+        samples, self.stats = read_shards(paths, load_heads="attn_heads" in self.inputs, strict=self.strict)
+        if not samples:
+            raise ValueError(f"no valid samples in {len(paths)} shard(s) of data.shards={self.shards} "
+                             f"({len(self.stats.corrupt_shards)} corrupt shards, {self.stats.skipped_samples} "
+                             f"invalid samples: {self.stats.skip_reasons[:2]}); regenerate with python -m data_gen")
+        train, val = [], []
+        for s in samples:
+            (val if is_val_key(s.key, self.val_fraction) else train).append(s)
+        if not train:
+            raise ValueError(f"all {len(samples)} samples fell into validation; lower data.val_fraction")
+        train.sort(key=lambda s: s.key)
+        val.sort(key=lambda s: s.key)
+        self.summary = summarise(samples, train, val, paths, self.stats)
+        self.train_set = ItemDataset([make_item(s, self.inputs) for s in train])
+        self.val_set = ItemDataset([make_item(s, self.inputs, keep_thumbnail=i < self.figure_samples)
+                                    for i, s in enumerate(val)])
+        log.info("data: %d train / %d val samples from %d shards", len(train), len(val), len(paths))
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _loader(self, ds: ItemDataset, shuffle: bool) -> DataLoader:
+        rank, world = self._rank()
+        sampler = EvenBatchSampler(len(ds), self.batch_size, shuffle, self.seed, rank, world,
+                                   epoch_fn=(lambda: self.trainer.current_epoch) if self.trainer else None)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not len(self.val_set):
+            log.warning("no validation samples (data.val_fraction=%s); validation metrics are skipped",
+                        self.val_fraction)
+            return []
+        return self._loader(self.val_set, shuffle=False)
+
+    def figure_batch(self) -> dict[str, Any] | None:
+        """The first few validation samples (fixed across epochs), with thumbnails, for figures."""
+        if not self.val_set or not len(self.val_set):
+            return None
+        items = self.val_set.items[: self.figure_samples]
+        batch = collate(items)
+        batch["thumbnails"] = [it.thumbnail for it in items]
+        return batch
+
+
+def summarise(samples: list[Sample], train: list[Sample], val: list[Sample], paths: list,
+              stats: ReadStats) -> dict[str, Any]:
+    """What the predictor is trained on, for the export's config.json (`trained_on`)."""
+    def one_or_all(name: str) -> Any:
+        c = Counter(str(s.meta.get(name)) for s in samples)
+        if len(c) > 1:
+            log.warning("shards mix several %s values %s: a predictor is meant for one MLLM and modality",
+                        name, dict(c))
+        return next(iter(c)) if len(c) == 1 else dict(c)
+
+    n_v = [s.num_visual for s in samples]
+    return {
+        "model_id": one_or_all("model_id"),
+        "adapter": one_or_all("adapter"),
+        "explainer": one_or_all("explainer"),
+        "modality": one_or_all("modality"),
+        "schema_version": one_or_all("schema_version"),
+        "num_samples": len(samples),
+        "num_train": len(train),
+        "num_val": len(val),
+        "num_shards": len(paths),
+        "corrupt_shards": len(stats.corrupt_shards),
+        "skipped_samples": stats.skipped_samples,
+        "n_v_min": min(n_v),
+        "n_v_max": max(n_v),
+        "n_v_mean": float(np.mean(n_v)),
+    }

@@ -1,0 +1,121 @@
+"""Finding and reading WebDataset shards into memory, through `predictor.schema.decode`.
+
+Datasets of this project are small (the paper: 8-12K samples of a few thousand floats), so the
+reader decodes every shard once into a list of samples; training then never waits on I/O.
+A corrupt shard (unreadable tar) or sample (breaks the schema) is skipped and counted; with
+`strict=True` the first one raises an error naming the shard and the sample.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from predictor.schema import Sample, SampleError, decode
+
+log = logging.getLogger(__name__)
+
+MAKE_SHARDS_HINT = "create them with: python -m data_gen out={out}"
+
+
+def resolve_shards(shards: str | os.PathLike | list | tuple) -> list[Path]:
+    """A folder (its `*.tar`, recursively), a glob, a file, or a list of these -> sorted shard paths.
+
+    Raises FileNotFoundError naming what was looked for and the command that creates shards.
+    """
+    specs = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    found: list[Path] = []
+    looked: list[str] = []
+    for spec in specs:
+        spec = str(spec)
+        p = Path(spec)
+        if p.is_dir():
+            looked.append(f"{p}/**/*.tar")
+            found += sorted(Path(f) for f in glob.glob(str(p / "**" / "*.tar"), recursive=True))
+        elif any(c in spec for c in "*?["):
+            looked.append(spec)
+            found += sorted(Path(f) for f in glob.glob(spec, recursive=True))
+        else:
+            looked.append(spec)
+            if p.is_file():
+                found.append(p)
+    if not found:
+        first = specs[0] if specs else "<dir>"
+        out = first if not any(c in str(first) for c in "*?[") else Path(str(first)).parent
+        raise FileNotFoundError(
+            f"No shards found for data.shards={looked if len(looked) > 1 else looked[0]!s}; "
+            + MAKE_SHARDS_HINT.format(out=out)
+            + " (or point data.shards= at a folder, glob or list of .tar shards)"
+        )
+    # a folder and a glob may name the same file twice
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+@dataclass
+class ReadStats:
+    shards: int = 0
+    samples: int = 0
+    corrupt_shards: list[str] = field(default_factory=list)
+    skipped_samples: int = 0
+    skip_reasons: list[str] = field(default_factory=list)  # the first few, for the log
+
+
+def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
+               stats: ReadStats | None = None) -> list[Sample]:
+    """All valid samples of one shard. A tar that cannot be read to its end counts as corrupt and
+    contributes no samples (a half-written shard is not trusted)."""
+    stats = stats if stats is not None else ReadStats()
+    stats.shards += 1
+    out: list[Sample] = []
+    bad: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            files = ({**item, "__url__": str(path)} for item in tar_file_iterator(f))
+            for raw in group_by_keys(files):
+                try:
+                    out.append(decode(raw, load_heads=load_heads))
+                except SampleError as e:
+                    if strict:
+                        raise SampleError(e.key, e.field, e.expected, f"{e.found} (in shard {path})") from e
+                    bad.append(str(e))
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        if isinstance(e, SampleError):
+            raise
+        if strict:
+            raise ValueError(f"shard {path} is corrupt ({type(e).__name__}: {e}); "
+                             f"after {len(out)} samples; regenerate it with python -m data_gen, "
+                             "or set data.strict=false to skip it") from e
+        stats.corrupt_shards.append(f"{path}: {type(e).__name__}: {e}")
+        log.warning("skipping corrupt shard %s (%s: %s)", path, type(e).__name__, e)
+        return []
+    stats.samples += len(out)
+    stats.skipped_samples += len(bad)
+    stats.skip_reasons += bad[: max(0, 5 - len(stats.skip_reasons))]
+    for reason in bad[:3]:
+        log.warning("skipping sample: %s", reason)
+    return out
+
+
+def read_shards(paths: list[Path], load_heads: bool = True, strict: bool = False,
+                progress: bool = True) -> tuple[list[Sample], ReadStats]:
+    """Decode every shard; duplicate keys (a shard listed twice, a re-run) keep their first copy."""
+    stats = ReadStats()
+    samples: dict[str, Sample] = {}
+    it = paths
+    if progress and len(paths) > 1:
+        from tqdm.auto import tqdm
+
+        it = tqdm(paths, desc="reading shards", unit="shard")
+    for p in it:
+        for s in read_shard(p, load_heads=load_heads, strict=strict, stats=stats):
+            samples.setdefault(s.key, s)
+    if stats.corrupt_shards or stats.skipped_samples:
+        log.warning("skipped %d corrupt shard(s) and %d invalid sample(s) of %d shard(s); "
+                    "data.strict=true raises instead", len(stats.corrupt_shards),
+                    stats.skipped_samples, stats.shards)
+    return list(samples.values()), stats

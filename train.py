@@ -1,0 +1,113 @@
+"""Train the relevance predictor on shards, then export it.
+
+    python train.py                                   # data/shards/reference -> checkpoints/predictor-reference
+    python train.py data.shards=DIR trainer.max_epochs=3 logger=csv
+    python train.py ckpt_path=outputs/train/.../checkpoints/last.ckpt     # resume
+    python train.py export_from=outputs/train/.../checkpoints/last.ckpt   # export only
+
+The last line printed is the export folder. `train(cfg)` does the work (tests call it);
+`main` is the thin Hydra wrapper. DictConfig stops here: everything below gets plain arguments.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("train")
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # composed without @hydra.main (tests, notebooks)
+        return Path("outputs/train") / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def _logger(cfg: DictConfig, run_dir: Path):
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    name = cfg.logger.name
+    if name == "none":
+        return False
+    if name == "csv":
+        return CSVLogger(str(run_dir), name="csv", version="")
+    if name == "wandb":
+        import os
+
+        if cfg.logger.get("offline", True):
+            os.environ.setdefault("WANDB_MODE", "offline")  # never prompts for a login
+        return WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), offline=cfg.logger.get("offline", True))
+    raise ValueError(f"unknown logger={name!r}; available: wandb, csv, none")
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from predictor.model import PredictorConfig, RelevancePredictor
+    from predictor.training import PredictorModule, RelevanceFigureCallback, ShardDataModule
+    from predictor.training.export import export_checkpoint, export_module
+
+    if cfg.get("export_from"):
+        return export_checkpoint(cfg.export_from, cfg.export_dir)
+
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pcfg = PredictorConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    d = cfg.data
+    shards = OmegaConf.to_container(d.shards) if OmegaConf.is_list(d.shards) else str(d.shards)
+    dm = ShardDataModule(shards, pcfg.inputs, batch_size=d.batch_size, val_fraction=d.val_fraction,
+                         num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
+                         figure_samples=d.figure_samples)
+    dm.setup("fit")  # read shards before anything else: a missing or empty dataset fails fast
+    o = cfg.optim
+    module = PredictorModule(RelevancePredictor(pcfg), lr=o.lr, weight_decay=o.weight_decay, optimizer=o.name,
+                             schedule=o.schedule, warmup_frac=o.warmup_frac, min_lr_frac=o.min_lr_frac,
+                             target_keep=cfg.target_keep, trained_on=dm.summary)
+    logger = _logger(cfg, run_dir)
+    cb = cfg.callbacks
+    callbacks = [
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=cb.checkpoint.save_last,
+                        save_top_k=cb.checkpoint.save_top_k if dm.val_set and len(dm.val_set) else 0,
+                        monitor="val/kl" if dm.val_set and len(dm.val_set) else None, mode="min",
+                        filename="epoch{epoch:03d}", auto_insert_metric_name=False),
+        RelevanceFigureCallback(every_n_epochs=cb.figures.every_n_epochs, out_dir=str(run_dir)),
+    ]
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
+                         callbacks=callbacks, default_root_dir=str(run_dir),
+                         use_distributed_sampler=False)  # ShardDataModule shards batches per rank itself
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    export_dir = Path(cfg.export_dir)
+    if trainer.is_global_zero:
+        export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
+                                   batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs)
+        if cfg.logger.name == "wandb" and logger:
+            print(f"wandb: offline run in {run_dir / 'wandb'}; upload it with: "
+                  f"wandb sync {run_dir / 'wandb'}/offline-run-*")
+    return export_dir.resolve()
+
+
+@hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        out = train(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
