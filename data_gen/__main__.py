@@ -1,0 +1,18 @@
+"""`python -m data_gen [overrides]`: compose conf/data_gen.yaml and run this process's rank.
+
+Under torchrun (`torchrun --nproc-per-node 8 -m data_gen ...`) each rank processes its own slice.
+"""
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="data_gen")
+def main(cfg: DictConfig) -> None:
+    from data_gen.run import main as run_main  # heavy imports after Hydra has parsed the command line
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    run_main(model=c.pop("model"), source=c.pop("source"), explainer=c.pop("explainer"), options=c)
+
+
+if __name__ == "__main__":
+    main()

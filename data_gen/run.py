@@ -1,0 +1,352 @@
+"""The data generation loop, as plain functions that tests call (`__main__.py` only composes config).
+
+Per item: load image -> adapter.prepare -> generate -> correctness -> explainer relevance and layer-0
+attention -> `predictor.schema.Sample` -> `ShardWriter`. Anything wrong with one item (bad image,
+empty instruction, over-long sequence, non-finite relevance, an exception in the model) skips that
+item with a reason in the manifest; the run aborts only when the share of such failures passes
+`max_failure_rate` after `min_items_for_failure_rate` items.
+
+Under torchrun every rank takes the items with `index % world_size == rank` and writes its own
+shards; no process group is needed, so the union of the ranks' output equals a one-process run.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from data_gen.correctness import MODES, is_correct
+from data_gen.images import ImageError, cap_pixels, load_image, thumbnail_png
+from data_gen.sources.base import Item, Source, get_source
+from data_gen.writer import ShardWriter, safe_key
+from predictor.schema import Sample, make_meta
+
+log = logging.getLogger(__name__)
+
+WRONG = "wrong_answer"  # not a failure: the paper drops wrong answers by design
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DataGenConfig:
+    """Options of one run (the non-group keys of conf/data_gen.yaml)."""
+
+    out: str = "data/shards/reference"
+    max_samples: int | None = None  # use the first N source items (None: all); counts items, not written samples
+    max_pixels: int | None = 1024 * 28 * 28  # images are downscaled to at most this many pixels
+    max_seq_len: int = 8192  # prompt + answer tokens; longer items are skipped (reason too_long)
+    max_new_tokens: int = 16
+    shard_size: int = 500
+    save_heads: bool = False  # also store per-head layer-0 attention (H, N_v)
+    thumbnails: bool = True
+    thumbnail_size: int = 96
+    correctness: str = "auto"  # see data_gen/correctness.py
+    keep_wrong: bool = False  # write wrong answers too, with meta.correct = false
+    max_failure_rate: float = 0.5
+    min_items_for_failure_rate: int = 50
+    retry_errors: bool = False  # redo items skipped earlier because of an exception (e.g. CUDA OOM)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.correctness not in MODES:
+            raise ValueError(f"correctness={self.correctness!r}: expected one of {', '.join(MODES)}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(f"max_failure_rate={self.max_failure_rate}: expected a fraction in [0, 1]")
+
+
+class SkipItem(Exception):
+    """This item produces no sample; `reason` is the tag counted in the summary and manifest."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass
+class Summary:
+    rank: int = 0
+    world_size: int = 1
+    items: int = 0  # items of this rank's slice
+    already_done: int = 0  # finished by an earlier run (resume)
+    processed: int = 0  # handled in this run
+    written: int = 0
+    wrong_answers: int = 0  # skipped because wrong (or written with correct=false when keep_wrong)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, wrong answers excluded
+    prompt_tokens_per_sample: float = 0.0
+    visual_tokens_per_sample: float = 0.0
+    answer_tokens_per_sample: float = 0.0
+    seconds_per_sample: float = 0.0  # wall time of this run / samples written
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
+        return (f"rank {self.rank}/{self.world_size}: {self.written} written, {self.wrong_answers} wrong answers, "
+                f"skipped: {skipped}; {self.already_done} already done before this run; "
+                f"tokens/sample: prompt {self.prompt_tokens_per_sample:.0f}, visual {self.visual_tokens_per_sample:.0f}, "
+                f"answer {self.answer_tokens_per_sample:.1f}; {self.seconds_per_sample:.3f} s/sample "
+                f"({self.seconds:.1f} s)")
+
+
+# --- environment ---------------------------------------------------------------------------------
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without it."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun or set both")
+    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    """'auto' -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    if device == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_model_path(path: str) -> str:
+    """A local folder (relative paths also tried against the project root), or a hub id that is
+    already in the local HF cache. Raises FileNotFoundError saying how to get the model."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return str(p)
+    if not p.is_absolute() and (PROJECT_ROOT / p).is_dir():
+        return str(PROJECT_ROOT / p)
+    if "/" in path and not p.is_absolute() and not path.startswith("."):
+        try:  # a hub id such as Qwen/Qwen2-VL-7B-Instruct, if already downloaded
+            from huggingface_hub import snapshot_download
+            return snapshot_download(path, local_files_only=True)
+        except Exception:
+            pass
+    hint = ("the reference model is committed in the repository (git checkout checkpoints/reference-qwen2vl) "
+            "and can be rebuilt with the reference training script (see README)"
+            if "reference-qwen2vl" in path else
+            "download it first (e.g. huggingface-cli download <repo> --local-dir <dir>) and set model.path=<dir>")
+    raise FileNotFoundError(f"model.path={path!r}: no such folder (nor in the local HF cache); {hint}")
+
+
+# --- one item ------------------------------------------------------------------------------------
+def _layer0_attention(adapter: Any, prepared: Any) -> torch.Tensor:
+    """(H, N_v) layer-0 attention of the instruction tokens over the visual tokens, mean over the
+    instruction tokens. Uses the adapter's own method when it has one (only layer 0 is computed),
+    else a teacher-forced forward over the prompt."""
+    if hasattr(adapter, "layer0_attention"):
+        return adapter.layer0_attention(prepared).detach().float().cpu()
+    empty = torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        out = adapter.teacher_forced(prepared, empty, output_attentions=True)
+    att = out.attentions[0][0].float()  # (H, S, S)
+    rows = att[:, prepared.instruction_positions.to(att.device)]  # (H, N_i, S)
+    return rows[:, :, prepared.visual_positions.to(att.device)].mean(1).cpu()  # (H, N_v)
+
+
+def _extras(item: Item, n_v: int) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Source extras -> (extra shard files, JSON metadata). `gt_relevance` (synthetic scenes) and
+    array values become `.npy` files; the rest goes into `meta.source_extra`."""
+    files: dict[str, bytes] = {}
+    meta: dict[str, Any] = {}
+    for k, v in item.extra.items():
+        if k == "gt_relevance" or isinstance(v, (np.ndarray, torch.Tensor)):
+            arr = np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float32)
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            files["gt_rel.npy" if k == "gt_relevance" else f"{safe_key(k)}.npy"] = buf.getvalue()
+        else:
+            meta[k] = v
+    return files, meta
+
+
+def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explainer_name: str,
+                 cfg: DataGenConfig, stats: dict[str, list]) -> Sample:
+    """One item -> one Sample, or raise SkipItem. Appends token counts to `stats`."""
+    if not item.instruction or not item.instruction.strip():
+        raise SkipItem("empty_instruction", "the instruction is empty")
+    if item.modality == "video":
+        frames = [cap_pixels(load_image(f), cfg.max_pixels) for f in (item.video or [])]
+        if not frames:
+            raise SkipItem("missing_video", "the item has no frames")
+        image = None
+        prepared = adapter.prepare(None, item.instruction, video=frames)
+        thumb_src = frames[0]
+    else:
+        image = cap_pixels(load_image(item.image), cfg.max_pixels)
+        prepared = adapter.prepare(image, item.instruction)
+        thumb_src = image
+    if prepared.seq_len > cfg.max_seq_len:
+        raise SkipItem("too_long", f"prompt {prepared.seq_len} tokens > max_seq_len={cfg.max_seq_len}")
+    if prepared.instruction_positions.numel() == 0:
+        raise SkipItem("empty_instruction", "no instruction tokens after the chat template")
+
+    answer_ids, text = adapter.generate(prepared, max_new_tokens=cfg.max_new_tokens)
+    answer_ids = answer_ids.reshape(-1)
+    if answer_ids.numel() == 0:
+        raise SkipItem("empty_answer", "the model generated no tokens")
+    if prepared.seq_len + answer_ids.numel() > cfg.max_seq_len:
+        raise SkipItem("too_long", f"prompt + answer {prepared.seq_len + answer_ids.numel()} tokens "
+                                   f"> max_seq_len={cfg.max_seq_len}")
+    correct = is_correct(text, item.answer, cfg.correctness)
+    if not correct and not cfg.keep_wrong:
+        raise SkipItem(WRONG, f"generated {text[:80]!r}, reference {item.answer[:80]!r}")
+
+    n_v = prepared.num_visual
+    rel = explainer(adapter, prepared, answer_ids).detach().float().cpu().reshape(-1)
+    if rel.numel() != n_v:
+        raise SkipItem("bad_relevance", f"explainer returned {rel.numel()} values for N_v={n_v}")
+    if not torch.isfinite(rel).all():
+        raise SkipItem("nonfinite_relevance", f"{int((~torch.isfinite(rel)).sum())} of {n_v} values")
+    if (rel < 0).any():
+        raise SkipItem("negative_relevance", f"min {float(rel.min()):.3g}")
+    heads = _layer0_attention(adapter, prepared)  # (H, N_v)
+    if heads.ndim != 2 or heads.shape[1] != n_v or not torch.isfinite(heads).all():
+        raise SkipItem("bad_attention", f"layer-0 attention {tuple(heads.shape)} for N_v={n_v}, or non-finite")
+
+    files, source_meta = _extras(item, n_v)
+    meta = make_meta(
+        model_id=adapter.model_id, adapter=adapter.name, explainer=explainer_name, modality=prepared.modality,
+        grid=list(prepared.grid), segments=prepared.segments, instruction=item.instruction,
+        reference_answer=item.answer, generated_answer=text, correct=bool(correct),
+        answer_tokens=int(answer_ids.numel()), item_id=item.id, prompt_tokens=prepared.seq_len,
+    )
+    if meta["segments"] is None:
+        del meta["segments"]
+    if source_meta:
+        meta["source_extra"] = source_meta
+    stats["prompt"].append(prepared.seq_len)
+    stats["visual"].append(n_v)
+    stats["answer"].append(int(answer_ids.numel()))
+    return Sample(key=key, attn=heads.mean(0), relevance=rel, meta=meta,
+                  attn_heads=heads if cfg.save_heads else None,
+                  thumbnail=thumbnail_png(thumb_src, cfg.thumbnail_size) if cfg.thumbnails else None,
+                  extra=files)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, explainer_name: str,
+        rank: int = 0, world_size: int = 1) -> Summary:
+    """Process this rank's slice of `source` into shards under `cfg.out`; returns (and writes
+    `summary-r<rank>.json`) the run summary. Raises RuntimeError past the failure rate."""
+    from tqdm import tqdm
+
+    n = len(source) if cfg.max_samples is None else min(len(source), cfg.max_samples)
+    indices = range(rank, n, world_size)
+    summary = Summary(rank=rank, world_size=world_size, items=len(indices))
+    skipped: Counter[str] = Counter()
+    stats: dict[str, list] = {"prompt": [], "visual": [], "answer": []}
+    failures = 0
+    t0 = time.perf_counter()
+    with ShardWriter(cfg.out, rank=rank, shard_size=cfg.shard_size) as writer:
+        if cfg.retry_errors:
+            for k in [k for k, r in writer.done.items() if str(r.get("reason", "")).startswith("error:")]:
+                del writer.done[k]
+        bar = tqdm(indices, desc=f"data_gen rank {rank}", unit="item", disable=not cfg.progress or rank != 0,
+                   dynamic_ncols=True)
+        for i in bar:
+            try:
+                item = source[i]
+                key = safe_key(item.id)
+            except Exception as e:  # a malformed record: key by index, which is stable for the source
+                item, key = None, f"index-{i:09d}"
+                if writer.is_done(key):
+                    summary.already_done += 1
+                    continue
+                reason, detail = "bad_item", f"{type(e).__name__}: {e}"
+            else:
+                if writer.is_done(key):
+                    summary.already_done += 1
+                    continue
+                try:
+                    sample = process_item(item, key, adapter, explainer, explainer_name, cfg, stats)
+                except SkipItem as e:
+                    reason, detail = e.reason, e.detail
+                except ImageError as e:
+                    reason, detail = e.reason, str(e)
+                except Exception as e:  # a model-side failure on this input: skip it, keep going
+                    reason, detail = f"error:{type(e).__name__}", str(e)
+                    log.warning("item %s failed", item.id, exc_info=failures < 3)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                else:
+                    writer.write(sample)
+                    summary.written += 1
+                    summary.wrong_answers += int(not sample.meta["correct"])
+                    reason = None
+            summary.processed += 1
+            if reason is not None:
+                writer.skip(key, reason, detail)
+                if reason == WRONG:
+                    summary.wrong_answers += 1
+                else:
+                    skipped[reason] += 1
+                    failures += 1
+            bar.set_postfix(written=summary.written, wrong=summary.wrong_answers, skipped=failures, refresh=False)
+            if summary.processed >= cfg.min_items_for_failure_rate and failures / summary.processed > cfg.max_failure_rate:
+                top = ", ".join(f"{k} {v}" for k, v in skipped.most_common(5))
+                raise RuntimeError(
+                    f"data_gen aborted: {failures} of {summary.processed} items failed "
+                    f"(> max_failure_rate={cfg.max_failure_rate}); reasons: {top}; last: {detail[:300]}. "
+                    f"Details are in {writer.manifest_path}. Fix the input or model config, or raise "
+                    f"max_failure_rate; re-running the same command resumes (retry_errors=true redoes errors).")
+        bar.close()
+    summary.skipped = dict(skipped)
+    summary.seconds = time.perf_counter() - t0
+    for name, values in stats.items():
+        setattr(summary, f"{name}_tokens_per_sample", float(np.mean(values)) if values else 0.0)
+    summary.seconds_per_sample = summary.seconds / max(1, summary.written)
+    with open(os.path.join(cfg.out, f"summary-r{rank:05d}.json"), "w", encoding="utf-8") as f:
+        json.dump(asdict(summary), f, indent=2)
+    return summary
+
+
+def build_source(spec: dict[str, Any]) -> Source:
+    """{"name": registered source name, **constructor arguments} -> Source."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name is None:
+        raise KeyError("source config has no `name`; pick one with source=<jsonl|llava_json|hf_dataset|synthetic_scenes>")
+    return get_source(name)(**spec)
+
+
+def build_explainer(spec: dict[str, Any]) -> tuple[Callable, str]:
+    """{"name": registered explainer name, **options} -> (explainer, name)."""
+    from data_gen.explainers.base import get_explainer
+
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name is None:
+        raise KeyError("explainer config has no `name`; pick one with explainer=<gae|attention|...>")
+    return get_explainer(name)(**spec), name
+
+
+def build_adapter(spec: dict[str, Any], local_rank: int = 0) -> Any:
+    """{"adapter": name, "path": folder or cached hub id, "dtype", "device", "attn_implementation"}."""
+    from predictor.adapters.base import get_adapter
+
+    spec = dict(spec)
+    spec.pop("name", None)
+    name = spec.pop("adapter")
+    path = resolve_model_path(str(spec.pop("path")))  # fails fast, before any slow work
+    spec["device"] = resolve_device(spec.get("device", "auto"), local_rank)
+    return get_adapter(name).load(path, **spec)
+
+
+def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any], options: dict[str, Any]) -> Summary:
+    """Build everything from plain config dicts and run this process's rank."""
+    cfg = DataGenConfig(**options)
+    rank, world, local_rank = dist_env()
+    torch.manual_seed(0)
+    resolve_model_path(str(model["path"]))  # a missing model fails before the source is read
+    src = build_source(source)
+    adapter = build_adapter(model, local_rank)
+    expl, expl_name = build_explainer(explainer)
+    summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
+    log.info("%s", summary.text())
+    print(summary.text(), flush=True)
+    return summary

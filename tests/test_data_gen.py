@@ -1,0 +1,232 @@
+"""The data_gen loop: bad inputs, correctness filter, resume after SIGKILL, a 2-rank partition.
+
+Most tests use a small deterministic fake adapter and explainer (the loop is model-agnostic); the
+last ones run `python -m data_gen` on a tiny real Qwen2-VL built by tests/models.py. This file also
+runs as a script (`python tests/test_data_gen.py ITEMS OUT ...`) so that the kill/resume and torchrun
+tests can drive the loop in subprocesses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from data_gen.run import DataGenConfig, SkipItem, dist_env, resolve_model_path, run
+from data_gen.sources.base import Item, Source
+from data_gen.writer import read_manifests
+from predictor.adapters.base import Prepared
+from predictor.schema import decode
+
+HERE = Path(__file__).resolve()
+PX = 28
+
+
+class FakeAdapter:
+    """Deterministic stand-in: 1 visual token per 28x28 px cell; answers "yes" unless the instruction
+    says "wrong"; a prompt of 3 template + N_v visual + instruction-word tokens."""
+
+    name, model_id = "fake", "fake-model"
+
+    def __init__(self, sleep: float = 0.0):
+        self.sleep = sleep
+
+    def prepare(self, image, instruction, video=None):
+        h, w = max(1, image.height // PX), max(1, image.width // PX)
+        n_v, n_i = h * w, len(instruction.split())
+        cells = torch.tensor(list(image.convert("L").resize((w, h)).getdata()), dtype=torch.float32) / 255
+        return Prepared(inputs={"input_ids": torch.zeros(1, 3 + n_v + n_i, dtype=torch.long), "cells": cells},
+                        visual_positions=torch.arange(3, 3 + n_v), instruction_positions=torch.arange(3 + n_v, 3 + n_v + n_i),
+                        grid=(1, h, w))
+
+    def generate(self, prepared, max_new_tokens=16):
+        time.sleep(self.sleep)
+        return torch.tensor([7]), "yes"
+
+    def layer0_attention(self, prepared):
+        c = prepared.inputs["cells"]
+        return torch.stack([torch.softmax(c, 0), torch.softmax(-c, 0)])  # (H=2, N_v)
+
+
+def fake_explainer(adapter, prepared, answer_ids):
+    c = prepared.inputs["cells"]
+    return c / c.sum().clamp_min(1e-6) * (float("nan") if prepared.seq_len == 3 + c.numel() + 4 else 1.0)
+
+
+class ListSource(Source):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(self.items[i], Exception):
+            raise self.items[i]
+        return self.items[i]
+
+
+def make_items(folder: Path, n: int) -> list[Item]:
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        if not path.exists():
+            Image.new("RGB", (56 + 28 * (i % 3), 56), (10 * i % 255, 100, 30)).save(path)
+        items.append(Item(id=f"item.{i}", instruction=f"where is {i}", answer="yes", image=str(path)))
+    return items
+
+
+def read_out(out) -> tuple[list, dict]:
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in Path(out).glob("*.tar"))
+    samples = [decode(raw) for raw in wds.WebDataset(urls, shardshuffle=False)] if urls else []
+    return samples, read_manifests(str(out))
+
+
+def test_loop_writes_valid_samples_and_skips_bad_input(tmp_path):
+    items = make_items(tmp_path / "img", 6)
+    (tmp_path / "img" / "junk.png").write_bytes(b"not a png")
+    good = (tmp_path / "img" / "img0.png").read_bytes()
+    (tmp_path / "img" / "cut.png").write_bytes(good[: len(good) // 2])
+    big = tmp_path / "img" / "big.png"
+    Image.new("RGB", (28 * 20, 28 * 20)).save(big)
+    items += [
+        Item(id="missing", instruction="q", answer="yes", image=str(tmp_path / "nope.png")),
+        Item(id="junk", instruction="q", answer="yes", image=str(tmp_path / "img" / "junk.png")),
+        Item(id="cut", instruction="q", answer="yes", image=str(tmp_path / "img" / "cut.png")),
+        Item(id="empty", instruction="  ", answer="yes", image=items[0].image),
+        Item(id="long", instruction="q", answer="yes", image=str(big)),  # 400 visual tokens > max_seq_len
+        Item(id="nan", instruction="four words in here", answer="yes", image=items[0].image),  # explainer -> NaN
+        Item(id="wrong", instruction="q", answer="no", image=items[0].image),
+        ValueError("malformed record"),
+    ]
+    items[1].extra = {"gt_relevance": [0.25, 0.25, 0.5, 0.0, 0.0, 0.0], "question_type": "shape"}
+    cfg = DataGenConfig(out=str(tmp_path / "out"), max_seq_len=300, shard_size=4, save_heads=True, progress=False,
+                        min_items_for_failure_rate=100)
+    summary = run(cfg, ListSource(items), FakeAdapter(), fake_explainer, "fake_gae")
+    assert summary.written == 6 and summary.wrong_answers == 1
+    assert summary.skipped == {"missing_image": 1, "unreadable_image": 2, "empty_instruction": 1, "too_long": 1,
+                               "nonfinite_relevance": 1, "bad_item": 1}
+    samples, done = read_out(tmp_path / "out")
+    assert len(done) == 14 and {s.key for s in samples} == {k for k, r in done.items() if r["status"] == "written"}
+    assert all("." not in s.key for s in samples)  # item ids with dots become safe WebDataset keys
+    s = next(x for x in samples if x.meta["item_id"] == "item.1")
+    assert s.meta["grid"] == [1, 2, 3] and s.attn_heads.shape == (2, 6) and s.thumbnail.startswith(b"\x89PNG")
+    assert s.meta["adapter"] == "fake" and s.meta["explainer"] == "fake_gae" and s.meta["correct"] is True
+    assert s.meta["source_extra"] == {"question_type": "shape"} and s.extra["gt_rel.npy"].startswith(b"\x93NUMPY")
+    assert done["index-000000013"]["reason"] == "bad_item"
+    assert json.loads((tmp_path / "out" / "summary-r00000.json").read_text())["written"] == 6
+    # re-running the finished command does nothing and loses nothing
+    again = run(cfg, ListSource(items), FakeAdapter(), fake_explainer, "fake_gae")
+    assert again.processed == 0 and again.already_done == 14 and len(read_out(tmp_path / "out")[0]) == 6
+
+
+def test_keep_wrong_and_correctness_none(tmp_path):
+    items = make_items(tmp_path / "img", 2)
+    items[1].answer = "no"
+    cfg = DataGenConfig(out=str(tmp_path / "a"), keep_wrong=True, progress=False)
+    assert run(cfg, ListSource(items), FakeAdapter(), fake_explainer, "x").wrong_answers == 1
+    samples, _ = read_out(tmp_path / "a")
+    assert sorted(s.meta["correct"] for s in samples) == [False, True]
+    cfg = DataGenConfig(out=str(tmp_path / "b"), correctness="none", progress=False)
+    assert run(cfg, ListSource(items), FakeAdapter(), fake_explainer, "x").written == 2
+
+
+def test_abort_past_failure_rate(tmp_path):
+    items = [Item(id=f"m{i}", instruction="q", answer="yes", image=str(tmp_path / "none.png")) for i in range(30)]
+    cfg = DataGenConfig(out=str(tmp_path / "o"), progress=False, max_failure_rate=0.5, min_items_for_failure_rate=10)
+    with pytest.raises(RuntimeError, match=r"10 of 10 items failed.*missing_image.*max_failure_rate"):
+        run(cfg, ListSource(items), FakeAdapter(), fake_explainer, "x")
+    assert len(read_manifests(str(tmp_path / "o"))) == 10  # what was done is recorded; a rerun resumes
+
+
+def test_missing_model_path_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reference-qwen2vl.*README"):
+        resolve_model_path(str(tmp_path / "reference-qwen2vl"))
+    with pytest.raises(FileNotFoundError, match="model.path"):
+        resolve_model_path(str(tmp_path / "nowhere"))
+
+
+def test_dist_env(monkeypatch):
+    monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
+    assert dist_env() == (1, 2, 1)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        dist_env()
+
+
+# --- subprocess tests: the script entry below drives the loop ----------------------------------------
+def _script(img: Path, out: Path, n: int, sleep: float = 0.0, shard_size: int = 3) -> list[str]:
+    return [str(HERE), str(img), str(out), str(n), str(sleep), str(shard_size)]
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _check_exactly_once(out: Path, n: int) -> list:
+    samples, done = read_out(out)
+    keys = [s.key for s in samples]
+    assert len(keys) == len(set(keys)), "a sample was written twice"
+    assert len(done) == n and set(keys) == {k for k, r in done.items() if r["status"] == "written"}
+    assert not list(out.glob("*.tmp"))
+    return samples
+
+
+def test_resume_after_sigkill(tmp_path):
+    n = 40
+    make_items(tmp_path / "img", n)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, *_script(tmp_path / "img", out, n, sleep=0.05)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(read_manifests(str(out)) if out.exists() else {}) < 10:
+        time.sleep(0.05)
+    time.sleep(0.07)  # land inside a shard
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(read_manifests(str(out)))
+    assert 0 < before < n, f"kill did not land mid-run ({before} of {n} done)"
+    subprocess.run([sys.executable, *_script(tmp_path / "img", out, n)], env=_env(), check=True,
+                   stdout=subprocess.DEVNULL)
+    assert len(_check_exactly_once(out, n)) == n
+
+
+def test_two_rank_torchrun_equals_single_process(tmp_path):
+    n = 13
+    make_items(tmp_path / "img", n)
+    subprocess.run([sys.executable, *_script(tmp_path / "img", tmp_path / "one", n)], env=_env(), check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    *_script(tmp_path / "img", tmp_path / "two", n)], env=_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    one = {s.key: s for s in _check_exactly_once(tmp_path / "one", n)}
+    two = {s.key: s for s in _check_exactly_once(tmp_path / "two", n)}
+    ranks = {p.name.split("-")[1] for p in (tmp_path / "two").glob("shard-*.tar")}
+    assert ranks == {"r00000", "r00001"}  # both ranks wrote their own shards
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.equal(one[k].relevance, two[k].relevance) and one[k].meta == two[k].meta
+
+
+def _script_main(img: str, out: str, n: str, sleep: str, shard_size: str) -> None:
+    rank, world, _ = dist_env()
+    cfg = DataGenConfig(out=out, shard_size=int(shard_size), progress=False)
+    run(cfg, ListSource(make_items(Path(img), int(n))), FakeAdapter(float(sleep)), fake_explainer, "fake_gae",
+        rank=rank, world_size=world)
+
+
+if __name__ == "__main__":
+    _script_main(*sys.argv[1:])
