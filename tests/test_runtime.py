@@ -1,0 +1,161 @@
+"""predictor.runtime on tiny random models of each family, loaded through the adapters as real
+checkpoints are: layer-0 scores equal the eager attention, keep=1 is exactly the unpruned model,
+positions survive pruning, batches of different sizes, every selection method."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.runtime import (METHODS, ClusterAggregation, budget_for, kmeans, layer0_attention, left_pad,
+                               make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava_onevision"]
+
+
+def _image(h: int, w: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def adapter(request, tmp_path_factory):
+    from data_gen.hf_build import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl
+    from predictor.adapters import get_adapter
+
+    out = tmp_path_factory.mktemp(request.param)
+    if request.param == "llava_onevision":
+        build_llava_onevision(out, list(DEFAULT_WORDS))
+        name = "llava_onevision"
+    else:
+        build_qwen2_vl(out, list(DEFAULT_WORDS), variant=request.param)
+        name = "qwen2_vl"
+    return get_adapter(name).load(str(out), dtype="float32", device="cpu", attn_implementation="sdpa")
+
+
+def _attn_impl(adapter) -> str:
+    return adapter.model.config._attn_implementation
+
+
+def test_layer0_matches_full_eager_attention(adapter):
+    p = adapter.prepare(_image(112, 168), "what shape is the red object")
+    ctx = make_context(adapter, p)
+    heads, mean = layer0_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
+                                   p.visual_positions)
+    with torch.no_grad():  # reference: the model's own eager layer-0 probabilities over the full sequence
+        out = adapter.teacher_forced(p, torch.zeros(0, dtype=torch.long), output_attentions=True)
+    full = out.attentions[0][0].float()  # (H, S, S)
+    ref = full[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
+    assert heads.shape == ref.shape == (full.shape[0], p.num_visual)
+    torch.testing.assert_close(heads, ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mean, ref.mean(0), rtol=1e-4, atol=1e-6)
+    assert _attn_impl(adapter) == "sdpa"  # the reference pass did not leave the model on eager
+
+
+def test_keep_one_is_exactly_unpruned(adapter):
+    p = adapter.prepare(_image(112, 112, 1), "what colour is the circle")
+    full_ids, _ = adapter.generate(p, max_new_tokens=8)
+    outs = pruned_generate(adapter, p, make_method("attention"), keep=1.0, max_new_tokens=8)
+    assert outs[0].num_kept == outs[0].num_visual == p.num_visual
+    assert outs[0].answer_ids.tolist() == full_ids.tolist()
+    assert _attn_impl(adapter) == "sdpa"
+
+
+def test_kept_tokens_keep_their_original_positions(adapter):
+    p = adapter.prepare(_image(112, 168, 2), "what shape is the blue object")
+    ctx = make_context(adapter, p)
+    pos = ctx.position_ids
+    pp, sel = prune_context(ctx, make_method("random", seed=3), keep=0.25)
+    assert int(sel.kept.sum()) == budget_for(p.num_visual, 0.25, None)
+    keep = torch.ones(p.seq_len, dtype=torch.bool)
+    keep[p.visual_positions[~sel.kept]] = False
+    orig = pos[..., 0, :] if pos.ndim == 3 else pos[0]
+    assert torch.equal(pp.position_ids, orig[..., keep])  # every kept token (text and visual) at its place
+    assert pp.seq_len == p.seq_len - p.num_visual + int(sel.kept.sum())
+    torch.testing.assert_close(pp.embeds, ctx.embeds[0, keep])
+
+
+def test_batch_of_two_sizes_matches_one_by_one(adapter):
+    ps = [adapter.prepare(_image(112, 168, 3), "what shape is the red object"),
+          adapter.prepare(_image(56, 56, 4), "how many objects")]
+    method = make_method("attention")
+    batch = pruned_generate(adapter, ps, method, keep=0.5, max_new_tokens=6)
+    single = [pruned_generate(adapter, p, method, keep=0.5, max_new_tokens=6)[0] for p in ps]
+    assert batch[0].seq_len != batch[1].seq_len
+    for b, s in zip(batch, single):
+        assert b.answer_ids.tolist() == s.answer_ids.tolist()
+        assert torch.equal(b.kept_visual, s.kept_visual)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "downsample"])
+def test_each_method_prunes_and_generates(adapter, name):
+    predictor = RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn", "coords"]))
+    explainer = None
+    if name == "oracle":
+        from data_gen.explainers import get_explainer
+
+        explainer = get_explainer("gae")()
+    method = make_method(name, predictor=predictor, explainer=explainer, seed=0, max_new_tokens=4)
+    p = adapter.prepare(_image(112, 112, 5), "what colour is the square")
+    outs = pruned_generate(adapter, p, method, keep=0.25, max_new_tokens=4)
+    k = budget_for(p.num_visual, 0.25, None)
+    assert outs[0].num_kept == k if name != "cluster" else 1 <= outs[0].num_kept <= k
+    assert outs[0].seq_len == p.seq_len - p.num_visual + outs[0].num_kept
+    if outs[0].scores is not None:
+        assert outs[0].scores.shape == (p.num_visual,) and torch.isfinite(outs[0].scores).all()
+        top = outs[0].scores.topk(k).indices  # the kept tokens are exactly the top-k scores (no ties here)
+        if outs[0].scores.unique().numel() == p.num_visual:
+            assert set(top.tolist()) == set(outs[0].kept_visual.nonzero().squeeze(-1).tolist())
+
+
+def test_prefill_is_shorter_and_cache_smaller_when_pruned(adapter):
+    p = adapter.prepare(_image(112, 168, 6), "what shape is the red object")
+    ctx = make_context(adapter, p)
+    full, _ = prune_context(ctx, None, keep=1.0)
+    quarter, _ = prune_context(ctx, make_method("random"), keep=0.25)
+    _, kv_full = prefill(adapter, full)
+    _, kv_q = prefill(adapter, quarter)
+    assert kv_q / kv_full == pytest.approx(quarter.seq_len / full.seq_len)
+
+
+def test_kmeans_and_cluster_positions():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(5, 2) for c in centres])
+    assign, c = kmeans(x, 3)
+    assert len(set(assign[:5].tolist())) == len(set(assign[5:10].tolist())) == len(set(assign[10:].tolist())) == 1
+    assert assign.unique().numel() == 3
+
+    class Ctx:  # the part of ScoreContext cluster aggregation reads
+        visual_embeds = x
+
+    sel = ClusterAggregation().select(Ctx(), 3)
+    slots = sel.kept.nonzero().squeeze(-1)
+    assert slots.numel() == 3
+    for slot, mean in zip(slots.tolist(), sel.replace):  # each slot: nearest member of its own cluster
+        members = (assign == assign[slot]).nonzero().squeeze(-1)
+        torch.testing.assert_close(mean, x[members].mean(0))
+        assert slot == int(members[(x[members] - mean).norm(dim=-1).argmin()])
+
+
+def test_prune_and_pad_shapes_3d_positions():
+    embeds = torch.arange(6 * 2, dtype=torch.float32).view(1, 6, 2)
+    pos = torch.stack([torch.arange(6), torch.arange(6) + 10, torch.arange(6) + 20])[:, None]  # (3, 1, 6)
+    pp = prune_prompt(embeds, pos, torch.tensor([1, 2, 3]), torch.tensor([True, False, True]))
+    assert pp.position_ids.tolist() == [[0, 1, 3, 4, 5], [10, 11, 13, 14, 15], [20, 21, 23, 24, 25]]
+    pp2 = prune_prompt(embeds[:, :3], pos[..., :3], torch.tensor([1, 2]), torch.tensor([False, False]))
+    e, m, p = left_pad([pp, pp2])
+    assert e.shape == (2, 5, 2) and m.tolist() == [[1] * 5, [0, 0, 0, 0, 1]] and p.shape == (3, 2, 5)
+    assert p[:, 1, -1].tolist() == [0, 10, 20]
+
+
+def test_budget_errors():
+    assert budget_for(64, 0.125, None) == 8 and budget_for(64, None, 100) == 64
+    with pytest.raises(ValueError, match="exactly one"):
+        budget_for(64, 0.5, 3)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        budget_for(64, 1.5, None)
+    with pytest.raises(KeyError, match="available"):
+        make_method("nope")
