@@ -126,8 +126,8 @@ def resolve_model_path(path: str) -> str:
             return snapshot_download(path, local_files_only=True)
         except Exception:
             pass
-    hint = ("the reference model is committed in the repository (git checkout checkpoints/reference-qwen2vl) "
-            "and can be rebuilt with the reference training script (see README)"
+    hint = ("the reference model is committed in the repository (restore it with: git checkout -- "
+            "checkpoints/reference-qwen2vl) and can be rebuilt with: python -m data_gen.reference_train"
             if "reference-qwen2vl" in path else
             "download it first (e.g. huggingface-cli download <repo> --local-dir <dir>) and set model.path=<dir>")
     raise FileNotFoundError(f"model.path={path!r}: no such folder (nor in the local HF cache); {hint}")
