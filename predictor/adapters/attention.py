@@ -1,0 +1,145 @@
+"""An attention function for transformers' AttentionInterface that can expose its probabilities.
+
+Adapters load models with `attn_implementation=ATTN_IMPL`. Outside a `capture(...)` context the
+function is plain SDPA (fast inference, generation). Inside one, the decoder layers named in the
+capture compute their scores and softmax in fp32 (bf16 q.k overflows in Qwen2 models) and:
+
+    mode="record"     keep each layer's probabilities (B, H, Q, K) in `cap.probs[layer]`, in the
+                      autograd graph (`stop_after=l` ends the forward after layer l: layer-0 maps)
+    mode="recompute"  keep nothing: a custom autograd function saves only q, k, v and recomputes the
+                      probabilities in backward, calling `cap.on_backward(layer, probs, grad_probs)`
+                      with probs and dScore/dprobs, both (B, H, Q, K) fp32, last layer first.
+
+transformers is imported lazily (inside `register`).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+ATTN_IMPL = "fp32_capture"
+
+
+class StopForward(Exception):
+    """Raised inside a forward to end it early (after `Capture.stop_after`)."""
+
+
+@dataclass
+class Capture:
+    layers: dict[int, int]  # id(attention module) -> decoder layer index; other modules run plain SDPA
+    mode: str = "record"  # "record" | "recompute"
+    on_backward: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+    stop_after: int | None = None
+    probs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+_ACTIVE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("attention_capture", default=None)
+
+
+@contextlib.contextmanager
+def capture(layers: dict[int, int], mode: str = "record", on_backward=None,
+            stop_after: int | None = None) -> Iterator[Capture]:
+    if mode not in ("record", "recompute"):
+        raise ValueError(f"capture mode must be 'record' or 'recompute', got {mode!r}")
+    cap = Capture(layers=layers, mode=mode, on_backward=on_backward, stop_after=stop_after)
+    token = _ACTIVE.set(cap)
+    try:
+        yield cap
+    except StopForward:
+        pass
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _additive_mask(mask: torch.Tensor | None, q_len: int, k_len: int, device) -> torch.Tensor:
+    """fp32 additive mask broadcastable to (B, H, Q, K). None means causal, the queries being the
+    last q_len of k_len positions (that is what SDPA's is_causal skip leaves us)."""
+    neg = torch.finfo(torch.float32).min
+    if mask is None:
+        q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        allowed = torch.arange(k_len, device=device)[None, :] <= q_pos
+        return torch.where(allowed, 0.0, neg)[None, None]
+    if mask.dtype == torch.bool:
+        return torch.where(mask, 0.0, neg).to(device)
+    return mask.float().clamp_min(neg)[..., :k_len]
+
+
+def _probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling + mask  # (B, H, Q, K)
+    return torch.softmax(scores, dim=-1)
+
+
+class _RecomputedAttention(torch.autograd.Function):
+    """softmax(q k^T * s + mask) v in fp32 that saves q, k, v only (no (H, S, S) per layer)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scaling, layer, cap):
+        probs = _probs(q, k, mask, scaling)
+        ctx.save_for_backward(q, k, v, mask)
+        ctx.scaling, ctx.layer, ctx.cap = scaling, layer, cap
+        return torch.matmul(probs, v.float()).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, mask = ctx.saved_tensors
+        probs = _probs(q, k, mask, ctx.scaling)
+        go = grad_out.float()
+        grad_probs = torch.matmul(go, v.float().transpose(-1, -2))  # (B, H, Q, K) = dScore/dA
+        if ctx.cap.on_backward is not None:
+            ctx.cap.on_backward(ctx.layer, probs, grad_probs)
+        grad_v = torch.matmul(probs.transpose(-1, -2), go)
+        # softmax backward, in place to keep one (B, H, Q, K) buffer alive
+        grad_probs -= (grad_probs * probs).sum(-1, keepdim=True)
+        grad_scores = grad_probs.mul_(probs).mul_(ctx.scaling)
+        grad_q = torch.matmul(grad_scores, k.float())
+        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q.float())
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)  # head h reads kv head h // n_rep
+
+
+def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """AttentionInterface signature: query (B, H, Q, d), key/value (B, H_kv, K, d) ->
+    (output (B, Q, H, d), probabilities (B, H, Q, K) or None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cap = _ACTIVE.get()
+    layer = cap.layers.get(id(module)) if cap is not None else None
+    if layer is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    n_rep = query.shape[1] // key.shape[1]
+    k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    mask = _additive_mask(attention_mask, query.shape[2], k.shape[2], query.device)
+    if cap.mode == "recompute":
+        out, probs = _RecomputedAttention.apply(query, k, v, mask, scaling, layer, cap), None
+    else:
+        probs = _probs(query, k, mask, scaling)
+        cap.probs[layer] = probs
+        out = torch.matmul(probs, v.float()).to(value.dtype)
+    if cap.stop_after is not None and layer >= cap.stop_after:
+        raise StopForward
+    return out.transpose(1, 2).contiguous(), probs
+
+
+_REGISTERED = False
+
+
+def register() -> str:
+    """Register ATTN_IMPL with transformers (attention + SDPA-style masks); returns its name."""
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(ATTN_IMPL, attention_forward)
+        AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
+        _REGISTERED = True
+    return ATTN_IMPL

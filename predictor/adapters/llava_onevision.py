@@ -1,0 +1,70 @@
+"""LLaVA-OneVision (transformers' LlavaOnevisionForConditionalGeneration: SigLIP + Qwen2).
+
+Visual tokens of one image ("anyres"), in sequence order:
+    base   the whole image resized to the tower's size: s x s tokens, row-major (s = image_size / patch)
+    crops  the high-resolution crops stitched into one unpadded h' x w' map, row-major, with one
+           `image_newline` token after each row: h' rows of (w' + 1) tokens
+These are written into `segments` (schema meta.segments); since base and crops do not form one
+grid, `grid` is (1, 1, N_v). Positions are plain 1-D (0..S-1).
+"""
+from __future__ import annotations
+
+import torch
+
+from predictor.adapters.base import ADAPTERS, Prepared
+from predictor.adapters.hf_adapter import HFAdapter
+
+
+@ADAPTERS.register("llava_onevision")
+class LlavaOnevisionAdapter(HFAdapter):
+    name = "llava_onevision"
+    MODEL_TYPES = {"llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
+        if "pixel_values" not in inputs:
+            raise ValueError("llava_onevision adapter: only images are supported so far (video layout not written)")
+        from transformers.image_processing_utils import select_best_resolution
+
+        n_v = int(visual_positions.numel())
+        vcfg = self.model.config.vision_config
+        s = vcfg.image_size // vcfg.patch_size
+        segments = [{"kind": "base", "start": 0, "grid": [1, s, s]}]
+        if n_v == s * s + 1:  # no crops: base then one newline token
+            segments.append({"kind": "newline", "start": s * s, "grid": [1, 1, 1]})
+        else:
+            orig_h, orig_w = (int(v) for v in inputs["image_sizes"][0].tolist())
+            height, width = inputs["pixel_values"].shape[-2:]
+            best_h, best_w = select_best_resolution([orig_h, orig_w], self.processor.image_processor.image_grid_pinpoints)
+            unpadded, rows = self.processor._get_unpadded_features(orig_h, orig_w, s, s, best_h // height,
+                                                                    best_w // width)
+            segments.append({"kind": "crops_with_newline", "start": s * s, "grid": [1, rows, unpadded // rows + 1],
+                             "newline_column": True})
+        if sum(seg["grid"][1] * seg["grid"][2] for seg in segments) != n_v:
+            raise ValueError(f"LLaVA-OneVision layout {segments} does not add up to {n_v} visual tokens")
+        return (1, 1, n_v), segments
+
+    def position_ids(self, prepared: Prepared, answer_len: int = 0) -> torch.Tensor:
+        """(1, S + answer_len): 0, 1, 2, ..."""
+        return torch.arange(prepared.seq_len + answer_len, device=self.device)[None]
+
+    def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = prepared.inputs
+        ids = torch.cat([inputs["input_ids"], self._answer_ids(answer_ids)[None]], dim=1)
+        embeds = self.model.get_input_embeddings()(ids)  # (1, S+T, D)
+        feats = self.model.model.get_image_features(
+            pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+            vision_feature_layer=self.model.config.vision_feature_layer,
+            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
+            vision_aspect_ratio=self.model.config.vision_aspect_ratio,
+            batch_num_images=inputs.get("batch_num_images"))
+        feats = torch.cat(list(feats.pooler_output), dim=0).to(embeds.dtype)  # (N_v, D)
+        mask = (ids == self.image_token_id)[..., None].expand_as(embeds)
+        return embeds.masked_scatter(mask, feats)

@@ -1,0 +1,76 @@
+"""Qwen2-VL and Qwen2.5-VL (transformers' own classes).
+
+Visual tokens: one `<|image_pad|>` per merged 2x2 patch group, in row-major order over the merged
+grid (t, h, w) = image_grid_thw / (1, merge, merge). Positions: 3-D M-RoPE from the model's own
+`get_rope_index` (text tokens advance all three axes together).
+"""
+from __future__ import annotations
+
+import torch
+
+from predictor.adapters.base import ADAPTERS, Prepared
+from predictor.adapters.hf_adapter import HFAdapter
+
+
+@ADAPTERS.register("qwen2_vl")
+class Qwen2VLAdapter(HFAdapter):
+    name = "qwen2_vl"
+    MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+                   "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def _processor_kwargs(self) -> dict:
+        if self.max_pixels is None:
+            return {}
+        size = dict(self.processor.image_processor.size)
+        size["longest_edge"] = int(self.max_pixels)
+        return {"images_kwargs": {"size": size}}
+
+    def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
+        thw = inputs.get("image_grid_thw", inputs.get("video_grid_thw"))[0].tolist()
+        t, h, w = int(thw[0]), int(thw[1]) // self.merge_size, int(thw[2]) // self.merge_size
+        if t * h * w != visual_positions.numel():
+            raise ValueError(f"grid {(t, h, w)} does not match {visual_positions.numel()} visual tokens")
+        return (t, h, w), None
+
+    def position_ids(self, prepared: Prepared, answer_len: int = 0) -> torch.Tensor:
+        """(3, 1, S + answer_len) M-RoPE ids; answer tokens continue after the prompt's largest id."""
+        inputs = prepared.inputs
+        ids = inputs["input_ids"]
+        kw = {"image_grid_thw": inputs.get("image_grid_thw"), "video_grid_thw": inputs.get("video_grid_thw")}
+        if "second_per_grid_ts" in inputs:  # Qwen2.5-VL video timing
+            kw["second_per_grid_ts"] = inputs["second_per_grid_ts"]
+        mm = inputs.get("mm_token_type_ids")
+        if mm is None:  # older processors: derive the modality of every token
+            mm = (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
+        pos, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=mm, **kw)  # (3, 1, S)
+        if answer_len:
+            nxt = pos.amax() + 1
+            extra = torch.arange(answer_len, device=pos.device) + nxt
+            pos = torch.cat([pos, extra.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
+        return pos
+
+    def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = prepared.inputs
+        ids = torch.cat([inputs["input_ids"], self._answer_ids(answer_ids)[None]], dim=1)
+        embeds = self.model.get_input_embeddings()(ids)  # (1, S+T, D)
+        if "pixel_values" in inputs:
+            feats = self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            token = self.image_token_id
+        else:
+            feats = self.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+            token = self.video_token_id
+        feats = torch.cat(list(feats.pooler_output), dim=0).to(embeds.dtype)  # (N_v, D)
+        mask = (ids == token)[..., None].expand_as(embeds)
+        return embeds.masked_scatter(mask, feats)
