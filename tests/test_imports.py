@@ -1,0 +1,23 @@
+"""`import predictor` stays light: no transformers, no Lightning (serving stacks install only torch)."""
+import subprocess
+import sys
+
+
+def run(code):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_import_predictor_is_light():
+    out = run("import sys, predictor, predictor.schema, predictor.model, predictor.metrics, predictor.targets, "
+              "predictor.export, predictor.features\n"
+              "print(sorted(k for k in ('transformers', 'lightning', 'pytorch_lightning', 'webdataset', 'wandb', "
+              "'matplotlib', 'hydra') if k in sys.modules))")
+    assert out == "[]"
+
+
+def test_training_package_imports():
+    # (pytorch_lightning -> torchmetrics imports transformers itself when it is installed; not ours)
+    out = run("import sys, predictor.training\nprint('pytorch_lightning' in sys.modules, 'webdataset' in sys.modules)")
+    assert out == "True True"

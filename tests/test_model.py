@@ -1,0 +1,100 @@
+"""RelevancePredictor: any N_v, padded batches, conv2d variant, coords input, config errors."""
+import pytest
+import torch
+
+from predictor.features import build_features, num_channels
+from predictor.model import PredictorConfig, RelevancePredictor
+
+SMALL = [8, 16, 16]
+
+
+@pytest.mark.parametrize("n_v", [1, 2, 7, 64, 1000, 4096])
+def test_paper_model_any_length(n_v):
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig()).eval()  # the paper's widths
+    assert len(m.blocks) == 5 and m.config.widths == [32, 64, 128, 256, 512]
+    x = torch.randn(2, 1, n_v)
+    with torch.no_grad():
+        p = m(x, torch.ones(2, n_v, dtype=torch.bool))
+    assert p.shape == (2, n_v) and torch.isfinite(p).all() and (p >= 0).all()
+    torch.testing.assert_close(p.sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("norm", ["layer", "none", "batch"])
+def test_padded_batch_matches_unpadded(norm):
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig(widths=SMALL, norm=norm)).eval()
+    lens = [5, 17, 12]
+    xs = [torch.randn(1, n) for n in lens]
+    N = max(lens)
+    x = torch.full((3, 1, N), 7.0)  # padding holds garbage on purpose
+    mask = torch.zeros(3, N, dtype=torch.bool)
+    for b, (xi, n) in enumerate(zip(xs, lens)):
+        x[b, :, :n] = xi
+        mask[b, :n] = True
+    with torch.no_grad():
+        p = m(x, mask)
+        assert (p[~mask] == 0).all()  # exactly zero, not just small
+        torch.testing.assert_close(p.sum(-1), torch.ones(3))
+        for b, (xi, n) in enumerate(zip(xs, lens)):
+            alone = m(xi[None], torch.ones(1, n, dtype=torch.bool))[0]
+            torch.testing.assert_close(p[b, :n], alone, atol=1e-6, rtol=1e-5)
+
+
+def test_conv2d_uses_grid_and_pads():
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig(arch="conv2d", widths=SMALL, kernel_size=3)).eval()
+    grids = torch.tensor([[1, 4, 4], [2, 3, 5], [1, 1, 1]])
+    lens = [16, 30, 1]
+    N = max(lens)
+    x = torch.randn(3, 1, N)
+    mask = torch.arange(N)[None] < torch.tensor(lens)[:, None]
+    with torch.no_grad():
+        p = m(x, mask, grids)
+        assert (p[~mask] == 0).all()
+        torch.testing.assert_close(p.sum(-1), torch.ones(3))
+        # a 2-D net sees the token below as a neighbour: moving a peak by one row changes a 1-D
+        # neighbourhood completely but the 2-D one symmetrically; just check grids matter at all
+        p_other = m(x[:1, :, :16], mask[:1, :16], torch.tensor([[1, 2, 8]]))
+    assert not torch.allclose(p[0, :16], p_other[0])
+    with pytest.raises(ValueError, match="grid"):
+        m(x, mask)
+    with pytest.raises(ValueError, match="does not match"):
+        m(x, mask, torch.tensor([[1, 4, 4], [1, 3, 5], [1, 1, 1]]))
+
+
+def test_coords_input_channels():
+    cfg = PredictorConfig(widths=SMALL, inputs=["attn", "coords"])
+    assert cfg.in_channels == 4 and cfg.needs_grid
+    feats = build_features(cfg.inputs, torch.rand(12), (1, 3, 4))
+    assert feats.shape == (4, 12)
+    # coords are (t, y, x) in raster order: token 4 is row 1, column 0
+    torch.testing.assert_close(feats[1:, 4], torch.tensor([0.0, 0.5, 0.0]))
+    p = RelevancePredictor(cfg)(feats[None], torch.ones(1, 12, dtype=torch.bool))
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="multiply"):
+        build_features(cfg.inputs, torch.rand(12), (1, 3, 5))
+
+
+def test_attention_normalisation_is_scale_free():
+    a = torch.rand(64)
+    f1 = build_features(["attn"], a / a.sum(), (1, 8, 8))
+    f2 = build_features(["attn"], 10 * a, (1, 8, 8))
+    torch.testing.assert_close(f1, f2)
+
+
+def test_config_errors_and_round_trip():
+    with pytest.raises(ValueError, match="available"):
+        PredictorConfig(arch="conv3d")
+    with pytest.raises(ValueError, match="odd"):
+        PredictorConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="num_heads"):
+        PredictorConfig(inputs=["attn_heads"])
+    with pytest.raises(ValueError, match="unknown predictor config keys"):
+        PredictorConfig.from_dict({"depth": 3})
+    cfg = PredictorConfig(widths=SMALL, inputs=["attn", "attn_heads"], num_heads=4)
+    assert PredictorConfig.from_dict(cfg.to_dict()) == cfg
+    assert num_channels(cfg.inputs, 4) == 5
+    m = RelevancePredictor(PredictorConfig(widths=SMALL))
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, 1, N_v\)"):
+        m(torch.randn(2, 3, 5), torch.ones(2, 5, dtype=torch.bool))
