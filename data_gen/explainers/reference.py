@@ -1,0 +1,37 @@
+"""Plain full-matrix GAE, the test oracle for `gae.py` (not registered; small models only).
+
+Keeps every layer's (H, S, S) attention in the graph, one backward per answer token for all
+layers' gradients, and forms the full S x S rollout R <- R + A_bar R, exactly as the rule is written.
+"""
+from __future__ import annotations
+
+import torch
+
+from data_gen.explainers._common import answer_scores, check_score, finish
+
+
+def reference_gae(adapter, prepared, answer_ids: torch.Tensor, score: str = "logit",
+                  gradient: bool = True) -> torch.Tensor:
+    """(N_v,) relevance; gradient=False gives the plain attention rollout (A_bar = head mean of A)."""
+    check_score(score)
+    answer_ids = answer_ids.reshape(-1)
+    s, n_t = prepared.seq_len, answer_ids.numel()
+    with torch.enable_grad():
+        embeds = adapter.embed(prepared, answer_ids).detach().requires_grad_(True)  # weights are frozen
+        out = adapter.teacher_forced(prepared, answer_ids, output_attentions=True, inputs_embeds=embeds)
+        atts = out.attentions  # L x (1, H, S+T, S+T)
+        scores = answer_scores(out.logits[:, s - 1:s - 1 + n_t], answer_ids, score)[0]  # (T,)
+        n = s + n_t
+        visual = prepared.visual_positions.to(scores.device)
+        rel = torch.zeros(visual.numel(), device=scores.device)
+        for t in range(n_t):
+            if gradient:
+                grads = torch.autograd.grad(scores[t], atts, retain_graph=True)
+                a_bars = [(g[0] * a[0]).clamp_min(0).mean(0) for g, a in zip(grads, atts)]
+            else:
+                a_bars = [a[0].detach().mean(0) for a in atts]
+            r = torch.eye(n, device=scores.device)
+            for a_bar in a_bars:  # first layer first
+                r = r + a_bar @ r
+            rel += r[s - 1 + t, visual]
+    return finish(rel / n_t)
