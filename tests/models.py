@@ -1,0 +1,56 @@
+"""Tiny random MLLM folders for tests, built once per test session (no downloads).
+
+Use from a test module (pytest puts tests/ on sys.path):
+
+    from models import FAMILIES, tiny_image, tiny_model_dir, tiny_models  # noqa: F401  (fixture)
+
+    def test_x(tiny_models):                    # {family: Path} for every family in FAMILIES
+        adapter = load_adapter(ADAPTER_OF["qwen2_vl"], str(tiny_models["qwen2_vl"]))
+
+`tiny_model_dir(family, root)` builds (or reuses) one folder under `root`. Every folder is a normal
+HF checkpoint saved with save_pretrained (config, safetensors weights, tokenizer, processor config).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from data_gen.hf_build import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl
+
+# family -> adapter name that loads it
+ADAPTER_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava_onevision": "llava_onevision"}
+FAMILIES = tuple(ADAPTER_OF)
+WORDS = list(DEFAULT_WORDS)
+
+_BUILT: dict[tuple[str, str], Path] = {}
+
+
+def tiny_model_dir(family: str, root: Path) -> Path:
+    """Folder of a tiny random model of `family` (2 text layers, hidden 64, 4 heads / 2 kv heads)."""
+    key = (family, str(root))
+    if key not in _BUILT:
+        out = Path(root) / family
+        if not (out / "config.json").exists():
+            if family == "llava_onevision":
+                build_llava_onevision(out, WORDS, seed=0)
+            else:
+                build_qwen2_vl(out, WORDS, variant=family, seed=0)
+        _BUILT[key] = out
+    return _BUILT[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_mllms")
+    return {family: tiny_model_dir(family, root) for family in FAMILIES}
+
+
+def tiny_image(width: int = 112, height: int = 84, seed: int = 0) -> Image.Image:
+    """A small image with a few coloured shapes (Qwen2-VL: 112x84 px -> 4x3 = 12 visual tokens)."""
+    img = Image.new("RGB", (width, height), (40 + seed % 50, 60, 80))
+    d = ImageDraw.Draw(img)
+    d.ellipse([5, 5, 40, 40], fill=(220, 30, 30))
+    d.rectangle([60, 30, 100, 70], fill=(30, 200, 40))
+    return img

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from data_gen.hf_build import LLAVA_OV_SPECIAL, QWEN2_VL_SPECIAL, build_tokenizer
+from models import ADAPTER_OF, FAMILIES, WORDS, tiny_image, tiny_models  # noqa: F401
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_tokenizer_words_special_tokens_and_unknowns(family):
+    tok = build_tokenizer(["Red circle", "square"], family)
+    ids = tok("red Circle, square 42 zebra")["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["red", "circle", ",", "square", "4", "2", "<unk>"]
+    specials = QWEN2_VL_SPECIAL if family == "qwen2_vl" else LLAVA_OV_SPECIAL
+    for s in specials:  # each special token is one atomic token, skipped when decoding
+        (i,) = tok(f"red{s}red")["input_ids"][1:2]
+        assert tok.convert_ids_to_tokens(i) == s
+    assert tok.decode(tok(f"{specials[1]}red circle, square")["input_ids"], skip_special_tokens=True) == \
+        "red circle, square"
+
+
+def test_tokenizer_unknown_family():
+    with pytest.raises(KeyError, match="available: llava_onevision, qwen2_5_vl, qwen2_vl"):
+        build_tokenizer(["a"], "llama")
+
+
+def test_chat_templates_match_the_real_models(tiny_models):
+    from transformers import AutoTokenizer
+
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    qwen = AutoTokenizer.from_pretrained(tiny_models["qwen2_vl"]).apply_chat_template(
+        msgs, add_generation_prompt=True, tokenize=False)
+    assert qwen == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>What colour?<|im_end|>\n<|im_start|>assistant\n")
+    llava = AutoTokenizer.from_pretrained(tiny_models["llava_onevision"]).apply_chat_template(
+        msgs, add_generation_prompt=True, tokenize=False)
+    assert llava == "<|im_start|>user <image>\nWhat colour?<|im_end|><|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folder_loads_like_a_checkpoint(family, tiny_models):
+    import transformers as tf
+
+    from predictor.adapters.hf_compat import allow_missing_video_processor
+
+    path = tiny_models[family]
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (path / name).exists(), name
+    cls = {"qwen2_vl": tf.Qwen2VLForConditionalGeneration, "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
+           "llava_onevision": tf.LlavaOnevisionForConditionalGeneration}[family]
+    model = tf.AutoModelForImageTextToText.from_pretrained(path)
+    assert type(model) is cls
+    with allow_missing_video_processor():
+        proc = tf.AutoProcessor.from_pretrained(path)
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what"}]}],
+                                    add_generation_prompt=True, tokenize=False)
+    inputs = proc(text=[text], images=[tiny_image()], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+    assert torch.isfinite(out.logits).all() and out.logits.shape[1] == inputs["input_ids"].shape[1]
