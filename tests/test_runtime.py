@@ -44,8 +44,13 @@ def test_layer0_matches_full_eager_attention(adapter):
     ctx = make_context(adapter, p)
     heads, mean = layer0_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
                                    p.visual_positions)
-    with torch.no_grad():  # reference: the model's own eager layer-0 probabilities over the full sequence
-        out = adapter.teacher_forced(p, torch.zeros(0, dtype=torch.long), output_attentions=True)
+    model = adapter.model  # reference: the model's own eager layer-0 probabilities over the full sequence
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(inputs_embeds=ctx.embeds, position_ids=ctx.position_ids, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
     full = out.attentions[0][0].float()  # (H, S, S)
     ref = full[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
     assert heads.shape == ref.shape == (full.shape[0], p.num_visual)
@@ -159,3 +164,15 @@ def test_budget_errors():
         budget_for(64, 1.5, None)
     with pytest.raises(KeyError, match="available"):
         make_method("nope")
+
+
+def test_rope_deltas_consistent_after_pruning(adapter):
+    p = adapter.prepare(_image(112, 168, 7), "what shape is the red object")
+    ctx = make_context(adapter, p)
+    pp, _ = prune_context(ctx, make_method("attention"), keep=0.25)
+    e, m, pos = left_pad([pp])
+    ids = adapter.generate_from_embeds(e, m, pos, max_new_tokens=2)
+    if pos.ndim == 3:  # Qwen2-VL family: cache length + delta = the unpruned prompt's next position
+        full_pos = ctx.position_ids
+        assert int(adapter.model.model.rope_deltas[0]) + pp.seq_len == int(full_pos.max()) + 1
+    assert len(ids) == 1

@@ -146,6 +146,12 @@ class Adapter(ABC):
         `position_ids` with batch B. Runs the model's own attention (whatever it was loaded with).
         Returns B answer id tensors (T_b,) without EOS or padding.
         """
+        if position_ids.ndim == 3 and hasattr(getattr(self.model, "model", None), "rope_deltas"):
+            # M-RoPE models cache rope_deltas (next position = cache length + delta). Generation
+            # extends the explicit position_ids we pass, but keep the cached deltas consistent with the
+            # pruned prompt too: delta = (last original position + 1) - (unpadded pruned length).
+            last = position_ids.amax(dim=(0, 2))  # (B,)
+            self.model.model.rope_deltas = (last + 1 - attention_mask.sum(-1)).long()[:, None]
         out = self.model.generate(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   max_new_tokens=max_new_tokens, do_sample=False)
         return [_strip_answer(row, self._stop_ids()) for row in out]
