@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
 from predictor.model import PredictorConfig, RelevancePredictor
 
@@ -27,7 +28,7 @@ def test_run_eval_writes_results(setup):
     root, model_dir, export = setup
     out = root / "out"
     model = {"name": "tiny", "adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",
-             "attn_implementation": "sdpa"}
+             "attn_implementation": ATTN_IMPL}
     source = {"name": "synthetic_scenes", "num_items": 3, "split": "test", "sizes": [[112, 112]]}
     methods = ["predictor", "attention", "random", "downsample", "cluster"]
     res = eval_py.run_eval(model=model, source=source, explainer={"name": "gae"}, predictor=str(export),

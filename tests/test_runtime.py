@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from predictor.adapters.attention import ATTN_IMPL
 from predictor.model import PredictorConfig, RelevancePredictor
 from predictor.runtime import (METHODS, ClusterAggregation, budget_for, kmeans, layer0_attention, left_pad,
                                make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
@@ -32,7 +33,8 @@ def adapter(request, tmp_path_factory):
     else:
         build_qwen2_vl(out, list(DEFAULT_WORDS), variant=request.param)
         name = "qwen2_vl"
-    return get_adapter(name).load(str(out), dtype="float32", device="cpu", attn_implementation="sdpa")
+    # the adapter's default attention: SDPA, with fp32 maps only inside an explainer's capture
+    return get_adapter(name).load(str(out), dtype="float32", device="cpu")
 
 
 def _attn_impl(adapter) -> str:
@@ -50,13 +52,13 @@ def test_layer0_matches_full_eager_attention(adapter):
         with torch.no_grad():
             out = model(inputs_embeds=ctx.embeds, position_ids=ctx.position_ids, output_attentions=True)
     finally:
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(ATTN_IMPL)
     full = out.attentions[0][0].float()  # (H, S, S)
     ref = full[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
     assert heads.shape == ref.shape == (full.shape[0], p.num_visual)
     torch.testing.assert_close(heads, ref, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(mean, ref.mean(0), rtol=1e-4, atol=1e-6)
-    assert _attn_impl(adapter) == "sdpa"  # the reference pass did not leave the model on eager
+    assert _attn_impl(adapter) == ATTN_IMPL  # the reference pass did not leave the model on eager
 
 
 def test_keep_one_is_exactly_unpruned(adapter):
@@ -65,7 +67,7 @@ def test_keep_one_is_exactly_unpruned(adapter):
     outs = pruned_generate(adapter, p, make_method("attention"), keep=1.0, max_new_tokens=8)
     assert outs[0].num_kept == outs[0].num_visual == p.num_visual
     assert outs[0].answer_ids.tolist() == full_ids.tolist()
-    assert _attn_impl(adapter) == "sdpa"
+    assert _attn_impl(adapter) == ATTN_IMPL
 
 
 def test_kept_tokens_keep_their_original_positions(adapter):
