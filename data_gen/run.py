@@ -139,7 +139,9 @@ def _layer0_attention(adapter: Any, prepared: Any) -> torch.Tensor:
     instruction tokens. Uses the adapter's own method when it has one (only layer 0 is computed),
     else a teacher-forced forward over the prompt."""
     if hasattr(adapter, "layer0_attention"):
-        return adapter.layer0_attention(prepared).detach().float().cpu()
+        out = adapter.layer0_attention(prepared)
+        per_head = out[0] if isinstance(out, tuple) else out  # HFAdapter returns (per_head, mean)
+        return per_head.detach().float().cpu()
     empty = torch.zeros(0, dtype=torch.long)
     with torch.no_grad():
         out = adapter.teacher_forced(prepared, empty, output_attentions=True)

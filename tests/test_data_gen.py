@@ -26,6 +26,8 @@ from data_gen.writer import read_manifests
 from predictor.adapters.base import Prepared
 from predictor.schema import decode
 
+from models import tiny_models  # noqa: F401  (session fixture: tiny HF model folders)
+
 HERE = Path(__file__).resolve()
 PX = 28
 
@@ -219,6 +221,31 @@ def test_two_rank_torchrun_equals_single_process(tmp_path):
     assert one.keys() == two.keys()
     for k in one:
         assert torch.equal(one[k].relevance, two[k].relevance) and one[k].meta == two[k].meta
+
+
+# --- end to end on a tiny real Qwen2-VL (tests/models.py) ----------------------------------------------
+def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "data_gen", f"model.path={tiny_models['qwen2_vl']}", "source.num_items=3",
+           "source.sizes=[[112,112]]", "correctness=none", "max_new_tokens=2", "save_heads=true", f"out={out}",
+           f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=HERE.parent.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "3 written" in res.stdout
+    samples = _check_exactly_once(out, 3)
+    for s in samples:
+        assert s.meta["adapter"] == "qwen2_vl" and s.meta["explainer"] == "gae" and s.meta["grid"] == [1, 4, 4]
+        assert s.meta["source_extra"]["question_type"] in ("shape", "colour")
+        assert s.relevance.sum() > 0 and s.attn_heads.shape == (4, 16)
+        assert np.load(__import__("io").BytesIO(s.extra["gt_rel.npy"])).shape == (16,)
+    summary = json.loads((out / "summary-r00000.json").read_text())
+    assert summary["written"] == 3 and summary["visual_tokens_per_sample"] == 16
+    # a missing model fails before any work, naming the path and how to fix it
+    res = subprocess.run([*cmd[:3], f"model.path={tmp_path / 'none'}", *cmd[4:]], env=_env(), capture_output=True,
+                         text=True, cwd=HERE.parent.parent)
+    assert res.returncode != 0 and f"model.path='{tmp_path / 'none'}'" in res.stderr
 
 
 def _script_main(img: str, out: str, n: str, sleep: str, shard_size: str) -> None:
