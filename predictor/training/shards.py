@@ -65,6 +65,17 @@ class ReadStats:
     skip_reasons: list[str] = field(default_factory=list)  # the first few, for the log
 
 
+def _check_complete(path: Path) -> None:
+    """A tar written to its end is a whole number of 512-byte blocks ending in two zero blocks.
+    Streaming readers stop quietly at a truncation that falls on a file boundary; this does not."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 1024))
+        tail = f.read()
+    if size < 1024 or size % 512 or tail.count(0) != len(tail):
+        raise tarfile.ReadError(f"truncated tar ({size} bytes, no end-of-archive marker)")
+
+
 def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
                stats: ReadStats | None = None) -> list[Sample]:
     """All valid samples of one shard. A tar that cannot be read to its end counts as corrupt and
@@ -74,6 +85,7 @@ def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
     out: list[Sample] = []
     bad: list[str] = []
     try:
+        _check_complete(path)
         with open(path, "rb") as f:
             files = ({**item, "__url__": str(path)} for item in tar_file_iterator(f))
             for raw in group_by_keys(files):

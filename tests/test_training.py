@@ -1,0 +1,189 @@
+"""Training pipeline on real (planted-pattern) shards written through the schema."""
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+
+from predictor.export import load_predictor, read_export_config
+from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.schema import SampleError, encode
+from predictor.training import (EvenBatchSampler, PredictorModule, ShardDataModule, collate, is_val_key,
+                                write_synthetic_shards)
+from predictor.training.synthetic import planted_sample
+
+SMALL = [16, 32, 64]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny convs: thread hand-offs cost more than they save, and on a shared 2-core box two
+    # threads per process oversubscribe the cores (measured 10x slower under load)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    write_synthetic_shards(out, 900, grids=[(1, 8, 8), (1, 6, 10), (1, 10, 10)], samples_per_shard=300)
+    return out
+
+
+@pytest.mark.parametrize("n,world,bs", [(10, 1, 4), (101, 2, 16), (100, 2, 25), (51, 2, 25), (7, 3, 2), (3, 3, 8)])
+def test_even_batch_sampler_each_index_once(n, world, bs):
+    seen = []
+    counts = set()
+    for rank in range(world):
+        s = EvenBatchSampler(n, bs, shuffle=True, seed=1, rank=rank, world_size=world)
+        s.set_epoch(3)
+        batches = list(s)
+        assert len(batches) == len(s) and all(0 < len(b) <= bs for b in batches)
+        counts.add(len(batches))
+        seen += [i for b in batches for i in b]
+    assert sorted(seen) == list(range(n))  # once each, none dropped, none repeated
+    assert len(counts) == 1  # every rank steps the same number of times (DDP would hang otherwise)
+    a = [i for b in EvenBatchSampler(n, bs, True, 1, 0, world) for i in b]
+    s = EvenBatchSampler(n, bs, True, 1, 0, world)
+    s.set_epoch(1)
+    assert n < 8 or a != [i for b in s for i in b]  # reshuffled per epoch
+    with pytest.raises(ValueError, match="ranks"):
+        EvenBatchSampler(1, 4, True, world_size=2)
+
+
+def test_split_is_by_key_and_stable(shards):
+    dm = ShardDataModule(str(shards), ["attn"], batch_size=32, val_fraction=0.2)
+    dm.setup()
+    train_keys = {it.key for it in dm.train_set.items}
+    val_keys = {it.key for it in dm.val_set.items}
+    assert not train_keys & val_keys and len(train_keys) + len(val_keys) == 900
+    assert 0.13 < len(val_keys) / 900 < 0.27
+    assert all(is_val_key(k, 0.2) for k in val_keys)
+    # a list of shards in another order gives the same split
+    dm2 = ShardDataModule(sorted(str(p) for p in shards.glob("*.tar"))[::-1], ["attn"], val_fraction=0.2)
+    dm2.setup()
+    assert {it.key for it in dm2.val_set.items} == val_keys
+    s = dm.summary
+    assert s["model_id"] == "synthetic/planted" and s["n_v_min"] == 60 and s["n_v_max"] == 100
+    assert s["num_train"] == len(train_keys) and s["num_shards"] == 3
+
+
+def test_collate_pads_with_masks(shards):
+    dm = ShardDataModule(str(shards), ["attn", "coords"], val_fraction=0.1)
+    dm.setup()
+    items = sorted(dm.train_set.items, key=lambda it: it.x.shape[1])[:: len(dm.train_set.items) // 3][:3]
+    b = collate(items)
+    lens = [it.x.shape[1] for it in items]
+    assert b["x"].shape == (3, 4, max(lens)) and b["mask"].sum(-1).tolist() == lens
+    assert (b["x"][~b["mask"][:, None].expand_as(b["x"])] == 0).all()
+    assert [int(torch.tensor(g).prod()) for g in b["grid"].tolist()] == lens
+
+
+def test_missing_shards_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m data_gen out=.*nothing"):
+        ShardDataModule(str(tmp_path / "nothing"), ["attn"]).setup()
+
+
+def _write_raw(path: Path, samples: list[dict]) -> None:
+    with wds.TarWriter(str(path)) as w:
+        for s in samples:
+            w.write(s)
+
+
+def test_corrupt_shard_and_sample_skipped_or_strict(tmp_path):
+    rng = np.random.default_rng(0)
+    good = [encode(planted_sample(f"good{i}", (1, 4, 4), rng)) for i in range(20)]
+    _write_raw(tmp_path / "a.tar", good[:10])
+    bad = dict(encode(planted_sample("badsample", (1, 4, 4), rng)))
+    buf = io.BytesIO()
+    np.save(buf, np.full(16, np.nan, dtype=np.float32))
+    bad["rel.npy"] = buf.getvalue()
+    _write_raw(tmp_path / "b.tar", good[10:15] + [bad])
+    _write_raw(tmp_path / "c.tar", good[15:])
+    data = (tmp_path / "c.tar").read_bytes()
+    (tmp_path / "c.tar").write_bytes(data[: len(data) // 2 + 100])  # truncated mid-file
+
+    dm = ShardDataModule(str(tmp_path), ["attn"], val_fraction=0.0)
+    dm.setup()
+    assert len(dm.train_set) == 15  # a.tar + the 5 good samples of b.tar; c.tar dropped whole
+    assert dm.stats.skipped_samples == 1 and len(dm.stats.corrupt_shards) == 1
+    assert "c.tar" in dm.stats.corrupt_shards[0]
+    assert dm.summary["skipped_samples"] == 1 and dm.summary["corrupt_shards"] == 1
+
+    with pytest.raises(SampleError) as err:
+        ShardDataModule([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")], ["attn"], strict=True).setup()
+    assert "badsample" in str(err.value) and "b.tar" in str(err.value) and "rel.npy" in str(err.value)
+    with pytest.raises(ValueError, match=r"c\.tar is corrupt"):
+        ShardDataModule(str(tmp_path / "c.tar"), ["attn"], strict=True).setup()
+
+
+def test_learns_planted_pattern(shards, tmp_path):
+    torch.manual_seed(0)
+    dm = ShardDataModule(str(shards), ["attn", "coords"], batch_size=32, val_fraction=0.15)
+    module = PredictorModule(RelevancePredictor(PredictorConfig(widths=SMALL, inputs=["attn", "coords"])),
+                             lr=3e-3, trained_on={"model_id": "synthetic/planted"})
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    m = module.last_val_metrics
+    assert m["chance_recall@25"] == pytest.approx(0.25, abs=0.01)
+    assert m["recall@25"] > 0.5, m  # clearly above chance (0.25) ...
+    assert m["recall@25"] > m["attn_recall@25"] + 0.1, m  # ... and above layer-0 attention used directly
+    assert m["kl"] < m["attn_kl"]
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "train"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def _train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_entry", Path(__file__).resolve().parents[1] / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_resume_and_export_from_checkpoint(shards, tmp_path):
+    train = _train_module().train
+    common = [f"data.shards={shards}", "model.widths=[8,16]", "logger=none", "data.batch_size=64",
+              "callbacks.figures.every_n_epochs=1", "trainer.enable_progress_bar=false"]
+    out = train(_compose(*common, "trainer.max_epochs=1", f"run_dir={tmp_path}/run1", f"export_dir={tmp_path}/exp1"))
+    assert out == (tmp_path / "exp1").resolve()
+    cfg = read_export_config(out)
+    assert cfg["trained_on"]["model_id"] == "synthetic/planted" and cfg["trained_on"]["num_samples"] == 900
+    assert cfg["trained_on"]["n_v_min"] == 60 and cfg["trained_on"]["n_v_max"] == 100
+    assert {"recall@25", "kl", "spearman", "chance_recall@25"} <= set(cfg["metrics"])
+    assert cfg["training"]["target_keep"] == 0.5 and cfg["training"]["optimizer"] == "adam"
+    assert list((tmp_path / "run1" / "figures").glob("*.png"))
+    last = tmp_path / "run1" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+
+    # resume: continues from epoch 1 to 2 (the checkpoint's optimizer and loop state are restored)
+    train(_compose(*common, "trainer.max_epochs=2", f"ckpt_path={last}", f"run_dir={tmp_path}/run2",
+                   f"export_dir={tmp_path}/exp2"))
+    assert read_export_config(tmp_path / "exp2")["training"]["epochs"] == 2
+    ckpt1 = torch.load(last, weights_only=True)
+    ckpt2 = torch.load(tmp_path / "run2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt2["epoch"] == 1 and ckpt2["global_step"] == 2 * ckpt1["global_step"] > 0
+
+    # export on demand from a checkpoint: same weights as the end-of-run export
+    exp3 = train(_compose(*common, f"export_from={tmp_path}/run2/checkpoints/last.ckpt", f"export_dir={tmp_path}/exp3"))
+    a, b = load_predictor(tmp_path / "exp2"), load_predictor(exp3)
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert read_export_config(exp3)["metrics"] == read_export_config(tmp_path / "exp2")["metrics"]
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        train(_compose(*common, f"export_from={tmp_path}/nope.ckpt"))
