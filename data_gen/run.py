@@ -341,6 +341,10 @@ def build_adapter(spec: dict[str, Any], local_rank: int = 0) -> Any:
 
 def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any], options: dict[str, Any]) -> Summary:
     """Build everything from plain config dicts and run this process's rank."""
+    known = set(DataGenConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise KeyError(f"unknown data_gen option(s) {unknown}; available: {', '.join(sorted(known))}")
     cfg = DataGenConfig(**options)
     rank, world, local_rank = dist_env()
     torch.manual_seed(0)
