@@ -50,6 +50,13 @@ def _logger(cfg: DictConfig, run_dir: Path):
 
 def train(cfg: DictConfig) -> Path:
     """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
+    from predictor.training.shards import resolve_shards
+
+    d = cfg.data
+    shards = OmegaConf.to_container(d.shards) if OmegaConf.is_list(d.shards) else str(d.shards)
+    if not cfg.get("export_from"):
+        resolve_shards(shards)  # fail fast, before the slow imports, when there is nothing to train on
+
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -64,8 +71,6 @@ def train(cfg: DictConfig) -> Path:
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     pcfg = PredictorConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
-    d = cfg.data
-    shards = OmegaConf.to_container(d.shards) if OmegaConf.is_list(d.shards) else str(d.shards)
     dm = ShardDataModule(shards, pcfg.inputs, batch_size=d.batch_size, val_fraction=d.val_fraction,
                          num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
                          figure_samples=d.figure_samples)
@@ -95,6 +100,9 @@ def train(cfg: DictConfig) -> Path:
         export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
                                    batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs)
         if cfg.logger.name == "wandb" and logger:
+            import wandb
+
+            wandb.finish()  # now, not at exit: the export path must stay the last line printed
             print(f"wandb: offline run in {run_dir / 'wandb'}; upload it with: "
                   f"wandb sync {run_dir / 'wandb'}/offline-run-*")
     return export_dir.resolve()

@@ -2,15 +2,21 @@
 
 ShardDataModule (shards -> padded batches), PredictorModule (KL loss, optimiser, schedule,
 validation metrics), RelevanceFigureCallback, export helpers and planted-pattern shards for tests.
+Names are imported on first use, so `predictor.training.shards` (webdataset only) can find
+shards, or fail with its message, before Lightning's multi-second import.
 """
-from predictor.training.data import EvenBatchSampler, ShardDataModule, collate, is_val_key
-from predictor.training.export import export_checkpoint, export_module
-from predictor.training.figures import RelevanceFigureCallback
-from predictor.training.module import PredictorModule
-from predictor.training.shards import read_shards, resolve_shards
-from predictor.training.synthetic import write_synthetic_shards
+import importlib
 
-__all__ = [
-    "EvenBatchSampler", "ShardDataModule", "collate", "is_val_key", "export_checkpoint", "export_module",
-    "RelevanceFigureCallback", "PredictorModule", "read_shards", "resolve_shards", "write_synthetic_shards",
-]
+_WHERE = {
+    "EvenBatchSampler": "data", "ShardDataModule": "data", "collate": "data", "is_val_key": "data",
+    "export_checkpoint": "export", "export_module": "export", "RelevanceFigureCallback": "figures",
+    "PredictorModule": "module", "read_shards": "shards", "resolve_shards": "shards",
+    "write_synthetic_shards": "synthetic",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'predictor.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"predictor.training.{_WHERE[name]}"), name)
