@@ -203,11 +203,11 @@ def summarise(samples: list[Sample], train: list[Sample], val: list[Sample], pat
               stats: ReadStats) -> dict[str, Any]:
     """What the predictor is trained on, for the export's config.json (`trained_on`)."""
     def one_or_all(name: str) -> Any:
-        c = Counter(str(s.meta.get(name)) for s in samples)
+        c = Counter(s.meta.get(name) for s in samples)  # str or int values: hashable
         if len(c) > 1:
             log.warning("shards mix several %s values %s: a predictor is meant for one MLLM and modality",
                         name, dict(c))
-        return next(iter(c)) if len(c) == 1 else dict(c)
+        return next(iter(c)) if len(c) == 1 else {str(k): v for k, v in c.items()}
 
     n_v = [s.num_visual for s in samples]
     return {
