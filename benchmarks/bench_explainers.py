@@ -14,7 +14,9 @@ instruction over the visual tokens, used directly) and `random`.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -39,7 +41,12 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     gen = torch.Generator().manual_seed(seed)
     methods["random"] = lambda a, p, ids: torch.rand(p.num_visual, generator=gen)
     sums = {m: {"mass": 0.0, "pointing": 0.0, "seconds": 0.0} for m in methods}
-    source = SyntheticScenes(num_items=20 * n, seed=seed, split=split, sizes=[list(size)])
+    scene_kw = {}
+    record = Path(model) / "training.json"  # draw scenes as the reference model was trained on
+    if record.is_file():
+        cfg = json.loads(record.read_text())["config"]
+        scene_kw = {"question_types": cfg["question_types"], "num_objects": cfg["num_objects"]}
+    source = SyntheticScenes(num_items=20 * n, seed=seed, split=split, sizes=[list(size)], **scene_kw)
     done = wrong = 0
     share = 0.0
     bar = tqdm(total=n, desc="explainers")
