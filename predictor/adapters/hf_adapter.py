@@ -78,6 +78,14 @@ class HFAdapter(Adapter):
     def tokenizer(self):
         return self.processor.tokenizer
 
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
     # ---- family hooks --------------------------------------------------------------------------
 
     def language_model(self) -> torch.nn.Module:

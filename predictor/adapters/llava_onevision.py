@@ -20,14 +20,6 @@ class LlavaOnevisionAdapter(HFAdapter):
     name = "llava_onevision"
     MODEL_TYPES = {"llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def video_token_id(self) -> int:
-        return int(self.model.config.video_token_id)
-
     def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
         if "pixel_values" not in inputs:
             raise ValueError("llava_onevision adapter: only images are supported so far (video layout not written)")

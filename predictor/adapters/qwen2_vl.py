@@ -19,14 +19,6 @@ class Qwen2VLAdapter(HFAdapter):
                    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def video_token_id(self) -> int:
-        return int(self.model.config.video_token_id)
-
-    @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
 
