@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from predictor.adapters.attention import ATTN_IMPL, capture, register
-from predictor.adapters.base import Adapter, Prepared
+from predictor.adapters.base import Adapter, Prepared, _strip_answer
 from predictor.adapters.hf_compat import allow_missing_video_processor
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -171,10 +171,7 @@ class HFAdapter(Adapter):
         with torch.no_grad():
             out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       num_beams=1)
-        ids = out[0, prepared.seq_len:].cpu()
-        stop = self._stop_ids()
-        cut = next((i for i, t in enumerate(ids.tolist()) if t in stop), len(ids))
-        ids = ids[:cut]
+        ids = _strip_answer(out[0, prepared.seq_len:].cpu(), self._stop_ids())
         return ids, self.decode_answer(ids)
 
     def teacher_forced(self, prepared: Prepared, answer_ids: torch.Tensor, output_attentions: bool = True,
