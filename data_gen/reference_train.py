@@ -56,7 +56,18 @@ class RefTrainConfig:
     # attending to all objects alike.
     att_weight: float = 0.0
     att_layers: tuple[int, int] = (1, 2)
-    aux_head: str = "linear"  # "tied": class scores = dot product with the word's input embedding; "linear"
+    aux_head: str = "linear"  # "linear" | "tied": class scores = dot product with the word's input embedding |
+    # "regress": merged features regressed (relative squared error) onto the input embeddings of their
+    # (colour, shape) words: clean, small features the LLM can match against the question's words
+    # Clean-feature warm start: with probability 1 until `clean_until` (a fraction of the steps), then
+    # falling linearly to 0 over `clean_fade`, the LLM sees each visual token as the input embeddings of
+    # its (colour, shape) words instead of the vision tower's output, so it learns the question-to-object
+    # lookup on clean inputs while the vision tower learns to produce them. Both 0: off.
+    clean_until: float = 0.0
+    clean_fade: float = 0.0
+    # [[from_fraction, objects_per_scene], ...], first from 0: objects per scene by training progress
+    # (an easy start: one object needs no lookup). Empty: `num_objects` throughout.
+    curriculum: list[list[float]] = field(default_factory=list)
     # (height, width) px and how often each is drawn; 224x224 is the main size
     sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 224]])
     size_weights: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
@@ -162,6 +173,25 @@ def heldout_items(seed: int, size: list[int], n: int, question_types=("shape",),
     return [source[i] for i in range(n)]
 
 
+def objects_at(cfg: RefTrainConfig, step: int) -> int | None:
+    """Objects per scene at `step` under `cfg.curriculum` (None: no curriculum, `cfg.num_objects`)."""
+    n = None
+    for start, count in cfg.curriculum:
+        if step >= start * cfg.steps:
+            n = int(count)
+    return n
+
+
+def clean_probability(cfg: RefTrainConfig, step: int) -> float:
+    """Probability that the LLM is fed clean word-embedding features at `step` (see RefTrainConfig)."""
+    frac = step / cfg.steps
+    if frac < cfg.clean_until:
+        return 1.0
+    if cfg.clean_fade <= 0:
+        return 0.0
+    return max(0.0, 1.0 - (frac - cfg.clean_until) / cfg.clean_fade)
+
+
 class _Batches(torch.utils.data.IterableDataset):
     """The training batches in step order: step s draws its size from (seed, s) and its scenes are
     the train-split items s*64, s*64+1, ... (disjoint across steps): a pure function of the seed."""
@@ -169,19 +199,21 @@ class _Batches(torch.utils.data.IterableDataset):
     def __init__(self, cfg: RefTrainConfig, processor: Any, eos_id: int, pad_id: int, image_token_id: int):
         self.cfg, self.processor, self.eos_id, self.pad_id = cfg, processor, eos_id, pad_id
         self.image_token_id = image_token_id
-        self.sources = [SyntheticScenes(num_items=cfg.steps * 64, seed=cfg.seed, split="train", sizes=[s],
-                                        question_types=cfg.question_types, num_objects=cfg.num_objects)
-                        for s in cfg.sizes]
+        counts = [None] if not cfg.curriculum else sorted({int(n) for _, n in cfg.curriculum})
+        self.sources = {n: [SyntheticScenes(num_items=cfg.steps * 64, seed=cfg.seed, split="train", sizes=[s],
+                                            question_types=cfg.question_types,
+                                            num_objects=cfg.num_objects if n is None else [n, n])
+                            for s in cfg.sizes] for n in counts}
         self.weights = np.asarray(cfg.size_weights, dtype=np.float64) / sum(cfg.size_weights)
 
     def __iter__(self):
         torch.set_num_threads(1)
         for step in range(self.cfg.steps):
             rng = np.random.default_rng([self.cfg.seed, step])
-            k = int(rng.choice(len(self.sources), p=self.weights))
+            k = int(rng.choice(len(self.cfg.sizes), p=self.weights))
             h, w = self.cfg.sizes[k]
             bs = max(1, self.cfg.visual_tokens_per_step // ((h // scenes.TOKEN_PX) * (w // scenes.TOKEN_PX)))
-            drawn = [self.sources[k].scene(step * 64 + j) for j in range(bs)]
+            drawn = [self.sources[objects_at(self.cfg, step)][k].scene(step * 64 + j) for j in range(bs)]
             batch = make_batch(self.processor, [(d.image, d.question, d.answer) for d in drawn],
                                self.eos_id, self.pad_id)
             tl = [scenes.token_labels(d) for d in drawn]  # (h*w,) colour and shape class per token
@@ -213,18 +245,40 @@ def train(cfg: RefTrainConfig) -> dict:
     eos_id, pad_id = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     if cfg.att_weight > 0:  # attention probabilities are needed during training
         model.set_attn_implementation("eager")
+    if cfg.curriculum and cfg.curriculum[0][0] != 0:
+        raise ValueError(f"curriculum {cfg.curriculum} must start at fraction 0, e.g. [[0, 1], [0.12, 2], [0.35, 3]]")
+    if cfg.aux_head not in ("linear", "tied", "regress"):
+        raise ValueError(f"aux_head={cfg.aux_head!r}: expected linear, tied or regress")
+    # input-embedding rows of each colour and shape class (class 0, background, reads <|endoftext|>)
+    class_ids = {"colour": torch.tensor([pad_id] + tok.convert_tokens_to_ids(list(scenes.COLOURS))),
+                 "shape": torch.tensor([pad_id] + tok.convert_tokens_to_ids(list(scenes.SHAPES)))}
+
+    def clean_features(colour: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """(N,) class labels -> (N, D): the input embeddings of each token's colour word + shape word."""
+        emb = model.get_input_embeddings().weight
+        return emb[class_ids["colour"]][colour] + emb[class_ids["shape"]][shape]
+
+    heads = None
     if cfg.aux_head == "tied":
         heads = AuxHeads(model.config.text_config.hidden_size, model.get_input_embeddings(),
                          tok.convert_tokens_to_ids(list(scenes.COLOURS)), tok.convert_tokens_to_ids(list(scenes.SHAPES)))
-    else:
+    elif cfg.aux_head == "linear":
         heads = AuxHeads(model.config.text_config.hidden_size)
-    params = list(model.parameters()) + [p for n, p in heads.named_parameters() if not n.startswith("embeddings.")]
+    params = list(model.parameters()) + ([] if heads is None else
+                                         [p for n, p in heads.named_parameters() if not n.startswith("embeddings.")])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))))
 
     captured: list[torch.Tensor] = []  # the merger's output: (N_visual_tokens_in_batch, D)
-    hook = model.model.visual.merger.register_forward_hook(lambda m, i, o: captured.append(o))
+    feed = {"clean": False}  # this step's labels, and whether the LLM gets clean features instead
+    clean_rng = torch.Generator().manual_seed(cfg.seed)
+
+    def merger_hook(module, inputs, output):
+        captured.append(output)
+        return clean_features(feed["colour"], feed["shape"]) if feed["clean"] else output
+
+    hook = model.model.visual.merger.register_forward_hook(merger_hook)
     batches = torch.utils.data.DataLoader(  # drawing + processing overlap the model step
         _Batches(cfg, processor, eos_id, pad_id, model.config.image_token_id), batch_size=None, num_workers=1, prefetch_factor=4)
 
@@ -235,10 +289,16 @@ def train(cfg: RefTrainConfig) -> dict:
     for step, (batch, colour, shape, target, word_pos) in enumerate(bar):
         labels = batch.pop("labels")
         captured.clear()
+        feed.update(colour=colour, shape=shape,
+                    clean=bool(torch.rand((), generator=clean_rng) < clean_probability(cfg, step)))
         out = model(**batch, output_attentions=cfg.att_weight > 0)
         logits = out.logits  # (B, S, V)
         lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        aux = heads.loss(captured[-1], colour, shape)
+        if cfg.aux_head == "regress":
+            tgt = clean_features(colour, shape).detach()
+            aux = ((captured[-1] - tgt) ** 2).sum(-1).mean() / (tgt ** 2).sum(-1).mean()
+        else:
+            aux = heads.loss(captured[-1], colour, shape)
         loss = lm + cfg.aux_weight * aux
         first = (labels[:, 1:] != -100).float().argmax(1)  # (B,) the position predicting the first answer token
         guide = torch.zeros(())
@@ -337,11 +397,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-items", type=int, default=RefTrainConfig.eval_items)
     p.add_argument("--threads", type=int, default=RefTrainConfig.threads)
     p.add_argument("--att-weight", type=float, default=RefTrainConfig.att_weight)
-    p.add_argument("--aux-head", choices=("tied", "linear"), default=RefTrainConfig.aux_head)
+    p.add_argument("--aux-head", choices=("tied", "linear", "regress"), default=RefTrainConfig.aux_head)
+    p.add_argument("--clean-until", type=float, default=RefTrainConfig.clean_until)
+    p.add_argument("--clean-fade", type=float, default=RefTrainConfig.clean_fade)
+    p.add_argument("--curriculum", default="", help="objects per scene by progress, e.g. 0:1,0.12:2,0.35:3")
+    p.add_argument("--sizes", default="", help="training image sizes HxW, e.g. 224x224 (default: the config's mix)")
     a = p.parse_args(argv)
+    extra = {}
+    if a.curriculum:
+        extra["curriculum"] = [[float(f), int(n)] for f, n in (x.split(":") for x in a.curriculum.split(","))]
+    if a.sizes:
+        extra["sizes"] = [[int(v) for v in x.split("x")] for x in a.sizes.split(",")]
+        extra["size_weights"] = [1.0] * len(extra["sizes"])
     record = train(RefTrainConfig(out=a.out, seed=a.seed, steps=a.steps, eval_items=a.eval_items,
-                                  threads=a.threads, aux_head=a.aux_head,
-                                  att_weight=a.att_weight))
+                                  threads=a.threads, aux_head=a.aux_head, att_weight=a.att_weight,
+                                  clean_until=a.clean_until, clean_fade=a.clean_fade, **extra))
     print(f"saved {a.out}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min")
     for size, acc in record["heldout_accuracy"].items():
         print(f"held-out accuracy at {size}: {acc * 100:.1f}% ({record['heldout_items_per_size']} scenes)")

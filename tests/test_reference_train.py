@@ -1,0 +1,39 @@
+"""data_gen.reference_train: the options of the recipe, and a few real steps that save a loadable model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from data_gen.reference_train import RefTrainConfig, clean_probability, objects_at, train
+
+
+def test_curriculum_and_clean_schedule():
+    cfg = RefTrainConfig(steps=100, curriculum=[[0, 1], [0.12, 2], [0.35, 3]], clean_until=0.6, clean_fade=0.25)
+    assert [objects_at(cfg, s) for s in (0, 11, 12, 34, 35, 99)] == [1, 1, 2, 2, 3, 3]
+    assert objects_at(RefTrainConfig(steps=100), 50) is None  # no curriculum: the config's num_objects
+    assert [clean_probability(cfg, s) for s in (0, 59, 60)] == [1.0, 1.0, 1.0]
+    assert clean_probability(cfg, 72) == pytest.approx(1 - 0.12 / 0.25)
+    assert clean_probability(cfg, 85) == 0.0 and clean_probability(cfg, 99) == 0.0
+    assert clean_probability(RefTrainConfig(steps=100), 0) == 0.0  # off by default
+
+
+def test_a_few_steps_save_a_model_the_adapter_loads(tmp_path):
+    torch.set_num_threads(1)
+    cfg = RefTrainConfig(out=str(tmp_path / "ref"), steps=4, visual_tokens_per_step=64, sizes=[[112, 112]],
+                         size_weights=[1.0], eval_items=2, eval_sizes=[[112, 112]], aux_head="regress",
+                         clean_until=0.5, clean_fade=0.25, curriculum=[[0, 1], [0.5, 3]])
+    record = train(cfg)
+    assert record["steps"] == 4 and 0.0 <= record["heldout_accuracy"]["112x112"] <= 1.0
+    saved = json.loads((tmp_path / "ref" / "training.json").read_text())
+    assert saved["config"]["aux_head"] == "regress" and saved["config"]["curriculum"] == [[0, 1], [0.5, 3]]
+    from predictor.adapters import load_adapter
+
+    adapter = load_adapter("qwen2_vl", str(tmp_path / "ref"))
+    assert adapter.model.config.model_type == "qwen2_vl"
+
+
+def test_bad_curriculum_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="must start at fraction 0"):
+        train(RefTrainConfig(out=str(tmp_path / "x"), steps=2, curriculum=[[0.5, 2]]))
