@@ -193,7 +193,11 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
     if fid.get("shards") and pred_model is not None:
         vf = None
         if fid.get("val_only", True):
-            vf = fid.get("val_fraction") or export_cfg.get("training", {}).get("val_fraction") or 0.1
+            vf = fid.get("val_fraction") or export_cfg.get("trained_on", {}).get("val_fraction")
+            if vf is None:
+                raise ValueError(f"{predictor}/config.json does not record the training split's val_fraction "
+                                 "(exported before it was recorded); set fidelity.val_fraction=<the "
+                                 "data.val_fraction it was trained with>, or fidelity.val_only=false")
         target_keep = float(export_cfg.get("training", {}).get("target_keep", 0.5))
         res["fidelity"] = fidelity(pred_model, fid["shards"], vf, target_keep, progress)
         md += "\n### fidelity to the oracle (held-out shards)\n\n| scores | n | KL | Spearman | " \

@@ -73,6 +73,9 @@ def test_split_is_by_key_and_stable(shards):
     s = dm.summary
     assert s["model_id"] == "synthetic/planted" and s["n_v_min"] == 60 and s["n_v_max"] == 100
     assert s["num_train"] == len(train_keys) and s["num_shards"] == 3
+    # the recorded fraction reproduces the held-out keys (eval.py's fidelity relies on it)
+    all_keys = train_keys | val_keys
+    assert {k for k in all_keys if is_val_key(k, s["val_fraction"])} == val_keys
 
 
 def test_collate_pads_with_masks(shards):

@@ -162,7 +162,7 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"all {len(samples)} samples fell into validation; lower data.val_fraction")
         train.sort(key=lambda s: s.key)
         val.sort(key=lambda s: s.key)
-        self.summary = summarise(samples, train, val, paths, self.stats)
+        self.summary = summarise(samples, train, val, paths, self.stats, self.val_fraction)
         self.train_set = ItemDataset([make_item(s, self.inputs) for s in train])
         self.val_set = ItemDataset([make_item(s, self.inputs, keep_thumbnail=i < self.figure_samples)
                                     for i, s in enumerate(val)])
@@ -200,8 +200,9 @@ class ShardDataModule(pl.LightningDataModule):
 
 
 def summarise(samples: list[Sample], train: list[Sample], val: list[Sample], paths: list,
-              stats: ReadStats) -> dict[str, Any]:
-    """What the predictor is trained on, for the export's config.json (`trained_on`)."""
+              stats: ReadStats, val_fraction: float) -> dict[str, Any]:
+    """What the predictor is trained on, for the export's config.json (`trained_on`). `val_fraction`
+    is recorded so that later fidelity checks (eval.py) score the same held-out keys."""
     def one_or_all(name: str) -> Any:
         c = Counter(s.meta.get(name) for s in samples)  # str or int values: hashable
         if len(c) > 1:
@@ -219,6 +220,7 @@ def summarise(samples: list[Sample], train: list[Sample], val: list[Sample], pat
         "num_samples": len(samples),
         "num_train": len(train),
         "num_val": len(val),
+        "val_fraction": float(val_fraction),  # is_val_key(key, val_fraction): the held-out keys
         "num_shards": len(paths),
         "corrupt_shards": len(stats.corrupt_shards),
         "skipped_samples": stats.skipped_samples,
