@@ -20,13 +20,6 @@ log = logging.getLogger("eval")
 DS = "downsample"
 
 
-def _image(item) -> Any:
-    from PIL import Image
-
-    img = item.image
-    return (Image.open(img) if isinstance(img, (str, Path)) else img).convert("RGB")
-
-
 def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float], max_items: int,
                    max_new_tokens: int = 16, correctness: str = "auto", timing: bool = True,
                    figures: int = 0, figures_dir: Path | None = None, progress: bool = True,
@@ -40,6 +33,7 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
     from tqdm.auto import tqdm
 
     from data_gen.correctness import is_correct
+    from data_gen.images import load_image
     from predictor.runtime import downsample_image, left_pad, make_context, prefill, prune_context
     from predictor.runtime.report import kept_overlay
 
@@ -68,7 +62,7 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
 
     for i in tqdm(range(n), desc=desc, unit="item", disable=not progress):
         item = source[i]
-        image = _image(item)
+        image = load_image(item.image)
         prepared = adapter.prepare(image, item.instruction)
         ctx = make_context(adapter, prepared)
         n_v = prepared.num_visual
