@@ -15,7 +15,6 @@ tower (speed does not depend on the weights); `7b` = a Qwen2-VL-7B-sized one (GP
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 

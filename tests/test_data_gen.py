@@ -14,13 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from data_gen.run import DataGenConfig, SkipItem, dist_env, resolve_model_path, run
+from data_gen.run import DataGenConfig, dist_env, resolve_model_path, run
 from data_gen.sources.base import Item, Source
 from data_gen.writer import read_manifests
 from predictor.adapters.base import Prepared

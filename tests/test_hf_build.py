@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from data_gen.hf_build import LLAVA_OV_SPECIAL, QWEN2_VL_SPECIAL, build_tokenizer
-from models import ADAPTER_OF, FAMILIES, WORDS, tiny_image, tiny_models  # noqa: F401
+from models import FAMILIES, tiny_image, tiny_models  # noqa: F401 (tiny_models: a fixture)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])

@@ -1,7 +1,5 @@
 """Training pipeline on real (planted-pattern) shards written through the schema."""
 import io
-import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
