@@ -64,9 +64,10 @@ def test_layer0_matches_full_eager_attention(adapter):
 def test_keep_one_is_exactly_unpruned(adapter):
     p = adapter.prepare(_image(112, 112, 1), "what colour is the circle")
     full_ids, _ = adapter.generate(p, max_new_tokens=8)
-    outs = pruned_generate(adapter, p, make_method("attention"), keep=1.0, max_new_tokens=8)
-    assert outs[0].num_kept == outs[0].num_visual == p.num_visual
-    assert outs[0].answer_ids.tolist() == full_ids.tolist()
+    for name in ("attention", "cluster"):  # cluster too: at keep 1 nothing is merged
+        outs = pruned_generate(adapter, p, make_method(name), keep=1.0, max_new_tokens=8)
+        assert outs[0].num_kept == outs[0].num_visual == p.num_visual
+        assert outs[0].answer_ids.tolist() == full_ids.tolist()
     assert _attn_impl(adapter) == ATTN_IMPL
 
 

@@ -58,7 +58,7 @@ def prune_context(ctx: ScoreContext, method, keep: float | None = None,
     """Choose and physically remove visual tokens of one prompt."""
     n_v = ctx.prepared.num_visual
     k = budget_for(n_v, keep, budget)
-    if k >= n_v and getattr(method, "name", "") != "cluster":
+    if k >= n_v:  # nothing to drop: every method (clustering too) leaves the prompt as it is
         sel = Selection(kept=torch.ones(n_v, dtype=torch.bool, device=ctx.embeds.device))
     else:
         sel = method.select(ctx, k)
