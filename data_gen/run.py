@@ -134,22 +134,6 @@ def resolve_model_path(path: str) -> str:
 
 
 # --- one item ------------------------------------------------------------------------------------
-def _layer0_attention(adapter: Any, prepared: Any) -> torch.Tensor:
-    """(H, N_v) layer-0 attention of the instruction tokens over the visual tokens, mean over the
-    instruction tokens. Uses the adapter's own method when it has one (only layer 0 is computed),
-    else a teacher-forced forward over the prompt."""
-    if hasattr(adapter, "layer0_attention"):
-        out = adapter.layer0_attention(prepared)
-        per_head = out[0] if isinstance(out, tuple) else out  # HFAdapter returns (per_head, mean)
-        return per_head.detach().float().cpu()
-    empty = torch.zeros(0, dtype=torch.long)
-    with torch.no_grad():
-        out = adapter.teacher_forced(prepared, empty, output_attentions=True)
-    att = out.attentions[0][0].float()  # (H, S, S)
-    rows = att[:, prepared.instruction_positions.to(att.device)]  # (H, N_i, S)
-    return rows[:, :, prepared.visual_positions.to(att.device)].mean(1).cpu()  # (H, N_v)
-
-
 def _extras(item: Item, n_v: int) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Source extras -> (extra shard files, JSON metadata). `gt_relevance` (synthetic scenes) and
     array values become `.npy` files; the rest goes into `meta.source_extra`."""
@@ -206,7 +190,7 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
         raise SkipItem("nonfinite_relevance", f"{int((~torch.isfinite(rel)).sum())} of {n_v} values")
     if (rel < 0).any():
         raise SkipItem("negative_relevance", f"min {float(rel.min()):.3g}")
-    heads = _layer0_attention(adapter, prepared)  # (H, N_v)
+    heads = adapter.layer0_attention(prepared)[0].detach().float().cpu()  # (H, N_v)
     if heads.ndim != 2 or heads.shape[1] != n_v or not torch.isfinite(heads).all():
         raise SkipItem("bad_attention", f"layer-0 attention {tuple(heads.shape)} for N_v={n_v}, or non-finite")
 

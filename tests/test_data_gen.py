@@ -54,7 +54,8 @@ class FakeAdapter:
 
     def layer0_attention(self, prepared):
         c = prepared.inputs["cells"]
-        return torch.stack([torch.softmax(c, 0), torch.softmax(-c, 0)])  # (H=2, N_v)
+        heads = torch.stack([torch.softmax(c, 0), torch.softmax(-c, 0)])  # (H=2, N_v)
+        return heads, heads.mean(0)  # the Adapter contract: (per_head, mean)
 
 
 def fake_explainer(adapter, prepared, answer_ids):

@@ -100,6 +100,12 @@ class Adapter(ABC):
     def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(1, S[+T], D) input embeddings with the visual features merged in."""
 
+    @abstractmethod
+    def layer0_attention(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictor's input: layer-0 attention probabilities (fp32 scores) of the instruction
+        tokens over the visual tokens -> (per_head (H, N_v) mean over instruction rows,
+        mean (N_v,) also over heads), float32 on CPU."""
+
     # ---- pruned inference (predictor.runtime). Llama-style defaults; a family overrides
     # `language_model` and `position_ids`, and whatever else differs. ----
 
