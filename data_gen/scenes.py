@@ -1,7 +1,12 @@
 """Procedurally drawn scenes with known answer-bearing regions (no model, no downloads).
 
 A scene is a few solid, non-overlapping objects (shape x colour) on a noisy grey-ish background
-with grey clutter strokes. Everything drawn for a scene follows from one numpy Generator, so a
+with grey clutter strokes. By default (`placement="cell"`) each object lies inside one visual
+token's 28 x 28 px cell, at a random offset and size within it; `placement="free"` puts objects
+anywhere, spanning several tokens. Why cells: the reference MLLM's from-scratch vision tower reads
+a shape inside one cell within a few hundred steps (per-token shape accuracy 98% after 400), but
+a shape cut across cells it did not learn in the minutes this machine has (34% after 600 steps;
+BENCHMARKS.md). Everything drawn for a scene follows from one numpy Generator, so a
 scene is a pure function of its seed. Objects use saturated colours and the background and
 clutter use low-saturation greys, so an object's pixels are exactly the pixels of its fill
 colour: the ground truth can be recomputed from the drawn image (tests do).
@@ -118,9 +123,32 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+CELL_RADIUS = (8, 12)  # object half-sizes that fit inside one 28 px cell with room to move
+
+
+def _place_in_cells(rng: np.random.Generator, n: int, height: int, width: int, r_range: tuple[int, int],
+                    ) -> list[tuple[int, int, int]]:
+    """n (cx, cy, r), each inside its own visual-token cell (distinct cells), jittered within it."""
+    lo, hi = r_range
+    if not 1 <= lo <= hi <= TOKEN_PX // 2 - 2:
+        raise ValueError(f"radius={list(r_range)} with placement='cell': an object must fit inside one "
+                         f"{TOKEN_PX} px cell, so expected 1 <= min <= max <= {TOKEN_PX // 2 - 2}; use e.g. "
+                         f"radius={list(CELL_RADIUS)}, or placement='free' for larger objects")
+    h, w = height // TOKEN_PX, width // TOKEN_PX
+    cells = rng.choice(h * w, size=min(n, h * w), replace=False)
+    placed = []
+    for c in cells:
+        r = int(rng.integers(lo, hi + 1))
+        slack = TOKEN_PX // 2 - 1 - r  # the centre may move this far from the cell's centre
+        cx = int(c % w) * TOKEN_PX + TOKEN_PX // 2 + int(rng.integers(-slack, slack + 1))
+        cy = int(c // w) * TOKEN_PX + TOKEN_PX // 2 + int(rng.integers(-slack, slack + 1))
+        placed.append((cx, cy, r))
+    return placed
+
+
 def _place(rng: np.random.Generator, n: int, height: int, width: int, r_range: tuple[int, int],
            ) -> list[tuple[int, int, int]]:
-    """n non-overlapping (cx, cy, r) inside the image; fewer if the image is too crowded."""
+    """n non-overlapping (cx, cy, r) anywhere inside the image; fewer if the image is too crowded."""
     placed: list[tuple[int, int, int]] = []
     for _ in range(200 * n):
         if len(placed) == n:
@@ -134,8 +162,9 @@ def _place(rng: np.random.Generator, n: int, height: int, width: int, r_range: t
 
 
 def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
-               num_objects: tuple[int, int] = (3, 4), radius: tuple[int, int] = (16, 28),
-               question_types: tuple[str, ...] = QUESTION_TYPES, clutter: int = 6) -> Scene:
+               num_objects: tuple[int, int] = (3, 4), radius: tuple[int, int] = CELL_RADIUS,
+               question_types: tuple[str, ...] = QUESTION_TYPES, clutter: int = 6,
+               placement: str = "cell") -> Scene:
     """Draw one scene and one question about one of its objects.
 
     Colours within a scene are distinct, and so are shapes (there are few shapes, so at most
@@ -145,9 +174,11 @@ def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
     for q in question_types:
         if q not in QUESTION_TYPES:
             raise ValueError(f"unknown question type {q!r}; available: {', '.join(QUESTION_TYPES)}")
+    if placement not in ("cell", "free"):
+        raise ValueError(f"placement={placement!r}: expected 'cell' (each object inside one visual token) or 'free'")
     lo, hi = num_objects
     n = int(rng.integers(lo, min(hi, len(SHAPES)) + 1))
-    spots = _place(rng, n, height, width, radius)
+    spots = (_place_in_cells if placement == "cell" else _place)(rng, n, height, width, tuple(radius))
     colours = rng.choice(list(COLOURS), size=len(spots), replace=False)
     shapes = rng.choice(SHAPES, size=len(spots), replace=False)
     objects = []

@@ -33,10 +33,11 @@ def test_splits_are_disjoint_streams():
         assert not np.array_equal(np.asarray(train[i].image), np.asarray(held[i].image))
 
 
+@pytest.mark.parametrize("placement,radius", [("cell", (8, 12)), ("free", (16, 28))])
 @pytest.mark.parametrize("size", [(224, 224), (224, 448), (336, 168)])
-def test_ground_truth_matches_drawn_pixels(size):
+def test_ground_truth_matches_drawn_pixels(size, placement, radius):
     """Recompute each item's relevance from the pixels of the target's exact fill colour."""
-    source = SyntheticScenes(num_items=12, seed=1, sizes=[size])
+    source = SyntheticScenes(num_items=12, seed=1, sizes=[size], placement=placement, radius=radius)
     for i in range(len(source)):
         item = source[i]
         img = np.asarray(item.image)
@@ -59,6 +60,25 @@ def test_ground_truth_matches_drawn_pixels(size):
             assert item.answer == target["colour"] and target["shape"] in q
             assert sum(o["shape"] in q for o in item.extra["objects"]) == 1
         json.dumps(item.extra)  # goes into shard metadata
+
+
+def test_cell_placement_keeps_each_object_inside_one_token():
+    """The default: every object's pixels fall in one visual token's cell, a different one per object,
+    at varying offsets and sizes within it."""
+    source = SyntheticScenes(num_items=20, seed=3, num_objects=(3, 4))
+    offsets, radii = set(), set()
+    for i in range(len(source)):
+        s = source.scene(i)
+        cells = []
+        for obj in s.objects:
+            counts = scenes.cell_counts(scenes.object_mask(obj, s.height, s.width)).reshape(-1)
+            assert (counts > 0).sum() == 1, obj
+            cells.append(int(counts.argmax()))
+            offsets.add((obj.cx % 28, obj.cy % 28))
+            radii.add(obj.r)
+        assert len(set(cells)) == len(cells)
+        assert sorted(np.asarray(source[i].extra["gt_relevance"]).round(6).tolist())[-1] == 1.0
+    assert len(offsets) > 10 and radii == {8, 9, 10, 11, 12}
 
 
 def test_token_labels_follow_the_objects():
@@ -85,3 +105,7 @@ def test_bad_config_says_what_to_do():
         SyntheticScenes(question_types=["count"])[0]
     with pytest.raises(IndexError):
         SyntheticScenes(num_items=2)[2]
+    with pytest.raises(ValueError, match="placement='free' for larger objects"):
+        SyntheticScenes(radius=[16, 28])
+    with pytest.raises(ValueError, match="placement"):
+        SyntheticScenes(placement="grid")

@@ -26,9 +26,10 @@ SPLITS = {"train": 0, "heldout": 1, "test": 2}
 class SyntheticScenes(Source):
     def __init__(self, num_items: int = 4000, seed: int = 0, split: str = "heldout",
                  sizes: Sequence[Sequence[int]] = ((224, 224),), num_objects: Sequence[int] = (3, 4),
-                 radius: Sequence[int] = (16, 28), question_types: Sequence[str] = scenes.QUESTION_TYPES,
-                 clutter: int = 6):
-        """sizes: [[height, width], ...] in px, multiples of 28; item i draws one of them at random."""
+                 radius: Sequence[int] = scenes.CELL_RADIUS, question_types: Sequence[str] = scenes.QUESTION_TYPES,
+                 clutter: int = 6, placement: str = "cell"):
+        """sizes: [[height, width], ...] in px, multiples of 28; item i draws one of them at random.
+        placement: "cell" (each object inside one visual token's cell) or "free" (see data_gen.scenes)."""
         if split not in SPLITS:
             raise ValueError(f"source.split={split!r}: expected one of {', '.join(SPLITS)}")
         if num_items < 0:
@@ -40,7 +41,8 @@ class SyntheticScenes(Source):
             scenes.check_size(h, w)
         self.num_items, self.seed, self.split = int(num_items), int(seed), split
         self.kwargs = dict(num_objects=tuple(num_objects), radius=tuple(radius),
-                           question_types=tuple(question_types), clutter=int(clutter))
+                           question_types=tuple(question_types), clutter=int(clutter), placement=str(placement))
+        scenes.make_scene(np.random.default_rng(0), *self.sizes[0], **self.kwargs)  # bad settings fail here, not mid-run
 
     def __len__(self) -> int:
         return self.num_items

@@ -1,0 +1,74 @@
+"""The committed reference MLLM loads like any Qwen2-VL checkpoint and answers at its recorded accuracy."""
+import json
+from pathlib import Path
+
+import pytest
+
+from data_gen.correctness import normalise
+from data_gen.reference_train import heldout_items
+
+REF = Path(__file__).resolve().parents[1] / "checkpoints" / "reference-qwen2vl"
+MARGIN = 0.07  # about 2 of 32 scenes
+
+
+@pytest.fixture(scope="module")
+def record():
+    return json.loads((REF / "training.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from predictor.adapters import load_adapter
+
+    return load_adapter("qwen2_vl", str(REF))
+
+
+def test_folder_is_a_small_documented_hf_checkpoint(record):
+    files = {p.name for p in REF.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training.json"} <= files
+    assert any(n.startswith(("processor_config", "preprocessor_config")) for n in files)
+    size = sum(p.stat().st_size for p in REF.rglob("*") if p.is_file())
+    assert size < 10 * 2**20, f"reference model folder is {size / 2**20:.1f} MiB, the limit is 10 MiB"
+    card = (REF / "README.md").read_text()
+    assert "not a general MLLM" in card and "python -m data_gen.reference_train" in card
+    assert record["heldout_accuracy"]["224x224"] >= 0.95
+
+
+def _heldout(record, size, n):
+    """The first n scenes of the recorded evaluation set at `size`, drawn as in training."""
+    cfg = record["config"]
+    return heldout_items(record["seed"], size, n, cfg["question_types"], cfg["num_objects"])
+
+
+def _accuracy(adapter, items):
+    correct = 0
+    for item in items:
+        prepared = adapter.prepare(item.image, item.instruction)
+        assert prepared.num_visual == item.extra["grid"][1] * item.extra["grid"][2]
+        ids, text = adapter.generate(prepared, max_new_tokens=8)
+        assert 1 <= ids.numel() <= 2, f"expected a one-word answer ended by <|im_end|>, got {text!r}"
+        correct += normalise(text) == normalise(item.answer)
+    return correct / len(items)
+
+
+def test_answers_heldout_scenes_at_recorded_accuracy(adapter, record):
+    items = _heldout(record, [224, 224], 32)
+    acc = _accuracy(adapter, items)
+    assert acc >= record["heldout_accuracy"]["224x224"] - MARGIN, acc
+
+
+def test_answers_with_twice_the_visual_tokens(adapter, record):
+    items = _heldout(record, [224, 448], 16)
+    acc = _accuracy(adapter, items)
+    assert acc >= record["heldout_accuracy"]["224x448"] - 2 * MARGIN, acc
+
+
+def test_answer_depends_on_the_image(adapter, record):
+    """Asking about scene i while showing scene j (same question) must change many answers."""
+    items = _heldout(record, [224, 224], 24)
+    changed = 0
+    for a, b in zip(items, items[1:] + items[:1]):
+        _, own = adapter.generate(adapter.prepare(a.image, a.instruction), max_new_tokens=4)
+        _, other = adapter.generate(adapter.prepare(b.image, a.instruction), max_new_tokens=4)
+        changed += own != other
+    assert changed >= len(items) // 2
