@@ -133,6 +133,46 @@ def resolve_model_path(path: str) -> str:
     raise FileNotFoundError(f"model.path={path!r}: no such folder (nor in the local HF cache); {hint}")
 
 
+def model_fingerprint(path: str) -> str:
+    """A cheap fingerprint of a model folder's weights: name, size and the first and last MiB of each
+    weight file, plus config.json. Retraining in place changes it; reading a 15 GB checkpoint does not
+    take long."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(path)
+    files = sorted(f for f in root.iterdir() if f.suffix in (".safetensors", ".bin") or f.name == "config.json")
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(2**20))
+            if size > 2**21:
+                fh.seek(size - 2**20)
+                h.update(fh.read(2**20))
+    return h.hexdigest()[:16]
+
+
+def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
+    """Resuming into `out` is only safe with the model and explainer that made its samples: record them
+    in `out/labeller.json` on the first run; on later runs raise ValueError (nothing written yet) if
+    they differ. Labels of two models in one folder would train the predictor on a mixture."""
+    path = Path(out) / "labeller.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in labeller.items() if old.get(k) != v}
+        if diff:
+            what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"out={out} already holds samples made by a different labeller ({what}). Resuming would mix "
+                f"labels. Write to a new folder (out=...), or delete {out} to start over.")
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".labeller.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(labeller, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)  # atomic: torchrun ranks may race here, with identical content
+
+
 # --- one item ------------------------------------------------------------------------------------
 def _extras(item: Item, n_v: int) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Source extras -> (extra shard files, JSON metadata). `gt_relevance` (synthetic scenes) and
@@ -332,10 +372,13 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     cfg = DataGenConfig(**options)
     rank, world, local_rank = dist_env()
     torch.manual_seed(0)
-    resolve_model_path(str(model["path"]))  # a missing model fails before the source is read
+    model_dir = resolve_model_path(str(model["path"]))  # a missing model fails before the source is read
     src = build_source(source)
     adapter = build_adapter(model, local_rank)
     expl, expl_name = build_explainer(explainer)
+    check_same_labeller(cfg.out, {"adapter": adapter.name, "model": str(model["path"]),
+                                  "model_fingerprint": model_fingerprint(model_dir),
+                                  "explainer": {k: v for k, v in sorted(explainer.items())}})
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
     log.info("%s", summary.text())
     print(summary.text(), flush=True)

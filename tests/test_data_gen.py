@@ -159,6 +159,24 @@ def test_missing_model_path_says_how_to_get_it(tmp_path):
         resolve_model_path(str(tmp_path / "nowhere"))
 
 
+def test_labeller_record_refuses_a_different_model(tmp_path):
+    from data_gen.run import check_same_labeller, model_fingerprint
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"a" * 1000)
+    first = model_fingerprint(str(model))
+    out = str(tmp_path / "out")
+    check_same_labeller(out, {"model": "m", "model_fingerprint": first, "explainer": {"name": "gae"}})
+    check_same_labeller(out, {"model": "m", "model_fingerprint": first, "explainer": {"name": "gae"}})  # resume: fine
+    (model / "model.safetensors").write_bytes(b"b" * 1000)  # retrained in place, same size
+    second = model_fingerprint(str(model))
+    assert second != first
+    with pytest.raises(ValueError, match="model_fingerprint.*new folder.*delete"):
+        check_same_labeller(out, {"model": "m", "model_fingerprint": second, "explainer": {"name": "gae"}})
+
+
 def test_dist_env(monkeypatch):
     monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
     assert dist_env() == (1, 2, 1)
@@ -242,6 +260,11 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
         assert np.load(__import__("io").BytesIO(s.extra["gt_rel.npy"])).shape == (16,)
     summary = json.loads((out / "summary-r00000.json").read_text())
     assert summary["written"] == 3 and summary["visual_tokens_per_sample"] == 16
+    # resuming into the same folder with another explainer would mix labels: refused, nothing touched
+    res = subprocess.run([*cmd, "explainer=attention"], env=_env(), capture_output=True, text=True,
+                         cwd=HERE.parent.parent)
+    assert res.returncode != 0 and "different labeller" in res.stderr and "explainer" in res.stderr
+    assert json.loads((out / "summary-r00000.json").read_text()) == summary
     # a missing model fails before any work, naming the path and how to fix it
     res = subprocess.run([*cmd[:3], f"model.path={tmp_path / 'none'}", *cmd[4:]], env=_env(), capture_output=True,
                          text=True, cwd=HERE.parent.parent)
