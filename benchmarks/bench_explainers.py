@@ -8,6 +8,8 @@ tokens is compared with the ground truth (`gt_relevance`: the share of the objec
 token):
     mass      share of the relevance on the tokens the object touches (random: their share of tokens)
     pointing  how often the top-1 token lies on the object (the pointing game)
+    kept@k    how often the object's main token (the one with most of its pixels) is among the top k
+              share of tokens by relevance, i.e. survives pruning to keep ratio k
 Methods: the registered explainers, `layer0` (the predictor's input: layer-0 attention of the
 instruction over the visual tokens, used directly) and `random`.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -40,7 +43,8 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     methods["layer0"] = lambda a, p, ids: a.layer0_attention(p)[1]
     gen = torch.Generator().manual_seed(seed)
     methods["random"] = lambda a, p, ids: torch.rand(p.num_visual, generator=gen)
-    sums = {m: {"mass": 0.0, "pointing": 0.0, "seconds": 0.0} for m in methods}
+    keeps = (0.5, 0.25, 0.125)
+    sums = {m: {"mass": 0.0, "pointing": 0.0, **{f"kept@{k}": 0.0 for k in keeps}, "seconds": 0.0} for m in methods}
     scene_kw = {}
     record = Path(model) / "training.json"  # draw scenes as the reference model was trained on
     if record.is_file():
@@ -59,7 +63,8 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
         if ids.numel() == 0 or normalise(text) != normalise(item.answer):
             wrong += 1
             continue
-        inside = torch.tensor(item.extra["gt_relevance"]) > 0  # (N_v,) tokens the object touches
+        gt = torch.tensor(item.extra["gt_relevance"])
+        inside = gt > 0  # (N_v,) tokens the object touches
         share += inside.float().mean().item()
         for name, fn in methods.items():
             t0 = time.perf_counter()
@@ -67,6 +72,9 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
             sums[name]["seconds"] += time.perf_counter() - t0
             sums[name]["mass"] += (rel[inside].sum() / rel.sum().clamp_min(1e-12)).item()
             sums[name]["pointing"] += float(inside[rel.argmax()])
+            rank = int((rel > rel[gt.argmax()]).sum())  # tokens scored above the object's main token
+            for k in keeps:
+                sums[name][f"kept@{k}"] += float(rank < max(1, math.ceil(k * len(rel))))
         done += 1
         bar.update()
     bar.close()
@@ -80,10 +88,12 @@ def table(result: dict) -> str:
     lines = [f"{result['scenes']} correctly answered held-out scenes ({h}x{w}, {h // 28 * (w // 28)} visual "
              f"tokens; {result['wrong']} answered wrongly were skipped); the object touches "
              f"{result['object_share'] * 100:.1f}% of the tokens on average.", "",
-             "| method | relevance mass on the object | pointing game (top-1 on the object) | s / sample |",
-             "|---|---|---|---|"]
+             "| method | relevance mass on the object | pointing game (top-1 on the object) "
+             "| object kept at 50% / 25% / 12.5% | s / sample |",
+             "|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {r['mass'] * 100:.1f}% | {r['pointing'] * 100:.1f}% | {r['seconds']:.3f} |")
+        kept = " / ".join(f"{r[f'kept@{k}'] * 100:.0f}%" for k in (0.5, 0.25, 0.125))
+        lines.append(f"| {name} | {r['mass'] * 100:.1f}% | {r['pointing'] * 100:.1f}% | {kept} | {r['seconds']:.3f} |")
     return "\n".join(lines)
 
 
