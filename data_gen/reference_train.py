@@ -7,11 +7,15 @@ The model is transformers' own `Qwen2VLForConditionalGeneration` (built by `data
 trained on the chat-template prompt + answer + `<|im_end|>`, so greedy generation through the
 `qwen2_vl` adapter answers and stops. Deterministic given `--seed` (same threads, same machine).
 
-Why an auxiliary loss: with the answer loss alone a model this small stayed at chance for 25+
-minutes (shared DESIGN.md). A linear head on the merged vision features that predicts the
-colour and the shape of the object under each visual token (or background) gives the vision
-tower a signal of its own; the LLM then only has to look the answer up. The heads are dropped
-when saving: the saved folder is a plain Qwen2-VL.
+What makes a model this small learn in minutes (BENCHMARKS.md has the runs):
+- scenes with each object inside one visual token's cell (`synthetic_scenes`' default placement);
+- an auxiliary loss: a linear head on the merged vision features predicts the colour and shape of
+  the object under each visual token (or background), so the vision tower has a signal of its own;
+- attention guidance (-log attention mass) on head 0 of text layers 1 and 2: the question's colour
+  word attends to that object's tokens, the answer position to the colour word. Layer 0 is left
+  alone: its attention is the relevance predictor's input;
+- text weights initialised with std 0.1, not transformers' 0.02.
+The heads are dropped when saving: the saved folder is a plain Qwen2-VL.
 
 Image sizes are mixed during training (same visual-token budget per step: batch 16 at 224x224,
 fewer at larger sizes) so that the model also answers at 2x and 4x the tokens.
@@ -41,19 +45,20 @@ DEFAULT_OUT = "checkpoints/reference-qwen2vl"
 class RefTrainConfig:
     out: str = DEFAULT_OUT
     seed: int = 0
-    steps: int = 2000
+    steps: int = 4000
     visual_tokens_per_step: int = 1024  # batch 16 at 224x224 (64 tokens each), 8 at 224x448
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
     aux_weight: float = 1.0
+    label_smoothing: float = 0.1  # on the answer loss: keeps the answer logit off saturation, so gae finds the object more often (BENCHMARKS.md)
     # Attention guidance (-log of attention mass) on head 0: in layer att_layers[0], the question's
     # content word ("red" in "What shape is the red object?") attends to the queried object's
     # visual tokens; in layer att_layers[1], the answer position attends to that word. Layer 0 is
-    # left alone (it is the predictor's input). Without guidance the LLM sat at chance for 700+
-    # steps at this budget; guiding only the answer position onto the object plateaued at
+    # left alone by default (it is the predictor's input). Without guidance the LLM sat at chance
+    # for 700+ steps at this budget; guiding only the answer position onto the object plateaued at
     # attending to all objects alike.
-    att_weight: float = 0.0
+    att_weight: float = 1.0
     att_layers: tuple[int, int] = (1, 2)
     aux_head: str = "linear"  # "linear" | "tied": class scores = dot product with the word's input embedding |
     # "regress": merged features regressed (relative squared error) onto the input embeddings of their
@@ -76,8 +81,12 @@ class RefTrainConfig:
     eval_items: int = 200  # held-out scenes per evaluated size
     eval_sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 448]])
     threads: int = 1  # one thread: with other processes on the cores, 2 threads ran 5-7x slower
-    text: dict = field(default_factory=lambda: dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                                    num_key_value_heads=4, intermediate_size=512))
+    # initializer_range 0.1 (transformers' default: 0.02): from the smaller init the answer path (object ->
+    # question word -> answer position, three matrices deep) sat at chance for 1500 steps even with the
+    # attention guided; from 0.1 it reached 79% in 800 (clean inputs, BENCHMARKS.md)
+    text: dict = field(default_factory=lambda: dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                                    num_key_value_heads=2, intermediate_size=256,
+                                                    initializer_range=0.1))
     vision: dict = field(default_factory=lambda: dict(depth=2, embed_dim=64, num_heads=4))
     max_pixels: int = 896 * 896  # the processor leaves scenes up to this size unresized
 
@@ -292,7 +301,8 @@ def train(cfg: RefTrainConfig) -> dict:
                     clean=bool(torch.rand((), generator=clean_rng) < clean_probability(cfg, step)))
         out = model(**batch, output_attentions=cfg.att_weight > 0)
         logits = out.logits  # (B, S, V)
-        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
+                             label_smoothing=cfg.label_smoothing)
         if cfg.aux_head == "regress":
             tgt = clean_features(colour, shape).detach()
             aux = ((captured[-1] - tgt) ** 2).sum(-1).mean() / (tgt ** 2).sum(-1).mean()
@@ -356,7 +366,8 @@ A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture
 `Qwen2VLForConditionalGeneration`; text: {cfg['text']['num_hidden_layers']} layers, hidden
 {cfg['text']['hidden_size']}; vision: {cfg['vision']['depth']} layers, embed {cfg['vision']['embed_dim']},
 patch 14, merge 2), trained from scratch on this repository's `synthetic_scenes` source. It knows
-only those scenes ({count} coloured shapes on grey backgrounds) and the questions {asked}.
+only those scenes ({count} coloured shapes, each inside one 28 x 28 px visual-token cell, on grey
+backgrounds with grey distractor strokes) and the questions {asked}.
 Its vocabulary is a few dozen words. It exists
 so that data generation, predictor training and pruned evaluation can run, and be judged against a
 known ground truth, on a CPU. Do not use it for anything else.
@@ -374,8 +385,12 @@ adapter = load_adapter("qwen2_vl", "checkpoints/reference-qwen2vl")
 
 {record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU (shared), seed {record['seed']},
 image sizes {cfg['sizes']} drawn with weights {cfg['size_weights']}, {cfg['visual_tokens_per_step']}
-visual tokens per step; answer loss + an auxiliary per-visual-token colour/shape loss (the heads are
-not part of this folder). Details: `training.json`.
+visual tokens per step. Losses: the answer (label smoothing {cfg.get('label_smoothing', 0.0)}); an auxiliary
+per-visual-token colour/shape classifier on the merged vision features (its heads are not part of this
+folder); and attention guidance on head 0 of text layers {cfg['att_layers'][0]} and {cfg['att_layers'][1]} (weight
+{cfg['att_weight']}): the question's colour word attends to the object, the answer position to that word.
+Layer 0, whose attention the relevance predictor reads, is {"guided too" if 0 in cfg['att_layers'] else "not guided"}.
+Details: `training.json`.
 
 ## Held-out accuracy
 
@@ -400,17 +415,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clean-until", type=float, default=RefTrainConfig.clean_until)
     p.add_argument("--clean-fade", type=float, default=RefTrainConfig.clean_fade)
     p.add_argument("--curriculum", default="", help="objects per scene by progress, e.g. 0:1,0.12:2,0.35:3")
+    p.add_argument("--att-layers", default="", help="text layers of the two guided attention hops, e.g. 1,2")
+    p.add_argument("--label-smoothing", type=float, default=RefTrainConfig.label_smoothing)
+    p.add_argument("--text", default="", help='JSON overrides of the text config, e.g. \'{"hidden_size": 128}\'')
     p.add_argument("--sizes", default="", help="training image sizes HxW, e.g. 224x224 (default: the config's mix)")
     a = p.parse_args(argv)
     extra = {}
     if a.curriculum:
         extra["curriculum"] = [[float(f), int(n)] for f, n in (x.split(":") for x in a.curriculum.split(","))]
+    if a.att_layers:
+        extra["att_layers"] = tuple(int(v) for v in a.att_layers.split(","))
+    if a.text:
+        extra["text"] = {**RefTrainConfig().text, **json.loads(a.text)}
     if a.sizes:
         extra["sizes"] = [[int(v) for v in x.split("x")] for x in a.sizes.split(",")]
         extra["size_weights"] = [1.0] * len(extra["sizes"])
     record = train(RefTrainConfig(out=a.out, seed=a.seed, steps=a.steps, eval_items=a.eval_items,
                                   threads=a.threads, aux_head=a.aux_head, att_weight=a.att_weight,
-                                  clean_until=a.clean_until, clean_fade=a.clean_fade, **extra))
+                                  clean_until=a.clean_until, clean_fade=a.clean_fade,
+                                  label_smoothing=a.label_smoothing, **extra))
     print(f"saved {a.out}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min")
     for size, acc in record["heldout_accuracy"].items():
         print(f"held-out accuracy at {size}: {acc * 100:.1f}% ({record['heldout_items_per_size']} scenes)")

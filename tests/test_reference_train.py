@@ -37,3 +37,17 @@ def test_a_few_steps_save_a_model_the_adapter_loads(tmp_path):
 def test_bad_curriculum_is_refused(tmp_path):
     with pytest.raises(ValueError, match="must start at fraction 0"):
         train(RefTrainConfig(out=str(tmp_path / "x"), steps=2, curriculum=[[0.5, 2]]))
+
+
+def test_cli_options_reach_the_record(tmp_path):
+    from data_gen.reference_train import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "ref"
+    main(["--steps", "2", "--eval-items", "1", "--out", str(out), "--att-layers", "0,1", "--label-smoothing", "0.2",
+          "--text", '{"num_hidden_layers": 2}', "--sizes", "112x112"])
+    cfg = json.loads((out / "training.json").read_text())["config"]
+    assert cfg["att_layers"] == [0, 1] and cfg["label_smoothing"] == 0.2 and cfg["sizes"] == [[112, 112]]
+    assert cfg["text"]["num_hidden_layers"] == 2 and cfg["text"]["initializer_range"] == 0.1  # merged with the defaults
+    card = (out / "README.md").read_text()
+    assert "Provisional" in card and "text layers 0 and 1" in card  # 2 steps: far below the bar, and it says so
