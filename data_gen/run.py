@@ -160,7 +160,8 @@ def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
     path = Path(out) / "labeller.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in labeller.items() if old.get(k) != v}
+        # the weights' fingerprint, not the path string, says whether the model is the same one
+        diff = {k: (old.get(k), v) for k, v in labeller.items() if k != "model" and old.get(k) != v}
         if diff:
             what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(

@@ -170,6 +170,7 @@ def test_labeller_record_refuses_a_different_model(tmp_path):
     out = str(tmp_path / "out")
     check_same_labeller(out, {"model": "m", "model_fingerprint": first, "explainer": {"name": "gae"}})
     check_same_labeller(out, {"model": "m", "model_fingerprint": first, "explainer": {"name": "gae"}})  # resume: fine
+    check_same_labeller(out, {"model": str(model), "model_fingerprint": first, "explainer": {"name": "gae"}})  # same weights, other path
     (model / "model.safetensors").write_bytes(b"b" * 1000)  # retrained in place, same size
     second = model_fingerprint(str(model))
     assert second != first
