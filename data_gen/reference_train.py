@@ -383,7 +383,7 @@ adapter = load_adapter("qwen2_vl", "checkpoints/reference-qwen2vl")
 
     python -m data_gen.reference_train --seed {record['seed']} --steps {record['steps']}
 
-{record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU (shared), seed {record['seed']},
+{record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']},
 image sizes {cfg['sizes']} drawn with weights {cfg['size_weights']}, {cfg['visual_tokens_per_step']}
 visual tokens per step. Losses: the answer (label smoothing {cfg.get('label_smoothing', 0.0)}); an auxiliary
 per-visual-token colour/shape classifier on the merged vision features (its heads are not part of this
