@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,9 +25,11 @@ from tqdm import tqdm
 
 from data_gen.correctness import normalise
 from data_gen.sources.synthetic_scenes import SyntheticScenes
+from predictor.targets import num_kept
 
 EXPLAINERS = ("gae", "attention", "input_x_gradient", "integrated_gradients")
 REF = "checkpoints/reference-qwen2vl"
+KEEPS = (0.5, 0.25, 0.125)  # keep ratios of the kept@k columns
 
 
 def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed: int = 0,
@@ -43,8 +44,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     methods["layer0"] = lambda a, p, ids: a.layer0_attention(p)[1]
     gen = torch.Generator().manual_seed(seed)
     methods["random"] = lambda a, p, ids: torch.rand(p.num_visual, generator=gen)
-    keeps = (0.5, 0.25, 0.125)
-    sums = {m: {"mass": 0.0, "pointing": 0.0, **{f"kept@{k}": 0.0 for k in keeps}, "seconds": 0.0} for m in methods}
+    sums = {m: {"mass": 0.0, "pointing": 0.0, **{f"kept@{k}": 0.0 for k in KEEPS}, "seconds": 0.0} for m in methods}
     scene_kw = {}
     record = Path(model) / "training.json"  # draw scenes as the reference model was trained on
     if record.is_file():
@@ -73,8 +73,8 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
             sums[name]["mass"] += (rel[inside].sum() / rel.sum().clamp_min(1e-12)).item()
             sums[name]["pointing"] += float(inside[rel.argmax()])
             rank = int((rel > rel[gt.argmax()]).sum())  # tokens scored above the object's main token
-            for k in keeps:
-                sums[name][f"kept@{k}"] += float(rank < max(1, math.ceil(k * len(rel))))
+            for k in KEEPS:  # the runtime's rule for how many tokens a keep ratio keeps
+                sums[name][f"kept@{k}"] += float(rank < num_kept(len(rel), k))
         done += 1
         bar.update()
     bar.close()
@@ -92,7 +92,7 @@ def table(result: dict) -> str:
              "| object kept at 50% / 25% / 12.5% | s / sample |",
              "|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        kept = " / ".join(f"{r[f'kept@{k}'] * 100:.0f}%" for k in (0.5, 0.25, 0.125))
+        kept = " / ".join(f"{r[f'kept@{k}'] * 100:.0f}%" for k in KEEPS)
         lines.append(f"| {name} | {r['mass'] * 100:.1f}% | {r['pointing'] * 100:.1f}% | {kept} | {r['seconds']:.3f} |")
     return "\n".join(lines)
 

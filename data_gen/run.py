@@ -379,7 +379,7 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     expl, expl_name = build_explainer(explainer)
     check_same_labeller(cfg.out, {"adapter": adapter.name, "model": str(model["path"]),
                                   "model_fingerprint": model_fingerprint(model_dir),
-                                  "explainer": {k: v for k, v in sorted(explainer.items())}})
+                                  "explainer": dict(explainer)})
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
     log.info("%s", summary.text())
     print(summary.text(), flush=True)
