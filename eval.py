@@ -5,11 +5,14 @@ and keep ratio: accuracy of pruned generation, accuracy retained relative to the
 visual tokens kept, prefill time and KV-cache size. Also the predictor's fidelity to the oracle on
 held-out shards, and the same evaluation on scenes with more visual tokens than in training.
 Writes results.json, results.md, retained.png and figures/ into `out=`. Config: conf/eval.yaml.
+Resumable: every finished item is appended to `out/items-*.jsonl`; re-running with the same `out=`
+and settings evaluates only the items not yet there (`eval-settings.json` guards the settings).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,33 @@ log = logging.getLogger("eval")
 DS = "downsample"
 
 
+def read_records(path: Path) -> dict[int, dict[str, Any]]:
+    """Finished items of an earlier, interrupted run: {item index: record}. A line cut short by a kill
+    (or otherwise unreadable) is ignored, so that item is simply evaluated again."""
+    done: dict[int, dict[str, Any]] = {}
+    if not path.is_file():
+        return done
+    bad = 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            done[int(rec["i"])] = rec
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        log.warning("%s: ignored %d unreadable line(s); those items are evaluated again", path, bad)
+    return done
+
+
 def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float], max_items: int,
                    max_new_tokens: int = 16, correctness: str = "auto", timing: bool = True,
                    figures: int = 0, figures_dir: Path | None = None, progress: bool = True,
-                   desc: str = "eval") -> dict[str, dict[str, dict[str, float]]]:
+                   desc: str = "eval", records: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Pruned generation over the first `max_items` items of `source`.
 
     methods: {name: selection method from predictor.runtime.make_method, or None for downsampling}.
+    records: a JSON-lines file that gets one line per finished item; items already in it are not run
+    again, so a killed evaluation resumes where it stopped (the caller checks that the settings match).
     Returns {method: {str(keep): {accuracy, retained, visual_tokens, visual_fraction, prefill_ms,
     kv_cache_kib, n}}}; keep 1.0 is the unpruned model, shared by every method.
     """
@@ -41,18 +64,12 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
     if n == 0:
         raise ValueError("the source has no items to evaluate; check source.* and max_items")
     keeps = sorted({float(k) for k in keeps}, reverse=True)
-    sums: dict[tuple[str, float], dict[str, float]] = {}
-
-    def add(method: str, keep: float, correct: bool, n_vis: int, frac: float, pre: tuple[float, int] | None):
-        s = sums.setdefault((method, keep), {"correct": 0, "n": 0, "visual_tokens": 0.0, "visual_fraction": 0.0,
-                                             "prefill_s": 0.0, "kv_bytes": 0.0})
-        s["correct"] += int(correct)
-        s["n"] += 1
-        s["visual_tokens"] += n_vis
-        s["visual_fraction"] += frac
-        if pre is not None:
-            s["prefill_s"] += pre[0]
-            s["kv_bytes"] += pre[1]
+    done = read_records(records) if records is not None else {}
+    if done:
+        log.info("%s: resuming, %d of %d items already evaluated (%s)", desc, sum(i < n for i in done), n, records)
+        tmp = records.with_name(records.name + ".tmp")  # drop a line cut short by the kill before appending
+        tmp.write_text("".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
+        os.replace(tmp, records)
 
     def run(ctx, method, keep):
         pp, sel = prune_context(ctx, method, keep=keep)
@@ -60,18 +77,28 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
         pre = prefill(adapter, pp, repeats=2) if timing else None  # best of 2: CPU timings are noisy
         return ids, sel, pre
 
-    for i in tqdm(range(n), desc=desc, unit="item", disable=not progress):
+    def evaluate(i: int) -> dict[str, Any]:
+        """One item -> {"i", "id", "num_visual", "rows": {method: {keep: {"answer", "correct",
+        "visual_tokens", "prefill_s", "kv_bytes"}}}}."""
         item = source[i]
         image = load_image(item.image)
         prepared = adapter.prepare(image, item.instruction)
         ctx = make_context(adapter, prepared)
+        ctx.item = i
         n_v = prepared.num_visual
-        full_ids, full_sel, pre = run(ctx, None, 1.0)
+        full_ids, _, pre = run(ctx, None, 1.0)
         ctx.answer_ids = full_ids
-        full_ok = is_correct(adapter.decode_answer(full_ids), item.answer, correctness)
+
+        def row(ids, n_kept, pre_k):
+            text = adapter.decode_answer(ids)
+            return {"answer": text, "correct": bool(is_correct(text, item.answer, correctness)),
+                    "visual_tokens": int(n_kept), "prefill_s": pre_k[0] if pre_k else None,
+                    "kv_bytes": pre_k[1] if pre_k else None}
+
+        rows: dict[str, dict[str, list]] = {}
         kept_fig: dict[str, torch.Tensor] = {}
         for name, method in methods.items():
-            add(name, 1.0, full_ok, n_v, 1.0, pre)
+            rows[name] = {"1": row(full_ids, n_v, pre)}
             for keep in keeps:
                 if keep >= 1.0:
                     continue
@@ -84,26 +111,47 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
                     n_kept = int(sel.kept.sum())
                     if keep == 0.25:
                         kept_fig[name] = sel.kept.cpu()
-                ok = is_correct(adapter.decode_answer(ids), item.answer, correctness)
-                add(name, keep, ok, n_kept, n_kept / n_v, pre_k)
+                rows[name][f"{keep:g}"] = row(ids, n_kept, pre_k)
         if figures_dir is not None and i < figures and kept_fig:
             figures_dir.mkdir(parents=True, exist_ok=True)
             kept_overlay(image, prepared.grid, kept_fig, figures_dir / f"{desc}-{i:03d}.png",
                          title=f"{item.instruction} -> {item.answer} (keep 0.25)")
+        return {"i": i, "id": item.id, "num_visual": n_v, "rows": rows}
 
+    todo = [i for i in range(n) if i not in done]
+    with tqdm(total=n, initial=n - len(todo), desc=desc, unit="item", disable=not progress) as bar:
+        for i in todo:
+            rec = evaluate(i)
+            done[i] = rec
+            if records is not None:  # one line per finished item, on disk before the next item starts
+                with open(records, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            bar.update()
+    return aggregate([done[i] for i in range(n)], list(methods), keeps, timing)
+
+
+def aggregate(recs: list[dict[str, Any]], methods: list[str], keeps: list[float],
+              timing: bool = True) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-item records (see evaluate_items) -> {method: {str(keep): means over the items}}."""
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for (name, keep), s in sums.items():
-        full = sums[(name, 1.0)]
-        acc, full_acc = s["correct"] / s["n"], full["correct"] / full["n"]
-        results.setdefault(name, {})[f"{keep:g}"] = {
-            "accuracy": acc,
-            "retained": acc / full_acc if full_acc > 0 else float("nan"),
-            "visual_tokens": s["visual_tokens"] / s["n"],
-            "visual_fraction": s["visual_fraction"] / s["n"],
-            "prefill_ms": 1e3 * s["prefill_s"] / s["n"] if timing else None,
-            "kv_cache_kib": s["kv_bytes"] / s["n"] / 1024 if timing else None,
-            "n": s["n"],
-        }
+    for name in methods:
+        full_acc = sum(r["rows"][name]["1"]["correct"] for r in recs) / len(recs)
+        for keep in [1.0] + [k for k in keeps if k < 1.0]:
+            rows = [r["rows"][name][f"{keep:g}"] for r in recs]
+            acc = sum(row["correct"] for row in rows) / len(rows)
+            mean = lambda f: sum(map(f, rows)) / len(rows)  # noqa: E731
+            results.setdefault(name, {})[f"{keep:g}"] = {
+                "accuracy": acc,
+                "retained": acc / full_acc if full_acc > 0 else float("nan"),
+                "visual_tokens": mean(lambda row: row["visual_tokens"]),
+                "visual_fraction": sum(r["rows"][name][f"{keep:g}"]["visual_tokens"] / r["num_visual"]
+                                       for r in recs) / len(recs),
+                "prefill_ms": 1e3 * mean(lambda row: row["prefill_s"]) if timing else None,
+                "kv_cache_kib": mean(lambda row: row["kv_bytes"]) / 1024 if timing else None,
+                "n": len(rows),
+            }
     return results
 
 
@@ -145,7 +193,8 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
              progress: bool = True, fidelity_cfg: dict[str, Any] | None = None,
              generalisation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Plain-argument body of eval.py (tests call it). Returns what results.json holds."""
-    from data_gen.run import build_adapter, build_explainer, build_source, resolve_model_path
+    from data_gen.run import (build_adapter, build_explainer, build_source, check_same_settings, model_fingerprint,
+                              resolve_model_path)
     from predictor.export import load_predictor, read_export_config
     from predictor.runtime import METHODS, make_method
     from predictor.runtime.report import markdown_table, plot_retained
@@ -167,18 +216,30 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
                 for m in methods}
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    scales = dict((generalisation or {}).get("scales") or {})
+    # items already evaluated in out/ (items-*.jsonl) are reused only if they were made the same way;
+    # max_items may grow (more items are evaluated), figures and progress do not matter
+    check_same_settings(out_dir / "eval-settings.json", {
+        "model": {k: v for k, v in model.items() if k != "path"}, "model_fingerprint": model_fingerprint(
+            str(model["path"])),
+        "predictor_fingerprint": model_fingerprint(predictor) if pred_model is not None else None,
+        "explainer": explainer if "oracle" in methods else None, "source": source, "generalisation": scales,
+        "methods": list(methods), "keeps": sorted(float(k) for k in keeps), "max_new_tokens": max_new_tokens,
+        "correctness": correctness, "timing": timing, "seed": seed},
+        why="Its per-item results (items-*.jsonl) would be mixed with results made another way.")
     common = dict(max_new_tokens=max_new_tokens, correctness=correctness, timing=timing, progress=progress)
     res: dict[str, Any] = {"model": model, "source": source, "predictor": predictor, "keeps": list(keeps)}
     res["results"] = evaluate_items(adapter, build_source(source), build_methods(), keeps, max_items,
-                                    figures=figures, figures_dir=out_dir / "figures", desc="eval", **common)
+                                    figures=figures, figures_dir=out_dir / "figures", desc="eval",
+                                    records=out_dir / "items-eval.jsonl", **common)
     md = markdown_table(res["results"], f"{model.get('name', model['path'])} on {source.get('name')}")
     plot_retained(res["results"], out_dir / "retained.png")
 
-    for name, overrides in ((generalisation or {}).get("scales") or {}).items():
+    for name, overrides in scales.items():
         src = {**source, **dict(overrides)}
         r = evaluate_items(adapter, build_source(src), build_methods(), keeps,
-                           int(generalisation.get("max_items", max_items)), desc=f"eval-{name}", **common)
+                           int(generalisation.get("max_items", max_items)), desc=f"eval-{name}",
+                           records=out_dir / f"items-eval-{name}.jsonl", **common)
         res.setdefault("generalisation", {})[name] = {"source": src, "results": r}
         md += "\n" + markdown_table(r, f"generalisation {name}: {overrides}")
         plot_retained(r, out_dir / f"retained-{name}.png", title=f"generalisation {name}")

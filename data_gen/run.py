@@ -153,25 +153,31 @@ def model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
-    """Resuming into `out` is only safe with the model and explainer that made its samples: record them
-    in `out/labeller.json` on the first run; on later runs raise ValueError (nothing written yet) if
-    they differ. Labels of two models in one folder would train the predictor on a mixture."""
-    path = Path(out) / "labeller.json"
+def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: tuple[str, ...] = ()) -> None:
+    """Resuming a job whose folder holds `path` is only safe with the settings that made it: write
+    `settings` there on the first run; on later runs raise ValueError (nothing done yet) naming every
+    key that differs (keys in `ignore` may differ). `why` says what resuming would spoil."""
     if path.is_file():
         old = json.loads(path.read_text())
-        # the weights' fingerprint, not the path string, says whether the model is the same one
-        diff = {k: (old.get(k), v) for k, v in labeller.items() if k != "model" and old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
         if diff:
             what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"out={out} already holds samples made by a different labeller ({what}). Resuming would mix "
-                f"labels. Write to a new folder (out=...), or delete {out} to start over.")
+            raise ValueError(f"{path.parent} was made with other settings ({what}). {why} Write to a new "
+                             f"folder (out=...), or delete {path.parent} to start over.")
         return
-    Path(out).mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".labeller.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(labeller, indent=2, sort_keys=True) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)  # atomic: torchrun ranks may race here, with identical content
+
+
+def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
+    """Resuming into `out` is only safe with the model and explainer that made its samples: record them
+    in `out/labeller.json` on the first run; later runs raise ValueError if they differ. The weights'
+    fingerprint, not the model path string, says whether the model is the same one."""
+    check_same_settings(Path(out) / "labeller.json", labeller, ignore=("model",),
+                        why="Its samples come from a different labeller (model weights or explainer), and "
+                            "resuming would mix labels.")
 
 
 # --- one item ------------------------------------------------------------------------------------

@@ -62,3 +62,83 @@ def test_unknown_method_says_what_exists(setup):
         eval_py.run_eval(model={"adapter": "qwen2_vl", "path": str(model_dir)}, source={"name": "synthetic_scenes"},
                          explainer={"name": "gae"}, predictor=str(export), out=str(root / "x"),
                          methods=["nope"], keeps=[1.0])
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _Source:
+    """Wraps a source: counts which items are drawn, and can die at one item (a kill mid-run)."""
+
+    def __init__(self, inner, die_at: int | None = None):
+        self.inner, self.die_at, self.drawn = inner, die_at, []
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if i == self.die_at:
+            raise _Killed(f"killed at item {i}")
+        self.drawn.append(i)
+        return self.inner[i]
+
+
+def test_killed_evaluation_resumes_with_the_same_results(setup):
+    import eval as eval_py
+    from data_gen.run import build_adapter
+    from data_gen.sources.synthetic_scenes import SyntheticScenes
+    from predictor.export import load_predictor
+    from predictor.runtime import make_method
+
+    root, model_dir, export = setup
+    adapter = build_adapter({"adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",
+                             "attn_implementation": ATTN_IMPL})
+    scenes = SyntheticScenes(num_items=4, split="test", sizes=[[112, 112]])
+    pred = load_predictor(export)
+    names = ["predictor", "random", "cluster", "downsample"]
+
+    def methods():
+        return {m: make_method(m, predictor=pred, seed=0) for m in names}
+
+    kw = dict(keeps=[1.0, 0.5, 0.25], max_items=4, max_new_tokens=3, correctness="exact", timing=False,
+              progress=False)
+    whole = eval_py.evaluate_items(adapter, scenes, methods(), records=root / "whole.jsonl", **kw)
+
+    records = root / "resumed.jsonl"
+    with pytest.raises(_Killed):
+        eval_py.evaluate_items(adapter, _Source(scenes, die_at=2), methods(), records=records, **kw)
+    assert len(records.read_text().splitlines()) == 2  # items 0 and 1 were on disk before the kill
+    with open(records, "a") as f:
+        f.write('{"i": 2, "id": "cut sh')  # a line the kill cut short: ignored, item 2 runs again
+    again = _Source(scenes)
+    resumed = eval_py.evaluate_items(adapter, again, methods(), records=records, **kw)
+    assert again.drawn == [2, 3]  # finished items are not evaluated again
+    # every answer of every method is the uninterrupted run's: random pruning draws per item, so the
+    # order of work does not matter
+    assert eval_py.read_records(records) == eval_py.read_records(root / "whole.jsonl")
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(whole, sort_keys=True)  # (NaN-safe compare)
+    assert resumed["random"]["0.25"]["n"] == 4
+
+
+def test_rerun_into_the_same_out_resumes_and_refuses_other_settings(setup):
+    import eval as eval_py
+
+    root, model_dir, export = setup
+    out = root / "rerun"
+    model = {"adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",
+             "attn_implementation": ATTN_IMPL}
+    kw = dict(model=model, source={"name": "synthetic_scenes", "num_items": 3, "split": "test",
+                                    "sizes": [[112, 112]]},
+              explainer={"name": "gae"}, predictor=str(export), out=str(out), methods=["attention", "random"],
+              max_new_tokens=2, correctness="none", figures=0, progress=False, fidelity_cfg={"shards": None},
+              timing=False)
+    first = eval_py.run_eval(keeps=[1.0, 0.5], max_items=2, **kw)
+    assert len((out / "items-eval.jsonl").read_text().splitlines()) == 2
+    more = eval_py.run_eval(keeps=[1.0, 0.5], max_items=3, **kw)  # a larger max_items extends the run
+    assert len((out / "items-eval.jsonl").read_text().splitlines()) == 3
+    assert more["results"]["random"]["0.5"]["n"] == 3 and first["results"]["random"]["0.5"]["n"] == 2
+    saved = (out / "results.json").read_text()
+    with pytest.raises(ValueError, match=r"keeps: \[0.5, 1.0\] there, \[0.25, 1.0\] now.*new folder"):
+        eval_py.run_eval(keeps=[1.0, 0.25], max_items=3, **kw)
+    assert (out / "results.json").read_text() == saved  # the refused run touched nothing

@@ -36,6 +36,7 @@ class ScoreContext:
     embeds: torch.Tensor
     position_ids: torch.Tensor
     answer_ids: torch.Tensor | None = None
+    item: int | None = None  # the item's index in its source: seeds per-item randomness (resumable runs)
     cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # method name -> scores
     _layer0: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -79,13 +80,19 @@ class ScoreMethod:
 
 
 class RandomScores(ScoreMethod):
+    """Uniform scores. With `ctx.item` set, drawn from (seed, item) alone, so an item's draw does not
+    depend on which items ran before it (a resumed evaluation gives the uninterrupted run's numbers);
+    without it, from one generator that advances per call."""
+
     name = "random"
 
     def __init__(self, seed: int = 0):
+        self.seed = seed
         self.gen = torch.Generator().manual_seed(seed)
 
     def scores(self, ctx: ScoreContext) -> torch.Tensor:
-        return torch.rand(ctx.prepared.num_visual, generator=self.gen)
+        gen = self.gen if ctx.item is None else torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.item)
+        return torch.rand(ctx.prepared.num_visual, generator=gen)
 
 
 class AttentionScores(ScoreMethod):
