@@ -96,3 +96,25 @@ def test_layer0_attention_matches_plain_eager_forward(family, loaded, tiny_model
     expect = att[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
     torch.testing.assert_close(per_head, expect, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vision_tower_runs_once_per_prompt(family, loaded, monkeypatch):
+    """Label generation embeds a prompt several times (layer-0 attention, the explainer's forward):
+    the vision features are computed once and reused, with the same result as a fresh prompt."""
+    adapter, _ = loaded[family]
+    calls = []
+    inner = adapter.model.model.get_image_features
+    monkeypatch.setattr(adapter.model.model, "get_image_features",
+                        lambda *a, **k: calls.append(1) or inner(*a, **k))
+    p = adapter.prepare(tiny_image(), INSTRUCTION)
+    first = adapter.embed(p)
+    adapter.layer0_attention(p)
+    with torch.enable_grad():
+        out = adapter.teacher_forced(p, torch.tensor([5, 7]), output_attentions=False,
+                                     inputs_embeds=adapter.embed(p, torch.tensor([5, 7])).requires_grad_(True))
+        out.logits.sum().backward()  # gradients reach the embeddings; none need the tower
+    assert len(calls) == 1
+    fresh = adapter.prepare(tiny_image(), INSTRUCTION)
+    torch.testing.assert_close(adapter.embed(fresh), first, atol=0, rtol=0)
+    assert len(calls) == 2

@@ -167,6 +167,30 @@ class HFAdapter(Adapter):
             return torch.zeros(0, dtype=torch.long, device=self.device)
         return answer_ids.reshape(-1).to(self.device, torch.long)
 
+    def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
+        """-> ((N_v, D) projected visual tokens in sequence order, the placeholder token id they replace)."""
+        raise NotImplementedError
+
+    def visual_features(self, prepared: Prepared) -> tuple[torch.Tensor, int]:
+        """The vision tower's output for this prompt, computed once and kept on `prepared.extra`: label
+        generation embeds each prompt several times (layer-0 attention, the explainer's pass). No
+        gradient flows into it: the tower is frozen, and the explainers attribute to the LLM's input
+        embeddings."""
+        cached = prepared.extra.get("visual_features")
+        if cached is None:
+            with torch.no_grad():
+                cached = self._visual_features(prepared.inputs)
+            prepared.extra["visual_features"] = cached
+        return cached
+
+    def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = prepared.inputs
+        ids = torch.cat([inputs["input_ids"], self._answer_ids(answer_ids)[None]], dim=1)
+        embeds = self.model.get_input_embeddings()(ids)  # (1, S+T, D)
+        feats, token = self.visual_features(prepared)
+        mask = (ids == token)[..., None].expand_as(embeds)
+        return embeds.masked_scatter(mask, feats.to(embeds.dtype))
+
     def generate(self, prepared: Prepared, max_new_tokens: int = 32) -> tuple[torch.Tensor, str]:
         with torch.no_grad():
             out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False,

@@ -47,16 +47,11 @@ class LlavaOnevisionAdapter(HFAdapter):
         """(1, S + answer_len): 0, 1, 2, ..."""
         return torch.arange(prepared.seq_len + answer_len, device=self.device)[None]
 
-    def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
-        inputs = prepared.inputs
-        ids = torch.cat([inputs["input_ids"], self._answer_ids(answer_ids)[None]], dim=1)
-        embeds = self.model.get_input_embeddings()(ids)  # (1, S+T, D)
+    def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
         feats = self.model.model.get_image_features(
             pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
             vision_feature_layer=self.model.config.vision_feature_layer,
             vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
             vision_aspect_ratio=self.model.config.vision_aspect_ratio,
             batch_num_images=inputs.get("batch_num_images"))
-        feats = torch.cat(list(feats.pooler_output), dim=0).to(embeds.dtype)  # (N_v, D)
-        mask = (ids == self.image_token_id)[..., None].expand_as(embeds)
-        return embeds.masked_scatter(mask, feats)
+        return torch.cat(list(feats.pooler_output), dim=0), self.image_token_id

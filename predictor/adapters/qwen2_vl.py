@@ -53,16 +53,11 @@ class Qwen2VLAdapter(HFAdapter):
             pos = torch.cat([pos, extra.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
         return pos
 
-    def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
-        inputs = prepared.inputs
-        ids = torch.cat([inputs["input_ids"], self._answer_ids(answer_ids)[None]], dim=1)
-        embeds = self.model.get_input_embeddings()(ids)  # (1, S+T, D)
+    def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
         if "pixel_values" in inputs:
             feats = self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
             token = self.image_token_id
         else:
             feats = self.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
             token = self.video_token_id
-        feats = torch.cat(list(feats.pooler_output), dim=0).to(embeds.dtype)  # (N_v, D)
-        mask = (ids == token)[..., None].expand_as(embeds)
-        return embeds.masked_scatter(mask, feats)
+        return torch.cat(list(feats.pooler_output), dim=0), token
