@@ -2,6 +2,7 @@
 
     python benchmarks/bench_explainers.py                          # reference MLLM, 40 scenes, 224x224
     python benchmarks/bench_explainers.py --n 100 --size 224 448 --explainers gae attention
+    python benchmarks/bench_explainers.py --n 100 --predictor checkpoints/predictor-reference
 
 For every held-out scene the model answers correctly, each method's relevance over the visual
 tokens is compared with the ground truth (`gt_relevance`: the share of the object's pixels in each
@@ -10,8 +11,13 @@ token):
     pointing  how often the top-1 token lies on the object (the pointing game)
     kept@k    how often the object's main token (the one with most of its pixels) is among the top k
               share of tokens by relevance, i.e. survives pruning to keep ratio k
+    named     how often the object the question names outscores every other object (their main
+              tokens): whether the method depends on the instruction at all; chance is 1 / objects.
+              A method can keep the named object at every k (it keeps all objects) and still sit at
+              chance here, as any instruction-agnostic saliency would.
 Methods: the registered explainers, `layer0` (the predictor's input: layer-0 attention of the
-instruction over the visual tokens, used directly) and `random`.
+instruction over the visual tokens, used directly), `predictor` (with --predictor <export>) and
+`random`.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from data_gen import scenes
 from data_gen.correctness import normalise
 from data_gen.sources.synthetic_scenes import SyntheticScenes
 from predictor.targets import num_kept
@@ -32,9 +39,15 @@ REF = "checkpoints/reference-qwen2vl"
 KEEPS = (0.5, 0.25, 0.125)  # keep ratios of the kept@k columns
 
 
+def main_token(obj, height: int, width: int) -> int:
+    """Index of the visual token holding most of a scene object's pixels."""
+    return int(scenes.cell_counts(scenes.object_mask(obj, height, width)).reshape(-1).argmax())
+
+
 def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed: int = 0,
-        explainers: tuple[str, ...] = EXPLAINERS, split: str = "test") -> dict:
-    """-> {"rows": {method: {"mass", "pointing", "seconds"}}, "scenes", "wrong", "object_share"}"""
+        explainers: tuple[str, ...] = EXPLAINERS, split: str = "test", predictor: str | None = None) -> dict:
+    """-> {"rows": {method: {"mass", "pointing", "kept@k", "named", "seconds"}}, "scenes", "wrong",
+    "object_share", "objects"}"""
     from data_gen.explainers import get_explainer
     from predictor.adapters import load_adapter
 
@@ -42,9 +55,16 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     adapter = load_adapter("qwen2_vl", model)
     methods = {name: get_explainer(name)() for name in explainers}
     methods["layer0"] = lambda a, p, ids: a.layer0_attention(p)[1]
+    if predictor:
+        from predictor.export import load_predictor
+        from predictor.runtime import PredictorScores, make_context
+
+        scorer = PredictorScores(load_predictor(predictor))
+        methods["predictor"] = lambda a, p, ids: scorer.scores(make_context(a, p))
     gen = torch.Generator().manual_seed(seed)
     methods["random"] = lambda a, p, ids: torch.rand(p.num_visual, generator=gen)
-    sums = {m: {"mass": 0.0, "pointing": 0.0, **{f"kept@{k}": 0.0 for k in KEEPS}, "seconds": 0.0} for m in methods}
+    sums = {m: {"mass": 0.0, "pointing": 0.0, **{f"kept@{k}": 0.0 for k in KEEPS}, "named": 0.0, "seconds": 0.0}
+            for m in methods}
     scene_kw = {}
     record = Path(model) / "training.json"  # draw scenes as the reference model was trained on
     if record.is_file():
@@ -52,7 +72,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
         scene_kw = {"question_types": cfg["question_types"], "num_objects": cfg["num_objects"]}
     source = SyntheticScenes(num_items=20 * n, seed=seed, split=split, sizes=[list(size)], **scene_kw)
     done = wrong = 0
-    share = 0.0
+    share = n_objects = 0.0
     bar = tqdm(total=n, desc="explainers")
     for i in range(len(source)):
         if done == n:
@@ -66,6 +86,9 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
         gt = torch.tensor(item.extra["gt_relevance"])
         inside = gt > 0  # (N_v,) tokens the object touches
         share += inside.float().mean().item()
+        scene = source.scene(i)
+        others = [main_token(o, scene.height, scene.width) for j, o in enumerate(scene.objects) if j != scene.target]
+        n_objects += len(scene.objects)
         for name, fn in methods.items():
             t0 = time.perf_counter()
             rel = fn(adapter, prepared, ids).detach().float().reshape(-1).cpu()
@@ -75,25 +98,28 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
             rank = int((rel > rel[gt.argmax()]).sum())  # tokens scored above the object's main token
             for k in KEEPS:  # the runtime's rule for how many tokens a keep ratio keeps
                 sums[name][f"kept@{k}"] += float(rank < num_kept(len(rel), k))
+            sums[name]["named"] += float(bool(others) and bool(rel[gt.argmax()] > rel[others].max()))
         done += 1
         bar.update()
     bar.close()
     rows = {m: {k: v / max(done, 1) for k, v in s.items()} for m, s in sums.items()}
     return {"rows": rows, "scenes": done, "wrong": wrong, "object_share": share / max(done, 1),
-            "size": list(size), "model": model}
+            "objects": n_objects / max(done, 1), "size": list(size), "model": model}
 
 
 def table(result: dict) -> str:
     h, w = result["size"]
     lines = [f"{result['scenes']} correctly answered held-out scenes ({h}x{w}, {h // 28 * (w // 28)} visual "
              f"tokens; {result['wrong']} answered wrongly were skipped); the object touches "
-             f"{result['object_share'] * 100:.1f}% of the tokens on average.", "",
+             f"{result['object_share'] * 100:.1f}% of the tokens on average; {result['objects']:.1f} objects "
+             f"per scene, so 'named' is {100 / max(result['objects'], 1):.0f}% by chance.", "",
              "| method | relevance mass on the object | pointing game (top-1 on the object) "
-             "| object kept at 50% / 25% / 12.5% | s / sample |",
-             "|---|---|---|---|---|"]
+             "| object kept at 50% / 25% / 12.5% | named object above the others | s / sample |",
+             "|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         kept = " / ".join(f"{r[f'kept@{k}'] * 100:.0f}%" for k in KEEPS)
-        lines.append(f"| {name} | {r['mass'] * 100:.1f}% | {r['pointing'] * 100:.1f}% | {kept} | {r['seconds']:.3f} |")
+        lines.append(f"| {name} | {r['mass'] * 100:.1f}% | {r['pointing'] * 100:.1f}% | {kept} | "
+                     f"{r['named'] * 100:.0f}% | {r['seconds']:.3f} |")
     return "\n".join(lines)
 
 
@@ -105,10 +131,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", help="synthetic_scenes split (train / heldout / test)")
     p.add_argument("--explainers", nargs="+", default=list(EXPLAINERS))
+    p.add_argument("--predictor", default=None, help="also score with this predictor export")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(table(run(a.model, a.n, tuple(a.size), a.seed, tuple(a.explainers), a.split)))
+    print(table(run(a.model, a.n, tuple(a.size), a.seed, tuple(a.explainers), a.split, a.predictor)))
 
 
 if __name__ == "__main__":
