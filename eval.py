@@ -95,7 +95,7 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
                     "visual_tokens": int(n_kept), "prefill_s": pre_k[0] if pre_k else None,
                     "kv_bytes": pre_k[1] if pre_k else None}
 
-        rows: dict[str, dict[str, list]] = {}
+        rows: dict[str, dict[str, dict[str, Any]]] = {}
         kept_fig: dict[str, torch.Tensor] = {}
         for name, method in methods.items():
             rows[name] = {"1": row(full_ids, n_v, pre)}
