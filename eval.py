@@ -50,8 +50,11 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
     methods: {name: selection method from predictor.runtime.make_method, or None for downsampling}.
     records: a JSON-lines file that gets one line per finished item; items already in it are not run
     again, so a killed evaluation resumes where it stopped (the caller checks that the settings match).
-    Returns {method: {str(keep): {accuracy, retained, visual_tokens, visual_fraction, prefill_ms,
-    kv_cache_kib, n}}}; keep 1.0 is the unpruned model, shared by every method.
+    Returns {method: {str(keep): {accuracy, retained, visual_tokens, visual_fraction, object_kept,
+    prefill_ms, kv_cache_kib, n}}}; keep 1.0 is the unpruned model, shared by every method.
+    object_kept: share of items whose most relevant token by ground truth was kept (None when the
+    source has no `gt_relevance`, and for downsampling). For cluster aggregation: the token is its
+    cluster's representative slot (a cluster of its own keeps it; a merged one may not).
     """
     from tqdm.auto import tqdm
 
@@ -79,7 +82,9 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
 
     def evaluate(i: int) -> dict[str, Any]:
         """One item -> {"i", "id", "num_visual", "rows": {method: {keep: {"answer", "correct",
-        "visual_tokens", "prefill_s", "kv_bytes"}}}}."""
+        "visual_tokens", "object_kept", "prefill_s", "kv_bytes"}}}}. object_kept: whether the token with
+        the most ground-truth relevance survived (sources with `extra.gt_relevance`, e.g. synthetic
+        scenes; None without it, and for downsampling, which keeps no tokens of the original grid)."""
         item = source[i]
         image = load_image(item.image)
         prepared = adapter.prepare(image, item.instruction)
@@ -88,30 +93,33 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
         n_v = prepared.num_visual
         full_ids, _, pre = run(ctx, None, 1.0)
         ctx.answer_ids = full_ids
+        gt = item.extra.get("gt_relevance") if isinstance(item.extra, dict) else None
+        main = int(torch.as_tensor(gt).argmax()) if gt is not None and len(gt) == n_v else None
 
-        def row(ids, n_kept, pre_k):
+        def row(ids, n_kept, pre_k, kept=None):
             text = adapter.decode_answer(ids)
             return {"answer": text, "correct": bool(is_correct(text, item.answer, correctness)),
-                    "visual_tokens": int(n_kept), "prefill_s": pre_k[0] if pre_k else None,
-                    "kv_bytes": pre_k[1] if pre_k else None}
+                    "visual_tokens": int(n_kept),
+                    "object_kept": bool(kept[main]) if kept is not None and main is not None else None,
+                    "prefill_s": pre_k[0] if pre_k else None, "kv_bytes": pre_k[1] if pre_k else None}
 
         rows: dict[str, dict[str, dict[str, Any]]] = {}
         kept_fig: dict[str, torch.Tensor] = {}
         for name, method in methods.items():
-            rows[name] = {"1": row(full_ids, n_v, pre)}
+            rows[name] = {"1": row(full_ids, n_v, pre, torch.ones(n_v, dtype=torch.bool))}
             for keep in keeps:
                 if keep >= 1.0:
                     continue
                 if method is None:  # downsampling: a smaller image, the model unpruned
                     p_ds = adapter.prepare(downsample_image(image, keep), item.instruction)
                     ids, _, pre_k = run(make_context(adapter, p_ds), None, 1.0)
-                    n_kept = p_ds.num_visual
+                    n_kept, kept = p_ds.num_visual, None
                 else:
                     ids, sel, pre_k = run(ctx, method, keep)
-                    n_kept = int(sel.kept.sum())
+                    n_kept, kept = int(sel.kept.sum()), sel.kept.cpu()
                     if keep == 0.25:
-                        kept_fig[name] = sel.kept.cpu()
-                rows[name][f"{keep:g}"] = row(ids, n_kept, pre_k)
+                        kept_fig[name] = kept
+                rows[name][f"{keep:g}"] = row(ids, n_kept, pre_k, kept)
         if figures_dir is not None and i < figures and kept_fig:
             figures_dir.mkdir(parents=True, exist_ok=True)
             kept_overlay(image, prepared.grid, kept_fig, figures_dir / f"{desc}-{i:03d}.png",
@@ -142,12 +150,14 @@ def aggregate(recs: list[dict[str, Any]], methods: list[str], keeps: list[float]
             rows = [r["rows"][name][f"{keep:g}"] for r in recs]
             acc = sum(row["correct"] for row in rows) / len(rows)
             mean = lambda f: sum(map(f, rows)) / len(rows)  # noqa: E731
+            found = [row["object_kept"] for row in rows if row.get("object_kept") is not None]
             results.setdefault(name, {})[f"{keep:g}"] = {
                 "accuracy": acc,
                 "retained": acc / full_acc if full_acc > 0 else float("nan"),
                 "visual_tokens": mean(lambda row: row["visual_tokens"]),
                 "visual_fraction": sum(r["rows"][name][f"{keep:g}"]["visual_tokens"] / r["num_visual"]
                                        for r in recs) / len(recs),
+                "object_kept": sum(found) / len(found) if found else None,
                 "prefill_ms": 1e3 * mean(lambda row: row["prefill_s"]) if timing else None,
                 "kv_cache_kib": mean(lambda row: row["kv_bytes"]) / 1024 if timing else None,
                 "n": len(rows),

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
@@ -142,3 +143,33 @@ def test_rerun_into_the_same_out_resumes_and_refuses_other_settings(setup):
     with pytest.raises(ValueError, match=r"keeps: \[0.5, 1.0\] there, \[0.25, 1.0\] now.*new folder"):
         eval_py.run_eval(keeps=[1.0, 0.25], max_items=3, **kw)
     assert (out / "results.json").read_text() == saved  # the refused run touched nothing
+
+
+def test_object_kept_counts_the_ground_truth_token(setup):
+    """object_kept: the share of items whose most relevant token (synthetic scenes' gt_relevance)
+    survives; a method keeping the first k tokens keeps it exactly when it lies among them."""
+    import eval as eval_py
+    from data_gen.run import build_adapter
+    from data_gen.sources.synthetic_scenes import SyntheticScenes
+    from predictor.runtime.scorers import ScoreMethod
+    from predictor.targets import num_kept
+
+    class FirstTokens(ScoreMethod):
+        name = "first"
+
+        def scores(self, ctx):
+            return -torch.arange(ctx.prepared.num_visual, dtype=torch.float32)
+
+    root, model_dir, _ = setup
+    adapter = build_adapter({"adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",
+                             "attn_implementation": ATTN_IMPL})
+    scenes = SyntheticScenes(num_items=6, split="test", sizes=[[112, 112]], num_objects=[3, 3])
+    res = eval_py.evaluate_items(adapter, scenes, {"first": FirstTokens(), "downsample": None}, [1.0, 0.5, 0.25],
+                                 max_items=6, max_new_tokens=2, correctness="none", timing=False, progress=False)
+    mains = [int(torch.tensor(scenes[i].extra["gt_relevance"]).argmax()) for i in range(6)]
+    for keep in (0.5, 0.25):
+        expect = sum(m < num_kept(16, keep) for m in mains) / 6
+        assert res["first"][f"{keep:g}"]["object_kept"] == pytest.approx(expect)
+        assert res["downsample"][f"{keep:g}"]["object_kept"] is None
+    assert 0 < res["first"]["0.5"]["object_kept"] < 1  # these scenes put the object in both halves
+    assert res["first"]["1"]["object_kept"] == 1.0

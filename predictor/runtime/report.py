@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 COLUMNS = (("accuracy", "acc", "{:.3f}"), ("retained", "retained", "{:.1%}"),
-           ("visual_tokens", "visual tokens", "{:.1f}"), ("prefill_ms", "prefill ms", "{:.2f}"),
+           ("visual_tokens", "visual tokens", "{:.1f}"), ("object_kept", "object kept", "{:.1%}"),
+           ("prefill_ms", "prefill ms", "{:.2f}"),
            ("kv_cache_kib", "KV cache KiB", "{:.1f}"))
 
 
