@@ -70,6 +70,11 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
     done = read_records(records) if records is not None else {}
     if done:
         log.info("%s: resuming, %d of %d items already evaluated (%s)", desc, sum(i < n for i in done), n, records)
+        last = max(done)  # the data behind the source may have changed under the same settings
+        if last < len(source) and source[last].id != done[last]["id"]:
+            raise ValueError(f"{records} was made from other data: its item {last} is {done[last]['id']!r}, the "
+                             f"source's item {last} is now {source[last].id!r}. Write to a new folder (out=...), "
+                             f"or delete {records} to evaluate these items again.")
         tmp = records.with_name(records.name + ".tmp")  # drop a line cut short by the kill before appending
         tmp.write_text("".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
         os.replace(tmp, records)

@@ -114,12 +114,21 @@ def test_killed_evaluation_resumes_with_the_same_results(setup):
         f.write('{"i": 2, "id": "cut sh')  # a line the kill cut short: ignored, item 2 runs again
     again = _Source(scenes)
     resumed = eval_py.evaluate_items(adapter, again, methods(), records=records, **kw)
-    assert again.drawn == [2, 3]  # finished items are not evaluated again
+    # finished items are not evaluated again: item 1 is drawn once only to check its id (the data may
+    # have changed), and no line is added for it
+    assert again.drawn == [1, 2, 3]
+    assert [json.loads(line)["i"] for line in records.read_text().splitlines()] == [0, 1, 2, 3]
     # every answer of every method is the uninterrupted run's: random pruning draws per item, so the
     # order of work does not matter
     assert eval_py.read_records(records) == eval_py.read_records(root / "whole.jsonl")
     assert json.dumps(resumed, sort_keys=True) == json.dumps(whole, sort_keys=True)  # (NaN-safe compare)
     assert resumed["random"]["0.25"]["n"] == 4
+    # other data under the same settings (a data file edited in place): refused, the records kept
+    other = SyntheticScenes(num_items=4, split="test", sizes=[[112, 112]], seed=1)
+    before = records.read_text()
+    with pytest.raises(ValueError, match="made from other data.*item 3"):
+        eval_py.evaluate_items(adapter, other, methods(), records=records, **kw)
+    assert records.read_text() == before
 
 
 def test_rerun_into_the_same_out_resumes_and_refuses_other_settings(setup):
