@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from models import tiny_image, tiny_models  # noqa: F401  (fixture)
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
 from predictor.model import PredictorConfig, RelevancePredictor
@@ -182,3 +183,31 @@ def test_object_kept_counts_the_ground_truth_token(setup):
         assert res["downsample"][f"{keep:g}"]["object_kept"] is None
     assert 0 < res["first"]["0.5"]["object_kept"] < 1  # these scenes put the object in both halves
     assert res["first"]["1"]["object_kept"] == 1.0
+
+
+def test_run_eval_on_llava_onevision_with_a_jsonl_source(tmp_path, tiny_models):
+    """Any adapter and any source with reference answers: LLaVA-OneVision over a JSON-lines file of
+    image paths. Ground truth is absent there, so object_kept is None throughout."""
+    import eval as eval_py
+
+    lines = []
+    for i in range(2):
+        tiny_image().save(tmp_path / f"img{i}.png")
+        lines.append(json.dumps({"id": f"q{i}", "image": f"img{i}.png", "instruction": "What shape is the red object?",
+                                 "answer": "circle"}))
+    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    export = save_predictor(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn"])), tmp_path / "export")
+    model = {"adapter": "llava_onevision", "path": str(tiny_models["llava_onevision"]), "dtype": "float32",
+             "device": "cpu", "attn_implementation": ATTN_IMPL}
+    methods = ["predictor", "oracle", "attention", "random", "downsample", "cluster"]
+    res = eval_py.run_eval(model=model, source={"name": "jsonl", "path": str(tmp_path / "items.jsonl")},
+                           explainer={"name": "gae"}, predictor=str(export), out=str(tmp_path / "out"),
+                           methods=methods, keeps=[1.0, 0.5, 0.25], max_items=2, max_new_tokens=2,
+                           correctness="none", figures=1, progress=False, timing=False,
+                           fidelity_cfg={"shards": None}, generalisation=None)
+    full = res["results"]["attention"]["1"]["visual_tokens"]
+    for m in methods:
+        assert res["results"][m]["0.5"]["n"] == 2 and res["results"][m]["0.5"]["object_kept"] is None
+        if m != "downsample":  # the processor decides how many tokens a smaller image gets
+            assert res["results"][m]["0.25"]["visual_tokens"] == math.ceil(0.25 * full)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["source"]["name"] == "jsonl"
