@@ -60,6 +60,11 @@ class RefTrainConfig:
     # attending to all objects alike.
     att_weight: float = 1.0
     att_layers: tuple[int, int] = (1, 2)
+    # A weak instruction cue in layer 0, for experiments; 0 (the default) leaves layer 0 alone. Head 0's
+    # attention mass from the content word onto the object is pushed up to `l0_cue` and no further
+    # (hinge). The predictor's premise is that layer 0 of a real MLLM carries a weak, noisy signal of
+    # which tokens the instruction needs; this plants one of known strength (BENCHMARKS.md).
+    l0_cue: float = 0.0
     aux_head: str = "linear"  # "linear" | "tied": class scores = dot product with the word's input embedding |
     # "regress": merged features regressed (relative squared error) onto the input embeddings of their
     # (colour, shape) words: clean, small features the LLM can match against the question's words
@@ -251,10 +256,15 @@ def train(cfg: RefTrainConfig) -> dict:
                                      max_pixels=cfg.max_pixels, seed=cfg.seed)
     tok = processor.tokenizer
     eos_id, pad_id = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
-    if cfg.att_weight > 0:  # attention probabilities are needed during training
+    maps = cfg.att_weight > 0 or cfg.l0_cue > 0  # attention probabilities are needed during training
+    if maps:
         model.set_attn_implementation("eager")
     if cfg.curriculum and cfg.curriculum[0][0] != 0:
         raise ValueError(f"curriculum {cfg.curriculum} must start at fraction 0, e.g. [[0, 1], [0.12, 2], [0.35, 3]]")
+    n_layers = int(cfg.text["num_hidden_layers"])
+    if any(not 0 <= layer < n_layers for layer in cfg.att_layers):
+        raise ValueError(f"att_layers={list(cfg.att_layers)}: the text model has layers 0..{n_layers - 1}; pass "
+                         f"--att-layers with two of them (e.g. 1,{min(2, n_layers - 1)}) or more layers with --text")
     if cfg.aux_head not in ("linear", "tied", "regress"):
         raise ValueError(f"aux_head={cfg.aux_head!r}: expected linear, tied or regress")
     # input-embedding rows of each colour and shape class (class 0, background, reads <|endoftext|>)
@@ -299,7 +309,7 @@ def train(cfg: RefTrainConfig) -> dict:
         captured.clear()
         feed.update(colour=colour, shape=shape,
                     clean=bool(torch.rand((), generator=clean_rng) < clean_probability(cfg, step)))
-        out = model(**batch, output_attentions=cfg.att_weight > 0)
+        out = model(**batch, output_attentions=maps)
         logits = out.logits  # (B, S, V)
         lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
                              label_smoothing=cfg.label_smoothing)
@@ -311,8 +321,11 @@ def train(cfg: RefTrainConfig) -> dict:
         loss = lm + cfg.aux_weight * aux
         first = (labels[:, 1:] != -100).float().argmax(1)  # (B,) the position predicting the first answer token
         guide = torch.zeros(())
+        rows = torch.arange(len(labels))
+        if cfg.l0_cue > 0:  # hinge: at least l0_cue of the word's head-0 mass on the object, no more
+            att = out.attentions[0][rows, 0, word_pos]
+            loss = loss + F.relu(cfg.l0_cue - (att * target).sum(-1)).mean()
         if cfg.att_weight > 0:
-            rows = torch.arange(len(labels))
             object_layer, word_layer = cfg.att_layers
             att = out.attentions[object_layer][rows, 0, word_pos]  # (B, S): head 0's row at the content word
             guide = -torch.log((att * target).sum(-1) + 1e-6).mean()
@@ -389,7 +402,7 @@ visual tokens per step. Losses: the answer (label smoothing {cfg.get('label_smoo
 per-visual-token colour/shape classifier on the merged vision features (its heads are not part of this
 folder); and attention guidance on head 0 of text layers {cfg['att_layers'][0]} and {cfg['att_layers'][1]} (weight
 {cfg['att_weight']}): the question's colour word attends to the object, the answer position to that word.
-Layer 0, whose attention the relevance predictor reads, is {"guided too" if 0 in cfg['att_layers'] else "not guided"}.
+Layer 0, whose attention the relevance predictor reads, is {_layer0_note(cfg)}.
 Details: `training.json`.
 
 ## Held-out accuracy
@@ -401,6 +414,15 @@ Greedy generation, normalised exact match, {record['heldout_items_per_size']} he
 |---|---|
 {rows}
 """
+
+
+def _layer0_note(cfg: dict) -> str:
+    if 0 in cfg["att_layers"]:
+        return "guided too"
+    if cfg.get("l0_cue", 0.0) > 0:
+        return (f"given a weak cue: head 0's mass from the colour word on the object pushed up to "
+                f"{cfg['l0_cue']} (hinge), no further")
+    return "not guided"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -417,6 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curriculum", default="", help="objects per scene by progress, e.g. 0:1,0.12:2,0.35:3")
     p.add_argument("--att-layers", default="", help="text layers of the two guided attention hops, e.g. 1,2")
     p.add_argument("--label-smoothing", type=float, default=RefTrainConfig.label_smoothing)
+    p.add_argument("--l0-cue", type=float, default=RefTrainConfig.l0_cue,
+                   help="weak instruction cue in layer 0: head 0's mass from the colour word on the object, "
+                        "pushed up to this (0: off)")
     p.add_argument("--text", default="", help='JSON overrides of the text config, e.g. \'{"hidden_size": 128}\'')
     p.add_argument("--sizes", default="", help="training image sizes HxW, e.g. 224x224 (default: the config's mix)")
     a = p.parse_args(argv)
@@ -433,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     record = train(RefTrainConfig(out=a.out, seed=a.seed, steps=a.steps, eval_items=a.eval_items,
                                   threads=a.threads, aux_head=a.aux_head, att_weight=a.att_weight,
                                   clean_until=a.clean_until, clean_fade=a.clean_fade,
-                                  label_smoothing=a.label_smoothing, **extra))
+                                  label_smoothing=a.label_smoothing, l0_cue=a.l0_cue, **extra))
     print(f"saved {a.out}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min")
     for size, acc in record["heldout_accuracy"].items():
         print(f"held-out accuracy at {size}: {acc * 100:.1f}% ({record['heldout_items_per_size']} scenes)")

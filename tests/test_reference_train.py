@@ -34,6 +34,11 @@ def test_a_few_steps_save_a_model_the_adapter_loads(tmp_path):
     assert adapter.model.config.model_type == "qwen2_vl"
 
 
+def test_guided_layers_must_exist(tmp_path):
+    with pytest.raises(ValueError, match=r"att_layers=\[1, 2\].*layers 0..1"):
+        train(RefTrainConfig(out=str(tmp_path / "x"), steps=2, text={**RefTrainConfig().text, "num_hidden_layers": 2}))
+
+
 def test_bad_curriculum_is_refused(tmp_path):
     with pytest.raises(ValueError, match="must start at fraction 0"):
         train(RefTrainConfig(out=str(tmp_path / "x"), steps=2, curriculum=[[0.5, 2]]))
@@ -63,3 +68,18 @@ def test_deterministic_given_the_seed(tmp_path):
     weights = {n: (tmp_path / n / "model.safetensors").read_bytes() for n in "abc"}
     assert weights["a"] == weights["b"]
     assert weights["a"] != weights["c"]
+
+
+def test_l0_cue_reaches_the_record_and_trains_layer0(tmp_path):
+    from data_gen.reference_train import main
+
+    torch.set_num_threads(1)
+    args = ["--steps", "2", "--eval-items", "1", "--sizes", "112x112"]
+    main([*args, "--out", str(tmp_path / "cue"), "--l0-cue", "0.3"])
+    main([*args, "--out", str(tmp_path / "plain")])
+    cfg = json.loads((tmp_path / "cue" / "training.json").read_text())["config"]
+    assert cfg["l0_cue"] == 0.3
+    assert "weak cue" in (tmp_path / "cue" / "README.md").read_text()
+    assert "is not guided" in (tmp_path / "plain" / "README.md").read_text()
+    # the hinge is active from the start (chance mass is about 1/S), so the same seed trains other weights
+    assert (tmp_path / "cue" / "model.safetensors").read_bytes() != (tmp_path / "plain" / "model.safetensors").read_bytes()
