@@ -222,7 +222,7 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
         if not predictor:
             raise ValueError("methods include 'predictor' but predictor= is not set; pass predictor=<export dir>")
         pred_model, export_cfg = load_predictor(predictor), read_export_config(predictor)
-    resolve_model_path(str(model["path"]))
+    model_dir = resolve_model_path(str(model["path"]))  # a local folder, or the HF-cache snapshot of a repo id
     adapter = build_adapter(model)
     expl = build_explainer(explainer)[0] if "oracle" in methods else None
 
@@ -235,8 +235,7 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
     # items already evaluated in out/ (items-*.jsonl) are reused only if they were made the same way;
     # max_items may grow (more items are evaluated), figures and progress do not matter
     check_same_settings(out_dir / "eval-settings.json", {
-        "model": {k: v for k, v in model.items() if k != "path"}, "model_fingerprint": model_fingerprint(
-            str(model["path"])),
+        "model": {k: v for k, v in model.items() if k != "path"}, "model_fingerprint": model_fingerprint(model_dir),
         "predictor_fingerprint": model_fingerprint(predictor) if pred_model is not None else None,
         "explainer": explainer if "oracle" in methods else None, "source": source, "generalisation": scales,
         "methods": list(methods), "keeps": sorted(float(k) for k in keeps), "max_new_tokens": max_new_tokens,
