@@ -1,22 +1,32 @@
 """Procedurally drawn scenes with known answer-bearing regions (no model, no downloads).
 
-A scene is a few solid, non-overlapping objects (shape x colour) on a noisy grey-ish background
-with grey clutter strokes. By default (`placement="cell"`) each object lies inside one visual
-token's 28 x 28 px cell, at a random offset and size within it; `placement="free"` puts objects
-anywhere, spanning several tokens. Why cells: the reference MLLM's from-scratch vision tower reads
-a shape inside one cell within a few hundred steps (per-token shape accuracy 98% after 400), but
-a shape cut across cells it did not learn in the minutes this machine has (34% after 600 steps;
-BENCHMARKS.md). Everything drawn for a scene follows from one numpy Generator, so a
-scene is a pure function of its seed. Objects use saturated colours and the background and
-clutter use low-saturation greys, so an object's pixels are exactly the pixels of its fill
-colour: the ground truth can be recomputed from the drawn image (tests do).
+A scene is many solid, non-overlapping objects (shape x colour) on a noisy grey-ish background
+with grey clutter strokes, and questions that each name one object by an attribute no other object
+in the scene has ("What shape is the red object?": the only red one; "What colour is the ring?":
+the only ring) and ask for its other attribute. Other objects may repeat colours and shapes among
+themselves. By default a 224 x 224 scene (64 visual tokens) holds 16-24 objects, more than the 16
+or 8 tokens that pruning to 25% or 12.5% keeps: a method that keeps "the objects" without reading
+the instruction cannot keep them all (`benchmarks/bench_scenes.py` measures how far that gets).
+
+Each scene carries two questions about two different objects: the first is the item's question,
+the second is for the instruction-swap check (same image, another object named).
+
+By default (`placement="cell"`) each object lies inside one visual token's 28 x 28 px cell, at a
+random offset and size within it; `placement="free"` puts objects anywhere, spanning several tokens
+(and fits fewer of them). Why cells: the reference MLLM's from-scratch vision tower reads a shape
+inside one cell within a few hundred steps, but a shape cut across cells it did not learn in the
+minutes this machine has (BENCHMARKS.md). Everything drawn for a scene follows from one numpy
+Generator, so a scene is a pure function of its seed. Objects use saturated colours, each object a
+fill no other object in the scene has, and the background and clutter use low-saturation greys, so
+an object's pixels are exactly the pixels of its fill: the ground truth can be recomputed from the
+drawn image (tests do).
 
 Visual tokens are `TOKEN_PX` x `TOKEN_PX` cells (Qwen2-VL: patch 14 x spatial merge 2 = 28 px),
 in row-major order over the `(h, w)` grid, as the Qwen2-VL processor orders them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,16 +35,56 @@ TOKEN_PX = 28  # Qwen2-VL: patch_size 14 * spatial_merge_size 2
 
 COLOURS: dict[str, tuple[int, int, int]] = {  # saturated, so never confused with the grey background
     "red": (215, 35, 35),
-    "green": (35, 165, 55),
-    "blue": (40, 75, 215),
-    "yellow": (230, 205, 30),
-    "purple": (145, 50, 190),
     "orange": (240, 130, 20),
+    "yellow": (230, 205, 30),
+    "lime": (140, 215, 30),
+    "green": (30, 150, 60),
+    "cyan": (25, 185, 205),
+    "blue": (40, 75, 215),
+    "purple": (140, 50, 195),
+    "pink": (240, 90, 175),
+    "brown": (135, 75, 25),
 }
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
+# what a question asks for; the object is named by the other attribute
 QUESTION_TYPES = ("shape", "colour")
 COLOUR_JITTER = 12  # per-channel jitter of an object's fill; keeps fills saturated and distinct
 MIN_CELL_SHARE = 0.1  # a token is labelled with an object if it covers >= 10% of the token
+CELL_RADIUS = (8, 12)  # object half-sizes that fit inside one 28 px cell with room to move
+QUESTIONS_PER_SCENE = 2  # the item's question and the instruction-swap check's
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """How scenes are drawn: the one set of defaults shared by `SyntheticScenes`, its Hydra config
+    (conf/source/synthetic_scenes.yaml) and the reference MLLM's training (recorded in its
+    training.json); a test checks that the three agree."""
+
+    num_objects: tuple[int, int] = (16, 24)  # [min, max] per scene; 224x224 has 64 cells
+    radius: tuple[int, int] = CELL_RADIUS  # object half-size in px (placement cell: at most 12)
+    question_types: tuple[str, ...] = QUESTION_TYPES
+    clutter: int = 6  # at most this many grey strokes / dots (distractors)
+    placement: str = "cell"
+
+    def __post_init__(self) -> None:
+        for name in ("num_objects", "radius", "question_types"):  # lists from YAML / JSON -> tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        lo, hi = (int(v) for v in self.num_objects)
+        if len(self.num_objects) != 2 or not 1 <= lo <= hi:
+            raise ValueError(f"num_objects={list(self.num_objects)}: expected [min, max] with 1 <= min <= max")
+        for q in self.question_types:
+            if q not in QUESTION_TYPES:
+                raise ValueError(f"unknown question type {q!r}; available: {', '.join(QUESTION_TYPES)}")
+        if not self.question_types:
+            raise ValueError(f"question_types is empty; available: {', '.join(QUESTION_TYPES)}")
+        if self.placement not in ("cell", "free"):
+            raise ValueError(f"placement={self.placement!r}: expected 'cell' (each object inside one visual "
+                             f"token) or 'free'")
+        if len(self.radius) != 2:
+            raise ValueError(f"radius={list(self.radius)}: expected [min, max] half-size in px")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -51,20 +101,47 @@ class SceneObject:
                 "cx": self.cx, "cy": self.cy, "r": self.r}
 
 
+@dataclass(frozen=True)
+class Question:
+    target: int  # index into the scene's objects of the object it names
+    kind: str  # what it asks for: "shape" (the object is named by its colour) or "colour" (by its shape)
+    text: str
+    answer: str
+
+    @property
+    def word(self) -> str:
+        """The word that names the object ("red" in "What shape is the red object?")."""
+        return self.text.rstrip("?").split()[-2 if self.kind == "shape" else -1]
+
+
 @dataclass
 class Scene:
     height: int
     width: int
     objects: list[SceneObject]
     image: Image.Image  # (height, width) RGB
-    question: str
-    answer: str
-    question_type: str
-    target: int  # index into objects of the answer-bearing object
+    questions: list[Question] = field(default_factory=list)  # [the item's, the swap check's] (fewer objects: fewer)
 
     @property
     def grid(self) -> tuple[int, int, int]:
         return 1, self.height // TOKEN_PX, self.width // TOKEN_PX
+
+    # the item's question
+    @property
+    def question(self) -> str:
+        return self.questions[0].text
+
+    @property
+    def answer(self) -> str:
+        return self.questions[0].answer
+
+    @property
+    def question_type(self) -> str:
+        return self.questions[0].kind
+
+    @property
+    def target(self) -> int:
+        return self.questions[0].target
 
 
 def check_size(height: int, width: int) -> None:
@@ -88,6 +165,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, fill) -> None:
         t = max(3, r // 3)
         draw.rectangle([x - r, y - t, x + r, y + t], fill=fill)
         draw.rectangle([x - t, y - r, x + t, y + r], fill=fill)
+    elif obj.shape == "diamond":
+        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
+    elif obj.shape == "ring":
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=fill, width=max(3, r // 3))
     else:
         raise ValueError(f"unknown shape {obj.shape!r}; available: {', '.join(SHAPES)}")
 
@@ -111,6 +192,16 @@ def relevance_from_mask(mask: np.ndarray) -> np.ndarray:
     return (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
 
+def object_relevance(scene: Scene, index: int) -> np.ndarray:
+    """(h*w,) float32 ground-truth relevance of object `index`: the share of its pixels in each token."""
+    return relevance_from_mask(object_mask(scene.objects[index], scene.height, scene.width))
+
+
+def main_token(scene: Scene, index: int) -> int:
+    """The visual token holding most of object `index`'s pixels."""
+    return int(object_relevance(scene, index).argmax())
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """(H, W, 3) uint8 low-saturation background: a grey gradient, a slight tint, noise."""
     a, b = rng.uniform(40, 215, size=2)
@@ -121,9 +212,6 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     tint = rng.uniform(-10, 10, size=3)  # channels stay within 20 of each other: grey-ish
     img = ramp[..., None] + tint + rng.normal(0, 5, size=(height, width, 1))
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-CELL_RADIUS = (8, 12)  # object half-sizes that fit inside one 28 px cell with room to move
 
 
 def _place_in_cells(rng: np.random.Generator, n: int, height: int, width: int, r_range: tuple[int, int],
@@ -161,35 +249,63 @@ def _place(rng: np.random.Generator, n: int, height: int, width: int, r_range: t
     return placed
 
 
-def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
-               num_objects: tuple[int, int] = (3, 4), radius: tuple[int, int] = CELL_RADIUS,
-               question_types: tuple[str, ...] = QUESTION_TYPES, clutter: int = 6,
-               placement: str = "cell") -> Scene:
-    """Draw one scene and one question about one of its objects.
+def _attributes(rng: np.random.Generator, n: int, named: list[int], kinds: list[str],
+                ) -> tuple[list[str], list[str]]:
+    """Colours and shapes of n objects such that each named object's naming attribute (its colour
+    for a "shape" question, its shape for a "colour" question) is unique in the scene; every other
+    attribute is drawn uniformly from the values no named object reserves."""
+    colours: list[str | None] = [None] * n
+    shapes: list[str | None] = [None] * n
+    for i, kind in zip(named, kinds):
+        if kind == "shape":
+            colours[i] = str(rng.choice([c for c in COLOURS if c not in colours]))
+        else:
+            shapes[i] = str(rng.choice([s for s in SHAPES if s not in shapes]))
+    free_c = [c for c in COLOURS if c not in colours]
+    free_s = [s for s in SHAPES if s not in shapes]
+    colours = [c or free_c[int(rng.integers(len(free_c)))] for c in colours]
+    shapes = [s or free_s[int(rng.integers(len(free_s)))] for s in shapes]
+    return colours, shapes
 
-    Colours within a scene are distinct, and so are shapes (there are few shapes, so at most
-    len(SHAPES) objects): "the red object" and "the triangle" each name exactly one object.
-    """
+
+def _fills(rng: np.random.Generator, colours: list[str]) -> list[tuple[int, int, int]]:
+    """A jittered fill per object, no two alike (so each object's pixels are exactly its fill's)."""
+    fills: list[tuple[int, int, int]] = []
+    for c in colours:
+        while True:
+            base = np.array(COLOURS[c])
+            fill = tuple(int(v) for v in np.clip(base + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255))
+            if fill not in fills:
+                break
+        fills.append(fill)
+    return fills
+
+
+def ask(obj: SceneObject, target: int, kind: str) -> Question:
+    """The question of `kind` about `obj` (which must be unique by the other attribute)."""
+    if kind == "shape":
+        return Question(target, kind, f"What shape is the {obj.colour} object?", obj.shape)
+    return Question(target, kind, f"What colour is the {obj.shape}?", obj.colour)
+
+
+def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
+               config: SceneConfig = SceneConfig()) -> Scene:
+    """Draw one scene and its questions (see the module docstring)."""
     check_size(height, width)
-    for q in question_types:
-        if q not in QUESTION_TYPES:
-            raise ValueError(f"unknown question type {q!r}; available: {', '.join(QUESTION_TYPES)}")
-    if placement not in ("cell", "free"):
-        raise ValueError(f"placement={placement!r}: expected 'cell' (each object inside one visual token) or 'free'")
-    lo, hi = num_objects
-    n = int(rng.integers(lo, min(hi, len(SHAPES)) + 1))
-    spots = (_place_in_cells if placement == "cell" else _place)(rng, n, height, width, tuple(radius))
-    colours = rng.choice(list(COLOURS), size=len(spots), replace=False)
-    shapes = rng.choice(SHAPES, size=len(spots), replace=False)
-    objects = []
-    for (cx, cy, r), c, s in zip(spots, colours, shapes):
-        base = np.array(COLOURS[str(c)])
-        fill = tuple(int(v) for v in np.clip(base + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255))
-        objects.append(SceneObject(str(s), str(c), fill, cx, cy, r))
+    lo, hi = config.num_objects
+    n = int(rng.integers(lo, hi + 1))
+    place = _place_in_cells if config.placement == "cell" else _place
+    spots = place(rng, n, height, width, tuple(config.radius))
+    n = len(spots)  # fewer than asked when the image has too few cells / too little room
+    named = [int(i) for i in rng.choice(n, size=min(QUESTIONS_PER_SCENE, n), replace=False)]
+    kinds = [str(config.question_types[int(rng.integers(len(config.question_types)))]) for _ in named]
+    colours, shapes = _attributes(rng, n, named, kinds)
+    objects = [SceneObject(s, c, f, cx, cy, r)
+               for (cx, cy, r), c, s, f in zip(spots, colours, shapes, _fills(rng, colours))]
 
     img = Image.fromarray(_background(rng, height, width))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(0, clutter + 1))):  # grey strokes and dots: visual distractors
+    for _ in range(int(rng.integers(0, config.clutter + 1))):  # grey strokes and dots: visual distractors
         g = int(rng.integers(30, 226))
         grey = (g, g, g)
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
@@ -201,15 +317,8 @@ def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
             draw.ellipse([x0 - d, y0 - d, x0 + d, y0 + d], fill=grey)
     for obj in objects:  # objects last and apart: none occludes another, none is occluded
         _draw_shape(draw, obj, obj.fill)
-
-    target = int(rng.integers(len(objects)))
-    qtype = str(question_types[int(rng.integers(len(question_types)))])
-    t = objects[target]
-    if qtype == "shape":
-        question, answer = f"What shape is the {t.colour} object?", t.shape
-    else:
-        question, answer = f"What colour is the {t.shape}?", t.colour
-    return Scene(height, width, objects, img, question, answer, qtype, target)
+    questions = [ask(objects[i], i, kind) for i, kind in zip(named, kinds)]
+    return Scene(height, width, objects, img, questions)
 
 
 def token_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,8 @@ def test_splits_are_disjoint_streams():
 @pytest.mark.parametrize("size", [(224, 224), (224, 448), (336, 168)])
 def test_ground_truth_matches_drawn_pixels(size, placement, radius):
     """Recompute each item's relevance from the pixels of the target's exact fill colour."""
-    source = SyntheticScenes(num_items=12, seed=1, sizes=[size], placement=placement, radius=radius)
+    source = SyntheticScenes(num_items=12, seed=1, sizes=[size], placement=placement, radius=radius,
+                             num_objects=(16, 24) if placement == "cell" else (3, 6))
     for i in range(len(source)):
         item = source[i]
         img = np.asarray(item.image)
@@ -54,12 +55,57 @@ def test_ground_truth_matches_drawn_pixels(size, placement, radius):
         # the answer is a property of that object, and the question names it uniquely
         q = item.instruction
         if item.extra["question_type"] == "shape":
-            assert item.answer == target["shape"] and target["colour"] in q
-            assert sum(o["colour"] in q for o in item.extra["objects"]) == 1
+            assert item.answer == target["shape"] and f" {target['colour']} " in q
+            assert sum(o["colour"] == target["colour"] for o in item.extra["objects"]) == 1
         else:
-            assert item.answer == target["colour"] and target["shape"] in q
-            assert sum(o["shape"] in q for o in item.extra["objects"]) == 1
+            assert item.answer == target["colour"] and f" {target['shape']}?" in q
+            assert sum(o["shape"] == target["shape"] for o in item.extra["objects"]) == 1
+        # the swap question's ground truth is its own object's pixels too
+        swap = item.extra["swap"]
+        other = item.extra["objects"][swap["target"]]
+        mask = np.all(img == np.asarray(other["fill"], dtype=np.uint8), axis=-1)
+        counts = mask.reshape(h, 28, w, 28).sum(axis=(1, 3)).reshape(-1)
+        np.testing.assert_allclose(swap["gt_relevance"], counts / counts.sum(), atol=2e-6)
         json.dumps(item.extra)  # goes into shard metadata
+
+
+def test_every_question_names_one_object_by_a_unique_attribute_and_asks_the_other():
+    """Over many default scenes: each of the two questions names its object by a colour (or shape) that no
+    other object has, asks for the other attribute, and the two questions name different objects;
+    distractors repeat colours and shapes; scenes hold more objects than 25% of the tokens."""
+    source = SyntheticScenes(num_items=300, seed=5, split="test")
+    kinds, counts, repeats = set(), [], 0
+    for i in range(len(source)):
+        s = source.scene(i)
+        assert len(s.questions) == 2 and s.questions[0].target != s.questions[1].target
+        for q in s.questions:
+            obj = s.objects[q.target]
+            named, asked = ("colour", "shape") if q.kind == "shape" else ("shape", "colour")
+            assert q.word == getattr(obj, named) and q.answer == getattr(obj, asked)
+            assert [getattr(o, named) for o in s.objects].count(q.word) == 1
+            assert q.text == ("What shape is the {} object?" if q.kind == "shape" else "What colour is the {}?").format(q.word)
+            kinds.add(q.kind)
+        counts.append(len(s.objects))
+        repeats += len({o.colour for o in s.objects}) < len(s.objects)
+    assert kinds == {"shape", "colour"}
+    assert min(counts) == 16 and max(counts) == 24  # the default 16-24: more than the 16 tokens kept at 25%
+    assert repeats == len(source)  # 16+ objects, 10 colours: distractors always share colours
+
+
+def test_the_source_its_config_and_the_reference_model_share_one_set_of_scene_defaults():
+    """SyntheticScenes() in Python, conf/source/synthetic_scenes.yaml and the committed reference MLLM's
+    training scenes are the same thing, so the source as a user builds it asks what the model answers."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    default = scenes.SceneConfig().to_dict()
+    conf = yaml.safe_load((root / "conf/source/synthetic_scenes.yaml").read_text())
+    assert {k: conf[k] for k in default} == default
+    assert SyntheticScenes().config == scenes.SceneConfig()
+    record = json.loads((root / "checkpoints/reference-qwen2vl/training.json").read_text())
+    assert record["config"]["scenes"] == default
 
 
 def test_cell_placement_keeps_each_object_inside_one_token():
@@ -109,3 +155,5 @@ def test_bad_config_says_what_to_do():
         SyntheticScenes(radius=[16, 28])
     with pytest.raises(ValueError, match="placement"):
         SyntheticScenes(placement="grid")
+    with pytest.raises(ValueError, match=r"num_objects=\[5, 2\]"):
+        SyntheticScenes(num_objects=[5, 2])
