@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from data_gen.correctness import MODES, is_correct
+from data_gen.explainers.ground_truth import attach_ground_truth
 from data_gen.images import ImageError, cap_pixels, load_image, thumbnail_png
 from data_gen.sources.base import Item, Source, get_source
 from data_gen.writer import ShardWriter, safe_key
@@ -213,6 +214,7 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
         image = cap_pixels(load_image(item.image), cfg.max_pixels)
         prepared = adapter.prepare(image, item.instruction)
         thumb_src = image
+    attach_ground_truth(prepared, item.extra)  # for explainer=ground_truth; other explainers ignore it
     if prepared.seq_len > cfg.max_seq_len:
         raise SkipItem("too_long", f"prompt {prepared.seq_len} tokens > max_seq_len={cfg.max_seq_len}")
     if prepared.instruction_positions.numel() == 0:
@@ -383,6 +385,8 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     src = build_source(source)
     adapter = build_adapter(model, local_rank)
     expl, expl_name = build_explainer(explainer)
+    if hasattr(expl, "check_source"):  # e.g. ground_truth refuses a source that has none
+        expl.check_source(src)
     check_same_labeller(cfg.out, {"adapter": adapter.name, "model": str(model["path"]),
                                   "model_fingerprint": model_fingerprint(model_dir),
                                   "explainer": dict(explainer)})

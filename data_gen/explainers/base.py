@@ -14,7 +14,8 @@ class Explainer(Protocol):
 
 
 EXPLAINERS: Registry[Callable[..., Explainer]] = Registry("explainer")
-_MODULES = ("data_gen.explainers.gae", "data_gen.explainers.attention", "data_gen.explainers.captum_attr")
+_MODULES = ("data_gen.explainers.gae", "data_gen.explainers.attention", "data_gen.explainers.captum_attr",
+            "data_gen.explainers.ground_truth")
 
 
 def get_explainer(name: str) -> Callable[..., Explainer]:

@@ -11,8 +11,9 @@ from data_gen.explainers._common import answer_scores, check_score, finish
 
 
 def reference_gae(adapter, prepared, answer_ids: torch.Tensor, score: str = "logit",
-                  gradient: bool = True) -> torch.Tensor:
-    """(N_v,) relevance; gradient=False gives the plain attention rollout (A_bar = head mean of A)."""
+                  gradient: bool = True, rule: str = "positive") -> torch.Tensor:
+    """(N_v,) relevance; gradient=False gives the plain attention rollout (A_bar = head mean of A);
+    rule "abs" keeps |grad x A| instead of its positive part."""
     check_score(score)
     answer_ids = answer_ids.reshape(-1)
     s, n_t = prepared.seq_len, answer_ids.numel()
@@ -27,7 +28,8 @@ def reference_gae(adapter, prepared, answer_ids: torch.Tensor, score: str = "log
         for t in range(n_t):
             if gradient:
                 grads = torch.autograd.grad(scores[t], atts, retain_graph=True)
-                a_bars = [(g[0] * a[0]).clamp_min(0).mean(0) for g, a in zip(grads, atts)]
+                prods = [g[0] * a[0] for g, a in zip(grads, atts)]
+                a_bars = [(p.clamp_min(0) if rule == "positive" else p.abs()).mean(0) for p in prods]
             else:
                 a_bars = [a[0].detach().mean(0) for a in atts]
             r = torch.eye(n, device=scores.device)
