@@ -3,8 +3,9 @@
 For every method (predictor, oracle, layer-0 attention, random, downsampling, cluster aggregation)
 and keep ratio: accuracy of pruned generation, accuracy retained relative to the unpruned model,
 visual tokens kept, prefill time and KV-cache size. Also the predictor's fidelity to the oracle on
-held-out shards, and the same evaluation on scenes with more visual tokens than in training.
-Writes results.json, results.md, retained.png and figures/ into `out=`. Config: conf/eval.yaml.
+held-out shards, the same evaluation on scenes with more visual tokens than in training, and the
+instruction-swap check (the same image asked about two different objects: does the kept set follow
+the question?). Writes results.json, results.md, retained.png and figures/ into `out=`. Config: conf/eval.yaml.
 Resumable: every finished item is appended to `out/items-*.jsonl`; re-running with the same `out=`
 and settings evaluates only the items not yet there (`eval-settings.json` guards the settings).
 """
@@ -42,24 +43,32 @@ def read_records(path: Path) -> dict[int, dict[str, Any]]:
 
 
 def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float], max_items: int,
-                   max_new_tokens: int = 16, correctness: str = "auto", timing: bool = True,
-                   figures: int = 0, figures_dir: Path | None = None, progress: bool = True,
-                   desc: str = "eval", records: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Pruned generation over the first `max_items` items of `source`.
+                   timing: bool = True, **kwargs: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """`evaluate_records` aggregated: {method: {str(keep): means over the items}} (see `aggregate`)."""
+    recs = evaluate_records(adapter, source, methods, keeps, max_items, timing=timing, **kwargs)
+    return aggregate(recs, list(methods), sorted({float(k) for k in keeps}, reverse=True), timing)
+
+
+def evaluate_records(adapter, source, methods: dict[str, Any], keeps: list[float], max_items: int,
+                     max_new_tokens: int = 16, correctness: str = "auto", timing: bool = True,
+                     figures: int = 0, figures_dir: Path | None = None, progress: bool = True,
+                     desc: str = "eval", records: Path | None = None, swap_keep: float | None = None,
+                     ) -> list[dict[str, Any]]:
+    """Pruned generation over the first `max_items` items of `source`: one record per item (below).
 
     methods: {name: selection method from predictor.runtime.make_method, or None for downsampling}.
     records: a JSON-lines file that gets one line per finished item; items already in it are not run
     again, so a killed evaluation resumes where it stopped (the caller checks that the settings match).
-    Returns {method: {str(keep): {accuracy, retained, visual_tokens, visual_fraction, object_kept,
-    prefill_ms, kv_cache_kib, n}}}; keep 1.0 is the unpruned model, shared by every method.
-    object_kept: share of items whose most relevant token by ground truth was kept (None when the
-    source has no `gt_relevance`, and for downsampling). For cluster aggregation: the token is its
-    cluster's representative slot (a cluster of its own keeps it; a merged one may not).
+    swap_keep: run the instruction-swap check at this keep ratio on items whose source gives a second
+    question about another object of the same image (`extra.swap`, synthetic scenes); see
+    `aggregate_swap`.
     """
     from tqdm.auto import tqdm
 
     from data_gen.correctness import is_correct
+    from data_gen.explainers.ground_truth import attach_ground_truth
     from data_gen.images import load_image
+    from predictor.metrics import instruction_swap
     from predictor.runtime import downsample_image, left_pad, make_context, prefill, prune_context
     from predictor.runtime.report import kept_overlay
 
@@ -92,14 +101,23 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
         scenes; None without it, and for downsampling, which keeps no tokens of the original grid)."""
         item = source[i]
         image = load_image(item.image)
-        prepared = adapter.prepare(image, item.instruction)
-        ctx = make_context(adapter, prepared)
-        ctx.item = i
+        extra = item.extra if isinstance(item.extra, dict) else {}
+
+        def context(instruction: str, gt_extra: dict[str, Any]):
+            """-> (score context, main token of the ground truth in gt_extra or None)"""
+            prepared = adapter.prepare(image, instruction)
+            attach_ground_truth(prepared, gt_extra)  # the oracle may be explainer=ground_truth
+            ctx = make_context(adapter, prepared)
+            ctx.item = i
+            gt = gt_extra.get("gt_relevance")
+            ok = gt is not None and len(gt) == prepared.num_visual
+            return ctx, (int(torch.as_tensor(gt).argmax()) if ok else None)
+
+        ctx, main = context(item.instruction, extra)
+        prepared = ctx.prepared
         n_v = prepared.num_visual
         full_ids, _, pre = run(ctx, None, 1.0)
         ctx.answer_ids = full_ids
-        gt = item.extra.get("gt_relevance") if isinstance(item.extra, dict) else None
-        main = int(torch.as_tensor(gt).argmax()) if gt is not None and len(gt) == n_v else None
 
         def row(ids, n_kept, pre_k, kept=None):
             text = adapter.decode_answer(ids)
@@ -129,7 +147,19 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
             figures_dir.mkdir(parents=True, exist_ok=True)
             kept_overlay(image, prepared.grid, kept_fig, figures_dir / f"{desc}-{i:03d}.png",
                          title=f"{item.instruction} -> {item.answer} (keep 0.25)")
-        return {"i": i, "id": item.id, "num_visual": n_v, "rows": rows}
+        rec = {"i": i, "id": item.id, "num_visual": n_v, "rows": rows}
+        other = extra.get("swap")
+        if swap_keep is not None and other is not None and main is not None:
+            ctx_b, main_b = context(other["instruction"], other)  # the same image, another object named
+            if main_b is not None:
+                rec["swap"] = {}
+                for name, method in methods.items():
+                    if method is None:  # downsampling keeps no tokens of the original grid
+                        continue
+                    kept = [prune_context(c, method, keep=swap_keep)[1].kept.cpu()[None] for c in (ctx, ctx_b)]
+                    check = instruction_swap(*kept, torch.tensor([main]), torch.tensor([main_b]))
+                    rec["swap"][name] = {k: bool(v[0]) for k, v in check.items()}
+        return rec
 
     todo = [i for i in range(n) if i not in done]
     with tqdm(total=n, initial=n - len(todo), desc=desc, unit="item", disable=not progress) as bar:
@@ -142,12 +172,17 @@ def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float],
                     f.flush()
                     os.fsync(f.fileno())
             bar.update()
-    return aggregate([done[i] for i in range(n)], list(methods), keeps, timing)
+    return [done[i] for i in range(n)]
 
 
 def aggregate(recs: list[dict[str, Any]], methods: list[str], keeps: list[float],
               timing: bool = True) -> dict[str, dict[str, dict[str, float]]]:
-    """Per-item records (see evaluate_items) -> {method: {str(keep): means over the items}}."""
+    """Per-item records (see evaluate_records) -> {method: {str(keep): {accuracy, retained,
+    visual_tokens, visual_fraction, object_kept, prefill_ms, kv_cache_kib, n}}}, means over the items;
+    keep 1.0 is the unpruned model, shared by every method.
+    object_kept: share of items whose most relevant token by ground truth was kept (None when the
+    source has no `gt_relevance`, and for downsampling). For cluster aggregation: the token is its
+    cluster's representative slot (a cluster of its own keeps it; a merged one may not)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in methods:
         full_acc = sum(r["rows"][name]["1"]["correct"] for r in recs) / len(recs)
@@ -168,6 +203,24 @@ def aggregate(recs: list[dict[str, Any]], methods: list[str], keeps: list[float]
                 "n": len(rows),
             }
     return results
+
+
+def aggregate_swap(recs: list[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
+    """The instruction-swap check over the records that have one -> {method: {changed, own, swap, n}}
+    (shares of items; see `predictor.metrics.instruction_swap`), or None if no record has one."""
+    swaps = [r["swap"] for r in recs if r.get("swap")]
+    if not swaps:
+        return None
+    return {name: {k: sum(s[name][k] for s in swaps) / len(swaps) for k in ("changed", "own", "swap")}
+            | {"n": len(swaps)} for name in swaps[0]}
+
+
+def swap_table(swap: dict[str, dict[str, float]], keep: float) -> str:
+    lines = [f"### instruction swap at keep {keep:g} (same image, two questions about different objects)", "",
+             "| method | kept set changes | keeps each question's object | both (swap score) | n |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {m} | {r['changed']:.1%} | {r['own']:.1%} | {r['swap']:.1%} | {r['n']} |" for m, r in swap.items()]
+    return "\n".join(lines) + "\n"
 
 
 def fidelity(predictor_model, shards: str, val_fraction: float | None, target_keep: float = 0.5,
@@ -206,7 +259,7 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
              out: str, methods: list[str], keeps: list[float], max_items: int = 200, max_new_tokens: int = 16,
              correctness: str = "auto", timing: bool = True, figures: int = 6, seed: int = 0,
              progress: bool = True, fidelity_cfg: dict[str, Any] | None = None,
-             generalisation: dict[str, Any] | None = None) -> dict[str, Any]:
+             generalisation: dict[str, Any] | None = None, swap_keep: float | None = 0.125) -> dict[str, Any]:
     """Plain-argument body of eval.py (tests call it). Returns what results.json holds."""
     from data_gen.run import (build_adapter, build_explainer, build_source, check_same_settings, model_fingerprint,
                               resolve_model_path)
@@ -239,23 +292,32 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
         "predictor_fingerprint": model_fingerprint(predictor) if pred_model is not None else None,
         "explainer": explainer if "oracle" in methods else None, "source": source, "generalisation": scales,
         "methods": list(methods), "keeps": sorted(float(k) for k in keeps), "max_new_tokens": max_new_tokens,
-        "correctness": correctness, "timing": timing, "seed": seed},
+        "correctness": correctness, "timing": timing, "seed": seed, "swap_keep": swap_keep},
         why="Its per-item results (items-*.jsonl) would be mixed with results made another way.")
-    common = dict(max_new_tokens=max_new_tokens, correctness=correctness, timing=timing, progress=progress)
+    common = dict(max_new_tokens=max_new_tokens, correctness=correctness, timing=timing, progress=progress,
+                  swap_keep=swap_keep)
+    keeps_desc = sorted({float(k) for k in keeps}, reverse=True)
     res: dict[str, Any] = {"model": model, "source": source, "predictor": predictor, "keeps": list(keeps)}
-    res["results"] = evaluate_items(adapter, build_source(source), build_methods(), keeps, max_items,
-                                    figures=figures, figures_dir=out_dir / "figures", desc="eval",
-                                    records=out_dir / "items-eval.jsonl", **common)
+    recs = evaluate_records(adapter, build_source(source), build_methods(), keeps, max_items,
+                            figures=figures, figures_dir=out_dir / "figures", desc="eval",
+                            records=out_dir / "items-eval.jsonl", **common)
+    res["results"] = aggregate(recs, list(methods), keeps_desc, timing)
     md = markdown_table(res["results"], f"{model.get('name', model['path'])} on {source.get('name')}")
     plot_retained(res["results"], out_dir / "retained.png")
+    res["swap"] = aggregate_swap(recs)
+    if res["swap"]:
+        md += "\n" + swap_table(res["swap"], swap_keep)
 
     for name, overrides in scales.items():
         src = {**source, **dict(overrides)}
-        r = evaluate_items(adapter, build_source(src), build_methods(), keeps,
-                           int(generalisation.get("max_items", max_items)), desc=f"eval-{name}",
-                           records=out_dir / f"items-eval-{name}.jsonl", **common)
-        res.setdefault("generalisation", {})[name] = {"source": src, "results": r}
+        g_recs = evaluate_records(adapter, build_source(src), build_methods(), keeps,
+                                  int(generalisation.get("max_items", max_items)), desc=f"eval-{name}",
+                                  records=out_dir / f"items-eval-{name}.jsonl", **common)
+        r = aggregate(g_recs, list(methods), keeps_desc, timing)
+        res.setdefault("generalisation", {})[name] = {"source": src, "results": r, "swap": aggregate_swap(g_recs)}
         md += "\n" + markdown_table(r, f"generalisation {name}: {overrides}")
+        if res["generalisation"][name]["swap"]:
+            md += "\n" + swap_table(res["generalisation"][name]["swap"], swap_keep)
         plot_retained(r, out_dir / f"retained-{name}.png", title=f"generalisation {name}")
 
     fid = fidelity_cfg or {}
@@ -293,7 +355,7 @@ def _main() -> None:
                  out=c["out"], methods=c["methods"], keeps=c["keeps"], max_items=c["max_items"],
                  max_new_tokens=c["max_new_tokens"], correctness=c["correctness"], timing=c["timing"],
                  figures=c["figures"], seed=c["seed"], progress=c["progress"], fidelity_cfg=c["fidelity"],
-                 generalisation=c["generalisation"])
+                 generalisation=c["generalisation"], swap_keep=c["swap_keep"])
 
     main()
 

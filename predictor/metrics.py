@@ -66,3 +66,20 @@ def relevance_metrics(pred: torch.Tensor, oracle: torch.Tensor, target: torch.Te
     for r in RETENTIONS:
         out[f"recall@{r * 100:g}"] = topk_recall(pred, oracle, mask, r)
     return out
+
+
+def instruction_swap(kept_a: torch.Tensor, kept_b: torch.Tensor, object_a: torch.Tensor,
+                     object_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The instruction-swap check: one image asked about two different objects, a and b.
+
+    kept_a, kept_b: (B, N) bool, the tokens a method keeps for the question about a and for the one
+    about b; object_a, object_b: (B,) long, each object's main token. Returns (B,) bool:
+        changed  the kept sets differ
+        own      each question keeps its own object
+        swap     both: the selection follows the instruction. A method blind to the instruction keeps
+                 the same set for both questions and scores 0, however many objects it keeps.
+    """
+    rows = torch.arange(kept_a.shape[0], device=kept_a.device)
+    changed = (kept_a.bool() != kept_b.bool()).any(-1)
+    own = kept_a.bool()[rows, object_a] & kept_b.bool()[rows, object_b]
+    return {"changed": changed, "own": own, "swap": changed & own}

@@ -51,7 +51,10 @@ def test_run_eval_writes_results(setup):
     assert saved["results"]["attention"]["0.25"]["visual_tokens"] == math.ceil(0.25 * full)
     assert saved["generalisation"]["2x"]["results"]["attention"]["1"]["visual_tokens"] == 2 * full
     assert saved["results"]["cluster"]["0.25"]["kv_cache_kib"] < saved["results"]["cluster"]["1"]["kv_cache_kib"]
-    assert (out / "results.md").read_text().count("| predictor |") == 8
+    # 4 keep ratios x (1x, 2x), and a row in each one's instruction-swap table
+    assert (out / "results.md").read_text().count("| predictor |") == 8 + 2
+    assert saved["swap"]["predictor"]["n"] == 3 and "downsample" not in saved["swap"]
+    assert saved["generalisation"]["2x"]["swap"]["cluster"]["changed"] == 0.0  # k-means never reads the question
     assert (out / "retained.png").is_file() and (out / "retained-2x.png").is_file()
     assert list((out / "figures").glob("*.png"))
 
@@ -173,12 +176,13 @@ def test_object_kept_counts_the_ground_truth_token(setup):
     root, model_dir, _ = setup
     adapter = build_adapter({"adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",
                              "attn_implementation": ATTN_IMPL})
-    scenes = SyntheticScenes(num_items=6, split="test", sizes=[[112, 112]], num_objects=[3, 3])
+    n = 9
+    scenes = SyntheticScenes(num_items=n, split="test", sizes=[[112, 112]], num_objects=[3, 3])
     res = eval_py.evaluate_items(adapter, scenes, {"first": FirstTokens(), "downsample": None}, [1.0, 0.5, 0.25],
-                                 max_items=6, max_new_tokens=2, correctness="none", timing=False, progress=False)
-    mains = [int(torch.tensor(scenes[i].extra["gt_relevance"]).argmax()) for i in range(6)]
+                                 max_items=n, max_new_tokens=2, correctness="none", timing=False, progress=False)
+    mains = [int(torch.tensor(scenes[i].extra["gt_relevance"]).argmax()) for i in range(n)]
     for keep in (0.5, 0.25):
-        expect = sum(m < num_kept(16, keep) for m in mains) / 6
+        expect = sum(m < num_kept(16, keep) for m in mains) / n
         assert res["first"][f"{keep:g}"]["object_kept"] == pytest.approx(expect)
         assert res["downsample"][f"{keep:g}"]["object_kept"] is None
     assert 0 < res["first"]["0.5"]["object_kept"] < 1  # these scenes put the object in both halves
@@ -211,3 +215,41 @@ def test_run_eval_on_llava_onevision_with_a_jsonl_source(tmp_path, tiny_models):
         if m != "downsample":  # the processor decides how many tokens a smaller image gets
             assert res["results"][m]["0.25"]["visual_tokens"] == math.ceil(0.25 * full)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["source"]["name"] == "jsonl"
+
+
+def test_instruction_swap_check_separates_blind_from_instruction_following_methods(setup):
+    """The same image asked about two different objects (synthetic scenes' extra.swap): keeping fixed
+    tokens scores 0, keeping the named object scores 1; downsampling has no kept tokens to compare."""
+    import eval as eval_py
+    from data_gen.run import build_adapter
+    from data_gen.sources.synthetic_scenes import SyntheticScenes
+    from predictor.runtime.scorers import ScoreMethod
+
+    class FirstTokens(ScoreMethod):
+        name = "first"
+
+        def scores(self, ctx):
+            return -torch.arange(ctx.prepared.num_visual, dtype=torch.float32)
+
+    class NamedObject(ScoreMethod):  # reads the question's ground truth, which eval puts on the prompt
+        name = "named"
+
+        def scores(self, ctx):
+            return ctx.prepared.extra["gt_relevance"]
+
+    root, model_dir, _ = setup
+    adapter = build_adapter({"adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",
+                             "attn_implementation": ATTN_IMPL})
+    scenes = SyntheticScenes(num_items=4, split="test", sizes=[[112, 112]], num_objects=[4, 6])
+    recs = eval_py.evaluate_records(adapter, scenes, {"first": FirstTokens(), "named": NamedObject(),
+                                                      "downsample": None}, [1.0, 0.5], max_items=4,
+                                    max_new_tokens=2, correctness="none", timing=False, progress=False,
+                                    swap_keep=1 / 16)  # 16 tokens: keep exactly one
+    swap = eval_py.aggregate_swap(recs)
+    assert set(swap) == {"first", "named"} and swap["named"]["n"] == 4
+    assert swap["first"] == {"changed": 0.0, "own": 0.0, "swap": 0.0, "n": 4}
+    assert swap["named"] == {"changed": 1.0, "own": 1.0, "swap": 1.0, "n": 4}
+    assert "| named | 100.0% | 100.0% | 100.0% | 4 |" in eval_py.swap_table(swap, 1 / 16)
+    off = eval_py.evaluate_records(adapter, scenes, {"named": NamedObject()}, [1.0], max_items=1,
+                                   max_new_tokens=2, correctness="none", timing=False, progress=False)
+    assert eval_py.aggregate_swap(off) is None  # swap_keep=None: no check

@@ -70,3 +70,19 @@ def test_random_scores_hit_chance():
     mask = torch.ones(400, 64, dtype=torch.bool)
     r = topk_recall(torch.rand(400, 64), oracle, mask, 0.25).mean()
     assert abs(float(r) - 0.25) < 0.02
+
+
+def test_instruction_swap_scores_the_selection_that_follows_the_question():
+    from predictor.metrics import instruction_swap
+
+    a, b = torch.tensor([2, 2, 2]), torch.tensor([5, 5, 5])  # each row: question 1 names token 2, question 2 token 5
+    fixed = torch.zeros(3, 8, dtype=torch.bool)
+    fixed[:, [2, 5, 6]] = True  # keeps both objects, whatever the question: blind to it
+    named_a, named_b = torch.zeros(3, 8, dtype=torch.bool), torch.zeros(3, 8, dtype=torch.bool)
+    named_a[:, 2], named_b[:, 5] = True, True
+    r = instruction_swap(fixed, fixed, a, b)
+    assert r["own"].all() and not r["changed"].any() and not r["swap"].any()
+    r = instruction_swap(named_a, named_b, a, b)
+    assert r["changed"].all() and r["own"].all() and r["swap"].all()
+    r = instruction_swap(named_b, named_a, a, b)  # follows the question, but to the wrong object
+    assert r["changed"].all() and not r["own"].any() and not r["swap"].any()
