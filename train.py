@@ -48,6 +48,14 @@ def _logger(cfg: DictConfig, run_dir: Path):
     raise ValueError(f"unknown logger={name!r}; available: wandb, csv, none")
 
 
+def _num_heads(configured: int, in_shards: int, shards) -> int:
+    """The per-head input's H: the shards' (model.num_heads 0 means "from the shards"); a mismatch is refused."""
+    if configured and configured != in_shards:
+        raise ValueError(f"model.num_heads={configured} but the shards ({shards}) hold layer-0 attention of "
+                         f"{in_shards} heads; set model.num_heads=0 (take it from the shards) or {in_shards}")
+    return in_shards
+
+
 def train(cfg: DictConfig) -> Path:
     """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
     from predictor.training.shards import resolve_shards
@@ -70,11 +78,17 @@ def train(cfg: DictConfig) -> Path:
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pcfg = PredictorConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
-    dm = ShardDataModule(shards, pcfg.inputs, batch_size=d.batch_size, val_fraction=d.val_fraction,
-                         num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    heads = "attn_heads" in model_cfg.get("inputs", [])
+    # bad settings fail before the shards are read; num_heads 0 with per-head input: taken from the shards
+    PredictorConfig.from_dict({**model_cfg, "num_heads": model_cfg.get("num_heads") or int(heads)})
+    dm = ShardDataModule(shards, model_cfg.get("inputs", ["attn"]), batch_size=d.batch_size,
+                         val_fraction=d.val_fraction, num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
                          figure_samples=d.figure_samples)
     dm.setup("fit")  # read shards before anything else: a missing or empty dataset fails fast
+    if heads:
+        model_cfg["num_heads"] = _num_heads(model_cfg.get("num_heads") or 0, dm.num_heads, shards)
+    pcfg = PredictorConfig.from_dict(model_cfg)
     o = cfg.optim
     module = PredictorModule(RelevancePredictor(pcfg), lr=o.lr, weight_decay=o.weight_decay, optimizer=o.name,
                              schedule=o.schedule, warmup_frac=o.warmup_frac, min_lr_frac=o.min_lr_frac,

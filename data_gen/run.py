@@ -47,7 +47,7 @@ class DataGenConfig:
     max_seq_len: int = 8192  # prompt + answer tokens; longer items are skipped (reason too_long)
     max_new_tokens: int = 16
     shard_size: int = 500
-    save_heads: bool = False  # also store per-head layer-0 attention (H, N_v)
+    save_heads: bool = True  # also store per-head layer-0 attention (H, N_v): the default predictor reads it
     thumbnails: bool = True
     thumbnail_size: int = 96
     correctness: str = "auto"  # see data_gen/correctness.py

@@ -22,7 +22,7 @@ def run(args, cwd, env_drop=()):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli_shards")
-    write_synthetic_shards(out, 200, grids=[(1, 8, 8)], samples_per_shard=100)
+    write_synthetic_shards(out, 200, grids=[(1, 8, 8)], samples_per_shard=100, num_heads=2)
     return out
 
 

@@ -31,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    write_synthetic_shards(out, 900, grids=[(1, 8, 8), (1, 6, 10), (1, 10, 10)], samples_per_shard=300)
+    write_synthetic_shards(out, 900, grids=[(1, 8, 8), (1, 6, 10), (1, 10, 10)], samples_per_shard=300, num_heads=2)
     return out
 
 
@@ -185,6 +185,8 @@ def test_train_resume_and_export_from_checkpoint(shards, tmp_path):
     assert cfg["trained_on"]["n_v_min"] == 60 and cfg["trained_on"]["n_v_max"] == 100
     assert {"recall@25", "kl", "spearman", "chance_recall@25"} <= set(cfg["metrics"])
     assert cfg["training"]["target_keep"] == 0.5 and cfg["training"]["optimizer"] == "adam"
+    # the default predictor reads the mean, every head and the coordinates; H comes from the shards
+    assert cfg["predictor"]["inputs"] == ["attn", "attn_heads", "coords"] and cfg["predictor"]["num_heads"] == 2
     assert list((tmp_path / "run1" / "figures").glob("*.png"))
     last = tmp_path / "run1" / "checkpoints" / "last.ckpt"
     assert last.is_file()
@@ -205,3 +207,18 @@ def test_train_resume_and_export_from_checkpoint(shards, tmp_path):
     assert read_export_config(exp3)["metrics"] == read_export_config(tmp_path / "exp2")["metrics"]
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         train(_compose(*common, f"export_from={tmp_path}/nope.ckpt"))
+
+
+def test_per_head_input_refuses_shards_without_heads_or_with_other_counts(shards, tmp_path):
+    train = _train_module().train
+    bare = tmp_path / "bare"
+    write_synthetic_shards(bare, 20, grids=[(1, 8, 8)], samples_per_shard=20)  # no per-head attention
+    common = ["model.widths=[8,16]", "logger=none", f"run_dir={tmp_path}/run", f"export_dir={tmp_path}/exp"]
+    with pytest.raises(ValueError, match="save_heads=true"):
+        train(_compose(*common, f"data.shards={bare}"))
+    with pytest.raises(ValueError, match="model.num_heads=3 but the shards .* 2 heads"):
+        train(_compose(*common, f"data.shards={shards}", "model.num_heads=3"))
+    assert not (tmp_path / "exp").exists()
+    out = train(_compose(*common, f"data.shards={bare}", "model=conv1d", "model.widths=[8,16]",
+                         "trainer.max_epochs=1", "trainer.enable_progress_bar=false"))
+    assert read_export_config(out)["predictor"]["inputs"] == ["attn"]  # the mean-only net needs no heads

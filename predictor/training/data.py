@@ -66,6 +66,21 @@ class ItemDataset(Dataset):
         return self.items[i]
 
 
+def _heads(samples: list[Sample], shards) -> int:
+    """The one head count H of the samples' per-head attention; samples without it, or with two different
+    counts (shards of two models), are refused with the fix."""
+    counts = {None if s.attn_heads is None else int(s.attn_heads.shape[0]) for s in samples}
+    if None in counts:
+        missing = next(s.key for s in samples if s.attn_heads is None)
+        raise ValueError(f"the predictor's inputs include attn_heads, but sample {missing!r} of data.shards={shards} "
+                         f"has no per-head attention: regenerate the shards with python -m data_gen save_heads=true, "
+                         f"or train without it (model=conv1d_coords)")
+    if len(counts) > 1:
+        raise ValueError(f"data.shards={shards} mixes per-head attention of {sorted(counts)} heads (shards of "
+                         f"different models); train on one model's shards")
+    return counts.pop()
+
+
 def make_item(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -> Item:
     x = build_features(inputs, sample.attn, sample.grid, sample.attn_heads)
     return Item(sample.key, x, sample.relevance, sample.attn, sample.grid,
@@ -145,6 +160,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.val_set: ItemDataset | None = None
         self.stats: ReadStats | None = None
         self.summary: dict[str, Any] = {}
+        self.num_heads = 0  # H of the samples' per-head layer-0 attention (read only for the attn_heads input)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -155,6 +171,8 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"no valid samples in {len(paths)} shard(s) of data.shards={self.shards} "
                              f"({len(self.stats.corrupt_shards)} corrupt shards, {self.stats.skipped_samples} "
                              f"invalid samples: {self.stats.skip_reasons[:2]}); regenerate with python -m data_gen")
+        if "attn_heads" in self.inputs:
+            self.num_heads = _heads(samples, self.shards)
         train, val = [], []
         for s in samples:
             (val if is_val_key(s.key, self.val_fraction) else train).append(s)
