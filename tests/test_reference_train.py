@@ -1,85 +1,174 @@
-"""data_gen.reference_train: the options of the recipe, and a few real steps that save a loadable model."""
+"""data_gen.reference_train: the recipe's checks, its scene batches, and a few real steps that save a
+loadable, deterministic model."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from data_gen.reference_train import RefTrainConfig, clean_probability, objects_at, train
+from data_gen import scenes
+from data_gen.reference_train import RefTrainConfig, main, train
+from data_gen.reference_train.batches import TrainBatches
+
+TINY = dict(steps=3, visual_tokens_per_step=64, sizes=[[112, 112]], size_weights=[1.0], eval_items=1,
+            eval_sizes=[[112, 112]])
 
 
-def test_curriculum_and_clean_schedule():
-    cfg = RefTrainConfig(steps=100, curriculum=[[0, 1], [0.12, 2], [0.35, 3]], clean_until=0.6, clean_fade=0.25)
-    assert [objects_at(cfg, s) for s in (0, 11, 12, 34, 35, 99)] == [1, 1, 2, 2, 3, 3]
-    assert objects_at(RefTrainConfig(steps=100), 50) is None  # no curriculum: the config's num_objects
-    assert [clean_probability(cfg, s) for s in (0, 59, 60)] == [1.0, 1.0, 1.0]
-    assert clean_probability(cfg, 72) == pytest.approx(1 - 0.12 / 0.25)
-    assert clean_probability(cfg, 85) == 0.0 and clean_probability(cfg, 99) == 0.0
-    assert clean_probability(RefTrainConfig(steps=100), 0) == 0.0  # off by default
+@pytest.fixture(scope="module")
+def processor():
+    from data_gen.hf_build import make_qwen2_vl
+
+    cfg = RefTrainConfig()
+    return make_qwen2_vl(scenes.scene_words(), text=cfg.text, vision=cfg.vision, max_pixels=cfg.max_pixels)[1]
+
+
+def _batches(processor, **cfg) -> TrainBatches:
+    tok = processor.tokenizer
+    return TrainBatches(RefTrainConfig(**cfg), processor, tok.convert_tokens_to_ids("<|im_end|>"),
+                        tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|image_pad|>"))
+
+
+def test_batches_mark_the_named_object_and_its_naming_word(processor):
+    stream = _batches(processor, steps=2, visual_tokens_per_step=128, sizes=[[224, 224]], size_weights=[1.0])
+    k, items = stream.scene_indices(1)
+    drawn = [stream.sources[k].scene(i) for i in items]
+    batch, colour, shape, target, word_pos, _, instruction, visual_y = stream.encode(drawn)
+    tok = processor.tokenizer
+    assert len(drawn) == 2 and target.shape == batch["input_ids"].shape
+    for b, d in enumerate(drawn):
+        visual = batch["input_ids"][b] == tok.convert_tokens_to_ids("<|image_pad|>")
+        on = target[b][visual]  # (64,) the named object's tokens, in raster order
+        assert on.sum() == 1 and int(on.float().argmax()) == scenes.main_token(d, d.target)
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][b, word_pos[b]])) == d.questions[0].word
+        assert d.questions[0].word in d.question
+    assert len(colour) == len(shape) == 2 * 64 and (colour > 0).sum() >= 2 * 16  # every object's token is labelled
+
+
+def test_token_drop_keeps_the_named_object_and_masks_only_visual_tokens(processor):
+    from data_gen.reference_train.batches import drop_tokens
+
+    rng = np.random.default_rng(0)
+    named = np.zeros(64, dtype=bool)
+    named[[5, 6]] = True
+    objects = np.zeros(64, dtype=bool)
+    objects[:20] = True
+    assert not drop_tokens(rng, named, objects, 0.0).any()
+    kept_counts, objects_first = [], 0
+    for _ in range(200):
+        dropped = drop_tokens(rng, named, objects, 1.0)
+        assert not dropped[named].any()
+        kept = ~dropped & ~named
+        kept_counts.append(int(kept.sum()))
+        objects_first += bool(kept[objects & ~named].all() or not kept[~objects].any())  # "objects first"
+    assert min(kept_counts) >= 1 and max(kept_counts) <= 32 and len(set(kept_counts)) > 10
+    assert objects_first > 80  # about half the draws keep objects first; uniform draws alone would give a few
+
+    stream = _batches(processor, steps=2, visual_tokens_per_step=128, sizes=[[224, 224]], size_weights=[1.0],
+                      token_drop=1.0)
+    k, items = stream.scene_indices(0)
+    drawn = [stream.sources[k].scene(i) for i in items]
+    batch, _, _, target, _, _, _, visual_y = stream.encode(drawn, np.random.default_rng(0))
+    visual = batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    dropped = batch["dropped"]
+    assert dropped.any() and not (dropped & ~visual).any() and not (dropped & target).any()
+    assert torch.isnan(visual_y[dropped]).all()  # the position-bias hinge reads kept tokens only
+    assert not stream.encode(drawn)[0]["dropped"].any()  # no rng: nothing dropped
+
+
+def test_no_two_steps_share_a_scene_at_any_batch_size(processor):
+    """56x56 px is 4 tokens, so a step holds 256 scenes: steps still draw disjoint items."""
+    stream = _batches(processor, steps=5, sizes=[[56, 56], [224, 224]], size_weights=[1.0, 1.0])
+    seen: list[int] = []
+    for step in range(5):
+        k, items = stream.scene_indices(step)
+        assert len(items) == (256 if k == 0 else 16)
+        seen += list(items)
+    assert len(seen) == len(set(seen))
 
 
 def test_a_few_steps_save_a_model_the_adapter_loads(tmp_path):
     torch.set_num_threads(1)
-    cfg = RefTrainConfig(out=str(tmp_path / "ref"), steps=4, visual_tokens_per_step=64, sizes=[[112, 112]],
-                         size_weights=[1.0], eval_items=2, eval_sizes=[[112, 112]], aux_head="regress",
-                         clean_until=0.5, clean_fade=0.25, curriculum=[[0, 1], [0.5, 3]])
-    record = train(cfg)
-    assert record["steps"] == 4 and 0.0 <= record["heldout_accuracy"]["112x112"] <= 1.0
+    record = train(RefTrainConfig(out=str(tmp_path / "ref"), **TINY), progress=False)
     saved = json.loads((tmp_path / "ref" / "training.json").read_text())
-    assert saved["config"]["aux_head"] == "regress" and saved["config"]["curriculum"] == [[0, 1], [0.5, 3]]
+    assert saved["steps"] == record["steps"] == 3
+    assert saved["config"]["scenes"] == scenes.SceneConfig().to_dict()  # the source's defaults, recorded
     from predictor.adapters import load_adapter
 
     adapter = load_adapter("qwen2_vl", str(tmp_path / "ref"))
     assert adapter.model.config.model_type == "qwen2_vl"
+    assert "aux" not in " ".join(n for n, _ in adapter.model.named_parameters())  # the head is not saved
 
 
-def test_guided_layers_must_exist(tmp_path):
-    with pytest.raises(ValueError, match=r"att_layers=\[1, 2\].*layers 0..1"):
-        train(RefTrainConfig(out=str(tmp_path / "x"), steps=2, text={**RefTrainConfig().text, "num_hidden_layers": 2}))
-
-
-def test_bad_curriculum_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="must start at fraction 0"):
-        train(RefTrainConfig(out=str(tmp_path / "x"), steps=2, curriculum=[[0.5, 2]]))
+@pytest.mark.parametrize("change,match", [
+    (dict(text={**RefTrainConfig().text, "num_hidden_layers": 2}), "at least 3 layers and 2 heads"),
+    (dict(text={**RefTrainConfig().text, "num_attention_heads": 1, "num_key_value_heads": 1}), "1 heads"),
+    (dict(l0_position_bias=-1.0), "l0_position_bias=-1.0"),
+    (dict(l0_cue=1.5), "l0_cue=1.5"),
+    (dict(token_drop=1.5), "token_drop=1.5"),
+    (dict(size_weights=[1.0]), "differ in length"),
+    (dict(scenes={**scenes.SceneConfig().to_dict(), "question_types": ["count"]}), "question type 'count'"),
+])
+def test_bad_recipe_is_refused_before_any_work(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        train(RefTrainConfig(out=str(tmp_path / "x"), **change))
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_options_reach_the_record(tmp_path):
-    from data_gen.reference_train import main
-
     torch.set_num_threads(1)
     out = tmp_path / "ref"
-    main(["--steps", "2", "--eval-items", "1", "--out", str(out), "--att-layers", "0,1", "--label-smoothing", "0.2",
-          "--text", '{"num_hidden_layers": 2}', "--sizes", "112x112"])
+    main(["--steps", "2", "--eval-items", "1", "--out", str(out), "--l0-cue", "0.3", "--l0-position-bias", "0",
+          "--text", '{"intermediate_size": 64}', "--sizes", "112x112"])
     cfg = json.loads((out / "training.json").read_text())["config"]
-    assert cfg["att_layers"] == [0, 1] and cfg["label_smoothing"] == 0.2 and cfg["sizes"] == [[112, 112]]
-    assert cfg["text"]["num_hidden_layers"] == 2 and cfg["text"]["initializer_range"] == 0.1  # merged with the defaults
+    assert cfg["l0_cue"] == 0.3 and cfg["l0_position_bias"] == 0.0 and cfg["sizes"] == [[112, 112]]
+    assert cfg["text"]["intermediate_size"] == 64 and cfg["text"]["initializer_range"] == 0.1  # merged with the defaults
     card = (out / "README.md").read_text()
-    assert "Provisional" in card and "text layers 0 and 1" in card  # 2 steps: far below the bar, and it says so
+    assert "Provisional" in card and "a weak instruction cue" in card and "up to 0.3" in " ".join(card.split())
+    assert "a position bias: the slope" not in card
 
 
-def test_deterministic_given_the_seed(tmp_path):
-    """Two runs with the same seed (and threads) save byte-identical weights; another seed does not."""
+def test_deterministic_given_the_seed_and_layer0_losses_change_the_weights(tmp_path):
+    """Two runs with the same seed (and threads) save byte-identical weights; another seed does not, and
+    neither does turning layer 0's cue and position bias off (both hinges are active from the first step)."""
     torch.set_num_threads(1)
-    kw = dict(steps=3, visual_tokens_per_step=64, sizes=[[112, 112]], size_weights=[1.0], eval_items=1,
-              eval_sizes=[[112, 112]])
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        train(RefTrainConfig(out=str(tmp_path / name), seed=seed, **kw))
-    weights = {n: (tmp_path / n / "model.safetensors").read_bytes() for n in "abc"}
+    off = dict(l0_cue=0.0, l0_position_bias=0.0)
+    for name, seed, extra in (("a", 0, {}), ("b", 0, {}), ("c", 1, {}), ("d", 0, off)):
+        train(RefTrainConfig(out=str(tmp_path / name), seed=seed, **extra, **TINY), progress=False)
+    weights = {n: (tmp_path / n / "model.safetensors").read_bytes() for n in "abcd"}
     assert weights["a"] == weights["b"]
-    assert weights["a"] != weights["c"]
+    assert weights["a"] != weights["c"] and weights["a"] != weights["d"]
+    assert "is not guided" in (tmp_path / "d" / "README.md").read_text()
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "a weak instruction cue" in card and "a position bias: the slope" in card and "why planted" in card
 
 
-def test_l0_cue_reaches_the_record_and_trains_layer0(tmp_path):
-    from data_gen.reference_train import main
+def test_layer0_losses_measure_what_they_push():
+    """The position-bias hinge reads the slope of log attention against the image row; the cue hinge the
+    naming word's mass on the object; the guidance the mass along the three lookup hops."""
+    import math
 
-    torch.set_num_threads(1)
-    args = ["--steps", "2", "--eval-items", "1", "--sizes", "112x112"]
-    main([*args, "--out", str(tmp_path / "cue"), "--l0-cue", "0.3"])
-    main([*args, "--out", str(tmp_path / "plain")])
-    cfg = json.loads((tmp_path / "cue" / "training.json").read_text())["config"]
-    assert cfg["l0_cue"] == 0.3
-    assert "weak cue" in (tmp_path / "cue" / "README.md").read_text()
-    assert "is not guided" in (tmp_path / "plain" / "README.md").read_text()
-    # the hinge is active from the start (chance mass is about 1/S), so the same seed trains other weights
-    assert (tmp_path / "cue" / "model.safetensors").read_bytes() != (tmp_path / "plain" / "model.safetensors").read_bytes()
+    from data_gen.reference_train.losses import guidance, layer0_cue, layer0_position_bias
+
+    s, h, w = 12, 2, 4  # 2 text tokens, then a 2 x 4 image (positions 2..9), then 2 instruction tokens
+    rows = torch.tensor([0.0] * 4 + [1.0] * 4)  # the visual tokens' normalised rows
+    visual_y = torch.full((1, s), float("nan"))
+    visual_y[0, 2:10] = rows
+    instruction = torch.zeros(1, s, dtype=torch.bool)
+    instruction[0, 10:] = True
+    att = torch.zeros(1, 2, s, s)
+    att[0, :, 10:, 2:10] = torch.exp(1.5 * rows) / torch.exp(1.5 * rows).sum()  # log-slope 1.5 over the rows
+    layers = (att, att, att)
+    assert layer0_position_bias(layers, instruction, visual_y, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert layer0_position_bias(layers, instruction, visual_y, 2.0).item() == pytest.approx(0.5, abs=1e-4)
+    target = torch.zeros(1, s, dtype=torch.bool)
+    target[0, 9] = True  # the named object: the last visual token, mass e^1.5 / (4 + 4 e^1.5) from every row
+    mass = math.exp(1.5) / (4 + 4 * math.exp(1.5))
+    word = torch.tensor([10])
+    assert layer0_cue(layers, target, word, 0.5).item() == pytest.approx(0.5 - mass, abs=1e-5)
+    assert layer0_cue(layers, target, word, mass / 2).item() == 0.0  # above the level: no push
+    att2 = torch.zeros(1, 2, s, s)
+    att2[0, 0, 11, 10], att2[0, 1, 11, 3] = 1.0, 0.5  # answer position 11 -> word 10 (head 0), -> type word 3 (head 1)
+    loss = guidance((att, att, att2), target, word, torch.tensor([3]), torch.tensor([11]))
+    assert loss.item() == pytest.approx(-(math.log(mass) + math.log(1.0) + math.log(0.5)), abs=1e-4)

@@ -1,0 +1,30 @@
+"""Train the reference MLLM: a small Qwen2-VL, from scratch, on `synthetic_scenes`.
+
+    python -m data_gen.reference_train                    # -> checkpoints/reference-qwen2vl/
+    python -m data_gen.reference_train --steps 200 --out /tmp/ref   # a quick look
+
+The model is transformers' own `Qwen2VLForConditionalGeneration` (built by `data_gen.hf_build`),
+trained on the chat-template prompt + answer + `<|im_end|>`, so greedy generation through the
+`qwen2_vl` adapter answers and stops. Deterministic given `--seed` (same threads, same machine).
+The scenes are `synthetic_scenes`' defaults (`data_gen.scenes.SceneConfig`), recorded in the saved
+training.json, so the source as a user builds it asks what the model answers.
+
+What makes a model this small learn in minutes (BENCHMARKS.md has the runs):
+- scenes with each object inside one visual token's cell (`synthetic_scenes`' default placement);
+- an auxiliary loss: a head on the merged vision features predicts the colour and shape of the
+  object under each visual token (or background), so the vision tower has a signal of its own;
+- attention guidance (-log attention mass) on head 0 of text layers 1 and 2: the question's naming
+  word attends to that object's tokens, the answer position to the word;
+- text weights initialised with std 0.1, not transformers' 0.02.
+Layer 0, whose attention the relevance predictor reads, gets at most a weak cue (`l0_cue`).
+The auxiliary head is dropped when saving: the saved folder is a plain Qwen2-VL.
+
+Files: config.py (the recipe), batches.py (scenes -> batches), losses.py, loop.py (training and
+held-out evaluation), card.py (the model card), cli.py.
+"""
+from data_gen.reference_train.batches import chat_prompt, heldout_items, make_batch
+from data_gen.reference_train.cli import main
+from data_gen.reference_train.config import DEFAULT_OUT, RefTrainConfig
+from data_gen.reference_train.loop import evaluate, train
+
+__all__ = ["DEFAULT_OUT", "RefTrainConfig", "chat_prompt", "evaluate", "heldout_items", "main", "make_batch", "train"]

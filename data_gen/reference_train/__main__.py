@@ -1,0 +1,3 @@
+from data_gen.reference_train.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""The model card (README.md) written next to the reference MLLM's weights."""
+from __future__ import annotations
+
+from data_gen import scenes
+
+BAR = 0.95  # held-out accuracy the reference model must reach with all visual tokens
+
+
+def model_card(record: dict) -> str:
+    cfg = record["config"]
+    sc = cfg["scenes"]
+    rows = "\n".join(f"| {k} | {v * 100:.1f}% |" for k, v in record["heldout_accuracy"].items())
+    acc = record["heldout_accuracy"].get("224x224", 0.0)
+    status = "" if acc >= BAR else f"""
+> **Provisional: below the bar.** Held-out accuracy is {acc * 100:.1f}%, not the >= {BAR:.0%} this model is
+> meant to reach. Until a run reaches it, the pipeline runs end to end on this model, but its answers, and so
+> the relevance labels made from it, are not meaningful.
+"""
+    asked = {"shape": '"What shape is the <colour> object?"', "colour": '"What colour is the <shape>?"'}
+    lo, hi = sc["num_objects"]
+    return f"""# reference-qwen2vl: a test model for this pipeline, not a general MLLM
+{status}
+A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture (transformers'
+`Qwen2VLForConditionalGeneration`; text: {cfg['text']['num_hidden_layers']} layers, hidden
+{cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
+embed {cfg['vision']['embed_dim']}, patch 14, merge 2), trained from scratch on this repository's
+`synthetic_scenes` source. It knows only those scenes: {lo}-{hi} objects ({len(scenes.COLOURS)} colours x
+{len(scenes.SHAPES)} shapes), each inside one 28 x 28 px visual-token cell, on grey backgrounds with grey
+distractor strokes, and the questions {" and ".join(asked[q] for q in sc["question_types"])}, where the named
+colour or shape is unique in the scene. Its vocabulary is a few dozen words. It exists so that label generation,
+predictor training and pruned evaluation can run, and be judged against a known ground truth, on a CPU.
+Do not use it for anything else.
+
+Load it like any Qwen2-VL checkpoint:
+
+```python
+from predictor.adapters import load_adapter
+adapter = load_adapter("qwen2_vl", "checkpoints/reference-qwen2vl")
+```
+
+## Training
+
+    python -m data_gen.reference_train --seed {record['seed']} --steps {record['steps']}
+
+{record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
+seed and thread count give byte-identical weights), image sizes {cfg['sizes']} drawn with weights
+{cfg['size_weights']}, {cfg['visual_tokens_per_step']} visual tokens per step. Losses:
+- the answer (label smoothing {cfg['label_smoothing']});
+- a per-visual-token colour and shape classifier (linear) on the merged vision features (the head is not part
+  of this folder);
+- attention guidance (weight {cfg['att_weight']}) along the lookup: in layer 1, head 0, the question's naming word
+  attends to the object; in layer 2 the answer position attends to that word (head 0) and to the question's
+  type word, "shape" or "colour" (head 1);
+- layer 0, whose attention the relevance predictor reads, {_layer0_note(cfg)}
+{_drop_note(cfg)}
+Everything else (the scene settings above: `data_gen.scenes.SceneConfig`, the schedule, the sizes) is in
+`training.json`.
+
+## Held-out accuracy
+
+Greedy generation, normalised exact match, {record['heldout_items_per_size']} held-out scenes
+(`synthetic_scenes` split `heldout`, seed {record['seed']}) per image size, all visual tokens:
+
+| image size (h x w) | accuracy |
+|---|---|
+{rows}
+"""
+
+
+def _layer0_note(cfg: dict) -> str:
+    cue, bias = cfg.get("l0_cue", 0.0), cfg.get("l0_position_bias", 0.0)
+    if not cue and not bias:
+        return "is not guided."
+    parts = []
+    if cue:
+        parts.append(f"""  - a weak instruction cue: head 0's attention mass from the naming word onto the object is pushed up
+    to {cue} (a hinge) and no further, so that layer-0 attention carries a real but partial signal of which
+    object the question names;""")
+    if bias:
+        parts.append(f"""  - a position bias: the slope of log layer-0 attention (instruction over visual tokens, mean over heads)
+    against the token's image row (0 top, 1 bottom) is pushed up to {bias} (a hinge), so attention grows
+    towards the bottom of the image, nearest the text, as in real MLLMs' early layers;""")
+    return ("gets two planted properties, and nothing else:\n" + "\n".join(parts) + """
+  - why planted: a model this small does its lookup in layers 1-2, and left alone its layer 0 says nothing
+    about which object the question names (the v1 model: at chance). Real MLLMs' first layer carries a weak
+    instruction signal under a position bias; that is what the relevance predictor is built to exploit, so the
+    test model must have both for the benchmark to measure the method (BENCHMARKS.md, issue 10).""")
+
+
+def _drop_note(cfg: dict) -> str:
+    p = cfg.get("token_drop", 0.0)
+    if not p:
+        return ""
+    return f"""
+In {p:.0%} of the training scenes part of the visual tokens are dropped (masked out of the attention, positions
+kept), as a pruning method would drop them: the named object's tokens stay, and of the rest a random number,
+half of the time other objects first. Without this the model used empty background tokens as attention sinks
+and failed when a selection kept only objects, which is exactly what good pruning keeps.
+"""
