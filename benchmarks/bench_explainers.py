@@ -15,9 +15,9 @@ token):
               tokens): whether the method depends on the instruction at all; chance is 1 / objects.
               A method can keep the named object at every k (it keeps all objects) and still sit at
               chance here, as any instruction-agnostic saliency would.
-Methods: the registered explainers, `layer0` (the predictor's input: layer-0 attention of the
-instruction over the visual tokens, used directly), `predictor` (with --predictor <export>) and
-`random`.
+Methods: the registered explainers (`ground_truth` scores 100% everywhere: a check of the
+benchmark), `layer0` (the predictor's input: layer-0 attention of the instruction over the visual
+tokens, used directly), `predictor` (with --predictor <export>) and `random`.
 """
 from __future__ import annotations
 
@@ -34,14 +34,9 @@ from data_gen.correctness import normalise
 from data_gen.sources.synthetic_scenes import SyntheticScenes
 from predictor.targets import num_kept
 
-EXPLAINERS = ("gae", "attention", "input_x_gradient", "integrated_gradients")
+EXPLAINERS = ("gae", "attention", "input_x_gradient", "integrated_gradients", "ground_truth")
 REF = "checkpoints/reference-qwen2vl"
 KEEPS = (0.5, 0.25, 0.125)  # keep ratios of the kept@k columns
-
-
-def main_token(obj, height: int, width: int) -> int:
-    """Index of the visual token holding most of a scene object's pixels."""
-    return int(scenes.cell_counts(scenes.object_mask(obj, height, width)).reshape(-1).argmax())
 
 
 def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed: int = 0,
@@ -49,6 +44,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     """-> {"rows": {method: {"mass", "pointing", "kept@k", "named", "seconds"}}, "scenes", "wrong",
     "object_share", "objects"}"""
     from data_gen.explainers import get_explainer
+    from data_gen.explainers.ground_truth import attach_ground_truth
     from predictor.adapters import load_adapter
 
     torch.manual_seed(seed)
@@ -65,11 +61,8 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     methods["random"] = lambda a, p, ids: torch.rand(p.num_visual, generator=gen)
     sums = {m: {"mass": 0.0, "pointing": 0.0, **{f"kept@{k}": 0.0 for k in KEEPS}, "named": 0.0, "seconds": 0.0}
             for m in methods}
-    scene_kw = {}
     record = Path(model) / "training.json"  # draw scenes as the reference model was trained on
-    if record.is_file():
-        cfg = json.loads(record.read_text())["config"]
-        scene_kw = {"question_types": cfg["question_types"], "num_objects": cfg["num_objects"]}
+    scene_kw = json.loads(record.read_text())["config"].get("scenes", {}) if record.is_file() else {}
     source = SyntheticScenes(num_items=20 * n, seed=seed, split=split, sizes=[list(size)], **scene_kw)
     done = wrong = 0
     share = n_objects = 0.0
@@ -79,6 +72,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
             break
         item = source[i]
         prepared = adapter.prepare(item.image, item.instruction)
+        attach_ground_truth(prepared, item.extra)  # for the ground_truth row (a check of this benchmark)
         ids, text = adapter.generate(prepared, max_new_tokens=8)
         if ids.numel() == 0 or normalise(text) != normalise(item.answer):
             wrong += 1
@@ -87,7 +81,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
         inside = gt > 0  # (N_v,) tokens the object touches
         share += inside.float().mean().item()
         scene = source.scene(i)
-        others = [main_token(o, scene.height, scene.width) for j, o in enumerate(scene.objects) if j != scene.target]
+        others = [scenes.main_token(scene, j) for j in range(len(scene.objects)) if j != scene.target]
         n_objects += len(scene.objects)
         for name, fn in methods.items():
             t0 = time.perf_counter()
