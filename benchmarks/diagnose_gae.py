@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 
+from _answered import answered, scene_source
 from data_gen import scenes
-from data_gen.correctness import normalise
 from data_gen.explainers._common import answer_scores
-from data_gen.sources.synthetic_scenes import SyntheticScenes
 from predictor.targets import num_kept
 
 REF = "checkpoints/reference-qwen2vl"
@@ -80,21 +79,12 @@ def run(model: str = REF, n: int = 100, seed: int = 0, score: str | None = None,
     from predictor.adapters import load_adapter
 
     adapter = load_adapter("qwen2_vl", model)
-    record = json.loads((Path(model) / "training.json").read_text())
-    source = SyntheticScenes(num_items=20 * n, seed=seed, split="test", **record["config"]["scenes"])
+    source = scene_source(model, n, seed)
     score = score or "logit"
     gae = get_explainer("gae")(score=score, rule=rule)
     tok = adapter.processor.tokenizer
-    rows, done = [], 0
-    for i in range(len(source)):
-        if done == n:
-            break
-        item, scene = source[i], source.scene(i)
-        prepared = adapter.prepare(item.image, item.instruction)
-        ids, text = adapter.generate(prepared, max_new_tokens=4)
-        if normalise(text) != normalise(item.answer):
-            continue
-        done += 1
+    rows = []
+    for i, item, scene, prepared, ids in answered(adapter, source, n):
         rel = gae(adapter, prepared, ids)
         main = scenes.main_token(scene, scene.target)
         rank = int((rel > rel[main]).sum())
@@ -107,7 +97,7 @@ def run(model: str = REF, n: int = 100, seed: int = 0, score: str | None = None,
             row |= hops(adapter, prepared, ids, word_pos, obj_pos, score)
             row["hop1_scaled_logit"] = scaled_logits(adapter, prepared, ids, 1, word_pos)
         rows.append(row)
-    return {"rows": rows, "n": done, "score": score, "rule": rule, "keep": keep, "model": model}
+    return {"rows": rows, "n": len(rows), "score": score, "rule": rule, "keep": keep, "model": model}
 
 
 def report(r: dict) -> str:

@@ -15,14 +15,12 @@ An answer that fails although the object is kept shows what the model needs besi
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
+from _answered import answered, scene_source
 from data_gen import scenes
 from data_gen.correctness import normalise
-from data_gen.sources.synthetic_scenes import SyntheticScenes
 from predictor.runtime import make_context
 from predictor.runtime.generate import prune_context
 from predictor.runtime.prune import left_pad
@@ -48,18 +46,10 @@ def run(model: str = REF, n: int = 60, budget: int = 8, seed: int = 0) -> dict:
     from predictor.adapters import load_adapter
 
     adapter = load_adapter("qwen2_vl", model)
-    scene_cfg = json.loads((Path(model) / "training.json").read_text())["config"]["scenes"]
-    source = SyntheticScenes(num_items=20 * n, seed=seed, split="test", **scene_cfg)
+    source = scene_source(model, n, seed)
     gen = torch.Generator().manual_seed(seed)
     correct, done = dict.fromkeys(RULES, 0), 0
-    for i in range(len(source)):
-        if done == n:
-            break
-        item, scene = source[i], source.scene(i)
-        prepared = adapter.prepare(item.image, item.instruction)
-        _, text = adapter.generate(prepared, max_new_tokens=4)
-        if normalise(text) != normalise(item.answer):
-            continue
+    for _, item, scene, prepared, _ in answered(adapter, source, n):
         done += 1
         named = scenes.main_token(scene, scene.target)
         others = [t for t in range(prepared.num_visual) if t != named]

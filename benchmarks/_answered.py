@@ -1,0 +1,31 @@
+"""Shared by the scene benchmarks: the test scenes the reference MLLM answers correctly, unpruned."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from data_gen.correctness import normalise
+from data_gen.sources.synthetic_scenes import SyntheticScenes
+
+
+def scene_source(model: str, n: int, seed: int = 0, split: str = "test") -> SyntheticScenes:
+    """Scenes drawn as `model` was trained on (its training.json), enough to find n answered ones."""
+    record = Path(model) / "training.json"
+    scene_kw = json.loads(record.read_text())["config"].get("scenes", {}) if record.is_file() else {}
+    return SyntheticScenes(num_items=20 * n, seed=seed, split=split, **scene_kw)
+
+
+def answered(adapter, source: SyntheticScenes, n: int) -> Iterator[tuple]:
+    """Yield (index, item, scene, prepared prompt, answer ids) for the first n scenes answered correctly."""
+    done = 0
+    for i in range(len(source)):
+        if done == n:
+            return
+        item = source[i]
+        prepared = adapter.prepare(item.image, item.instruction)
+        ids, text = adapter.generate(prepared, max_new_tokens=4)
+        if normalise(text) != normalise(item.answer):
+            continue
+        done += 1
+        yield i, item, source.scene(i), prepared, ids
