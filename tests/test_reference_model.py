@@ -32,12 +32,12 @@ def test_folder_is_a_small_documented_hf_checkpoint(record):
     card = (REF / "README.md").read_text()
     assert "not a general MLLM" in card and "python -m data_gen.reference_train" in card
     assert record["heldout_accuracy"]["224x224"] >= 0.95
+    assert min(record["heldout_accuracy"].values()) >= 0.93  # 2x and 4x the visual tokens too
 
 
 def _heldout(record, size, n):
     """The first n scenes of the recorded evaluation set at `size`, drawn as in training."""
-    cfg = record["config"]
-    return heldout_items(record["seed"], size, n, cfg["question_types"], cfg["num_objects"])
+    return heldout_items(record["seed"], size, n, record["config"]["scenes"])
 
 
 def _accuracy(adapter, items):
@@ -55,6 +55,21 @@ def test_answers_heldout_scenes_at_recorded_accuracy(adapter, record):
     items = _heldout(record, [224, 224], 32)
     acc = _accuracy(adapter, items)
     assert acc >= record["heldout_accuracy"]["224x224"] - MARGIN, acc
+
+
+def test_answers_every_question_type_the_source_draws(adapter, record):
+    """The source's defaults ask shape and colour questions; the model answers both (and the swap questions)."""
+    items = _heldout(record, [224, 224], 24)
+    kinds = {}
+    for item in items:
+        kinds.setdefault(item.extra["question_type"], []).append(item)
+        swap = item.extra["swap"]  # a second question about another object of the same scene
+        kinds.setdefault(swap["question_type"], []).append(
+            type(item)(id=item.id, instruction=swap["instruction"], answer=swap["answer"], image=item.image,
+                       extra=item.extra))
+    assert set(kinds) == set(record["config"]["scenes"]["question_types"]) == {"shape", "colour"}
+    for kind, group in kinds.items():
+        assert _accuracy(adapter, group) >= record["heldout_accuracy"]["224x224"] - 2 * MARGIN, kind
 
 
 def test_answers_with_twice_the_visual_tokens(adapter, record):
