@@ -95,13 +95,17 @@ def train(cfg: DictConfig) -> Path:
                              target_keep=cfg.target_keep, trained_on=dm.summary)
     logger = _logger(cfg, run_dir)
     cb = cfg.callbacks
-    callbacks = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=cb.checkpoint.save_last,
-                        save_top_k=cb.checkpoint.save_top_k if dm.val_set and len(dm.val_set) else 0,
-                        monitor="val/kl" if dm.val_set and len(dm.val_set) else None, mode="min",
-                        filename="epoch{epoch:03d}", auto_insert_metric_name=False),
-        RelevanceFigureCallback(every_n_epochs=cb.figures.every_n_epochs, out_dir=str(run_dir)),
-    ]
+    ckpt_dir, has_val = str(run_dir / "checkpoints"), bool(dm.val_set and len(dm.val_set))
+    callbacks = [RelevanceFigureCallback(every_n_epochs=cb.figures.every_n_epochs, out_dir=str(run_dir))]
+    if has_val and cb.checkpoint.save_top_k:  # the best epochs by val/kl
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=cb.checkpoint.save_top_k, monitor="val/kl",
+                                         mode="min", filename="epoch{epoch:03d}", auto_insert_metric_name=False))
+    if cb.checkpoint.save_last:
+        # last.ckpt is the latest state after every epoch, for ckpt_path= after a kill. Not save_last=True on
+        # the monitored callback: that rewrites last.ckpt only when val/kl improves (a resume would redo
+        # every epoch since the last improvement)
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                         every_n_epochs=1, enable_version_counter=False))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
@@ -124,10 +128,10 @@ def train(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
+    from predictor.cli import one_line_errors
+
+    with one_line_errors():  # a problem the user can fix: one line (HYDRA_FULL_ERROR=1: the trace)
         out = train(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
     print(out)
 
 

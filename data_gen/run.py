@@ -29,6 +29,7 @@ from data_gen.explainers.ground_truth import attach_ground_truth
 from data_gen.images import ImageError, cap_pixels, load_image, thumbnail_png
 from data_gen.sources.base import Item, Source, get_source
 from data_gen.writer import ShardWriter, safe_key
+from predictor.cli import DISK_ERRNOS, with_path
 from predictor.schema import Sample, make_meta
 
 log = logging.getLogger(__name__)
@@ -157,15 +158,21 @@ def model_fingerprint(path: str) -> str:
 def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: tuple[str, ...] = ()) -> None:
     """Resuming a job whose folder holds `path` is only safe with the settings that made it: write
     `settings` there on the first run; on later runs raise ValueError (nothing done yet) naming every
-    key that differs (keys in `ignore` may differ). `why` says what resuming would spoil."""
+    key that differs (keys in `ignore` may differ). `why` says what resuming would spoil. A key the
+    file does not have (recorded by an older version) cannot be checked: it is added, with a warning."""
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and k in old and old[k] != v}
         if diff:
             what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{path.parent} was made with other settings ({what}). {why} Write to a new "
                              f"folder (out=...), or delete {path.parent} to start over.")
-        return
+        unknown = sorted(set(settings) - set(old))
+        if not unknown:
+            return
+        log.warning("%s does not record %s (an older version wrote it): resuming assumes they were %s",
+                    path, ", ".join(unknown), {k: settings[k] for k in unknown})
+        settings = {**settings, **old}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -173,12 +180,22 @@ def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: 
 
 
 def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
-    """Resuming into `out` is only safe with the model and explainer that made its samples: record them
+    """Resuming into `out` is only safe with the labeller that made its samples: the model, explainer
+    and every option that changes a label or which items are kept (see `labeller_settings`). Recorded
     in `out/labeller.json` on the first run; later runs raise ValueError if they differ. The weights'
     fingerprint, not the model path string, says whether the model is the same one."""
     check_same_settings(Path(out) / "labeller.json", labeller, ignore=("model",),
-                        why="Its samples come from a different labeller (model weights or explainer), and "
-                            "resuming would mix labels.")
+                        why="Its samples were labelled another way, and resuming would mix labels.")
+
+
+def labeller_settings(model: dict[str, Any], model_dir: str, adapter_name: str, explainer: dict[str, Any],
+                      cfg: DataGenConfig) -> dict[str, Any]:
+    """What makes a label: the model's weights and numerics, the explainer, the image size (token
+    count), the answer length (the relevance is of the generated answer), and which answers are kept."""
+    return {"adapter": adapter_name, "model": str(model["path"]), "model_fingerprint": model_fingerprint(model_dir),
+            "dtype": model.get("dtype"), "attn_implementation": model.get("attn_implementation"),
+            "explainer": dict(explainer), "max_pixels": cfg.max_pixels, "max_new_tokens": cfg.max_new_tokens,
+            "correctness": cfg.correctness, "keep_wrong": cfg.keep_wrong, "save_heads": cfg.save_heads}
 
 
 # --- one item ------------------------------------------------------------------------------------
@@ -264,6 +281,43 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
 
 
 # --- the loop ------------------------------------------------------------------------------------
+def duplicate_ids(source: Source, n: int, progress: bool = False) -> dict[int, int]:
+    """{index: index of the first item with the same key} for items 0..n-1 whose id repeats an earlier
+    one's. Every rank computes the same map, so the first copy wins whatever the world size. Sources
+    whose ids are unique by construction (`unique_ids = True`) are not scanned."""
+    if getattr(source, "unique_ids", False):
+        return {}
+    from tqdm import tqdm
+
+    item_id = getattr(source, "item_id", None) or (lambda i: source[i].id)
+    first: dict[str, int] = {}
+    dups: dict[int, int] = {}
+    for i in tqdm(range(n), desc="checking item ids", unit="item", disable=not progress or n < 10_000):
+        try:
+            key = safe_key(item_id(i))
+        except Exception:  # a malformed record: the loop records it as bad_item
+            continue
+        j = first.setdefault(key, i)
+        if j != i:
+            dups[i] = j
+    return dups
+
+
+def identify(source: Source, i: int, dups: dict[int, int]) -> tuple[str, Item | None, str | None, str]:
+    """Item i -> (manifest key, item or None, skip reason or None, detail). A malformed record is keyed
+    by its index, which is stable for the source; a repeated id by its key and index ('#' never occurs
+    in a sample key), so that its skip line never stands for the first copy's sample."""
+    try:
+        item = source[i]
+        key = safe_key(item.id)
+    except Exception as e:
+        return f"index-{i:09d}", None, "bad_item", f"{type(e).__name__}: {e}"
+    if i in dups:
+        return (f"{key}#{i}", None, "duplicate_id",
+                f"id {item.id!r} is also item {dups[i]}'s, which is the one labelled; give every item its own id")
+    return key, item, None, ""
+
+
 def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, explainer_name: str,
         rank: int = 0, world_size: int = 1) -> Summary:
     """Process this rank's slice of `source` into shards under `cfg.out`; returns (and writes
@@ -277,6 +331,7 @@ def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, e
     stats: dict[str, list] = {"prompt": [], "visual": [], "answer": []}
     failures = 0
     t0 = time.perf_counter()
+    dups = duplicate_ids(source, n, progress=cfg.progress and rank == 0)
     with ShardWriter(cfg.out, rank=rank, shard_size=cfg.shard_size) as writer:
         if cfg.retry_errors:
             for k in [k for k, r in writer.done.items() if str(r.get("reason", "")).startswith("error:")]:
@@ -284,38 +339,33 @@ def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, e
         bar = tqdm(indices, desc=f"data_gen rank {rank}", unit="item", disable=not cfg.progress or rank != 0,
                    dynamic_ncols=True)
         for i in bar:
-            try:
-                item = source[i]
-                key = safe_key(item.id)
-            except Exception as e:  # a malformed record: key by index, which is stable for the source
-                item, key = None, f"index-{i:09d}"
-                if writer.is_done(key):
-                    summary.already_done += 1
-                    continue
-                reason, detail = "bad_item", f"{type(e).__name__}: {e}"
-            else:
-                if writer.is_done(key):
-                    summary.already_done += 1
-                    continue
+            key, item, reason, detail = identify(source, i, dups)
+            if writer.is_done(key):
+                summary.already_done += 1
+                continue
+            if item is not None:
                 try:
                     sample = process_item(item, key, adapter, explainer, explainer_name, cfg, stats)
                 except SkipItem as e:
                     reason, detail = e.reason, e.detail
                 except ImageError as e:
                     reason, detail = e.reason, str(e)
+                except OSError as e:
+                    if e.errno in DISK_ERRNOS:  # our disk, not this item: stop (the run resumes later)
+                        raise
+                    reason, detail = f"error:{type(e).__name__}", str(e)
                 except Exception as e:  # a model-side failure on this input: skip it, keep going
                     reason, detail = f"error:{type(e).__name__}", str(e)
                     log.warning("item %s failed", item.id, exc_info=failures < 3)
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                 else:
-                    writer.write(sample)
+                    writer.write(sample, index=i)
                     summary.written += 1
                     summary.wrong_answers += int(not sample.meta["correct"])
-                    reason = None
             summary.processed += 1
             if reason is not None:
-                writer.skip(key, reason, detail)
+                writer.skip(key, reason, detail, index=i)
                 if reason == WRONG:
                     summary.wrong_answers += 1
                 else:
@@ -335,8 +385,12 @@ def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, e
     for name, values in stats.items():
         setattr(summary, f"{name}_tokens_per_sample", float(np.mean(values)) if values else 0.0)
     summary.seconds_per_sample = summary.seconds / max(1, summary.written)
-    with open(os.path.join(cfg.out, f"summary-r{rank:05d}.json"), "w", encoding="utf-8") as f:
-        json.dump(asdict(summary), f, indent=2)
+    path = os.path.join(cfg.out, f"summary-r{rank:05d}.json")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(asdict(summary), f, indent=2)
+    except OSError as e:
+        raise with_path(e, path) from e
     return summary
 
 
@@ -387,9 +441,7 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     expl, expl_name = build_explainer(explainer)
     if hasattr(expl, "check_source"):  # e.g. ground_truth refuses a source that has none
         expl.check_source(src)
-    check_same_labeller(cfg.out, {"adapter": adapter.name, "model": str(model["path"]),
-                                  "model_fingerprint": model_fingerprint(model_dir),
-                                  "explainer": dict(explainer)})
+    check_same_labeller(cfg.out, labeller_settings(model, model_dir, adapter.name, explainer, cfg))
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
     log.info("%s", summary.text())
     print(summary.text(), flush=True)

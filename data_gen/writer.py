@@ -1,18 +1,24 @@
-"""Resumable, atomic WebDataset shard writing with a per-rank manifest.
+"""Resumable, atomic WebDataset shard writing with a per-rank manifest and a per-rank lock.
 
 Files in the output folder, per rank r (a torchrun rank, or 0 for a single process):
 
     shard-r00000-000000.tar        finished shards (only complete tars ever carry this name)
     shard-r00000-000001.tar.tmp    the shard being written; renamed to .tar when complete
-    manifest-r00000.jsonl          append-only, fsync'd: one line per finished item
-        {"key": ..., "status": "written", "shard": "shard-r00000-000000.tar"}
-        {"key": ..., "status": "skipped", "reason": "missing_image", "detail": "..."}
+    manifest-r00000.jsonl          append-only, fsync'd: one line per finished item, one per shard
+        {"key": ..., "status": "written", "shard": "shard-r00000-000000.tar", "index": 12}
+        {"key": ..., "status": "skipped", "reason": "missing_image", "detail": "...", "index": 13}
+        {"status": "shard", "shard": "shard-r00000-000000.tar", "count": 500}
+    .lock-r00000                   held while a process writes this rank (data_gen/lock.py)
 
-A sample counts as written only once its shard has been renamed and its manifest lines synced.
-After a crash (even SIGKILL) the next run with the same `out` deletes this rank's temp shard
-(its items are redone), records any complete shard the manifest missed (a crash between rename
-and manifest append), and skips every key already in any rank's manifest. So each item ends up
-exactly once, written or skipped, whatever the world size of the resumed run.
+A shard is committed as a unit: its tar is synced under the temporary name, then all of its
+manifest lines (the keys and a closing "shard" line) are appended and synced, and only then is it
+renamed into place. A "written" line counts only while its shard exists under its final name, so a
+crash (or a full disk) anywhere in that sequence leaves either a finished shard with every line
+recorded, or no shard and lines that count for nothing: the next run with the same `out` deletes
+this rank's temp shard and redoes its items under a new shard name (names are never reused).
+Shards written by an older version, which renamed before appending, are reconciled with their tar
+on start. Each item thus ends up exactly once, written or skipped, whatever the world size of the
+resumed run; a second process on the same rank is refused while the first one lives.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import re
 import tarfile
 from typing import Any
 
+from data_gen.lock import WriterLock
+from predictor.cli import with_path
 from predictor.schema import Sample, encode
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
@@ -49,19 +57,41 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def read_manifests(out: str) -> dict[str, dict[str, Any]]:
-    """key -> last manifest record over all ranks' manifests in `out` (torn last lines ignored)."""
-    done: dict[str, dict[str, Any]] = {}
+def _records(out: str) -> list[dict[str, Any]]:
+    """Every readable manifest line of every rank in `out`, in file order (torn lines skipped)."""
+    recs: list[dict[str, Any]] = []
     for path in sorted(glob.glob(os.path.join(out, "manifest-r*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a kill; that item is redone
-                if isinstance(rec, dict) and "key" in rec:
-                    done[rec["key"]] = rec
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue  # a line torn by a kill or a full disk; its item is redone
+                if isinstance(rec, dict):
+                    recs.append(rec)
+    return recs
+
+
+def _valid(records: list[dict[str, Any]], out: str) -> dict[str, dict[str, Any]]:
+    """key -> last record that counts: skipped items, and written items whose shard exists."""
+    exists: dict[str, bool] = {}
+    done: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if "key" not in rec:
+            continue
+        if rec.get("status") == "written":
+            shard = str(rec.get("shard"))
+            if shard not in exists:
+                exists[shard] = os.path.isfile(os.path.join(out, shard))
+            if not exists[shard]:
+                continue  # its shard was never renamed into place: the item is redone
+        done[rec["key"]] = rec
     return done
+
+
+def read_manifests(out: str) -> dict[str, dict[str, Any]]:
+    """key -> the record that counts for it, over all ranks' manifests in `out` (see module docstring)."""
+    return _valid(_records(out), out)
 
 
 def tar_keys(path: str) -> list[str]:
@@ -76,11 +106,16 @@ def tar_keys(path: str) -> list[str]:
     return keys
 
 
+def _shard_index(name: str) -> int:
+    return int(re.sub(r"\.tar(\.tmp)?$", "", name)[-6:])
+
+
 class ShardWriter:
     """One rank's shard sequence. Use as a context manager; `close()` finishes the open shard.
 
     out: output folder; rank: this worker's index (distinct names per rank); shard_size: samples
-    per shard. Keys already finished by any rank are in `self.done`.
+    per shard. Keys already finished by any rank are in `self.done`. Raises `FolderInUse` when
+    another live process writes this rank of `out`.
     """
 
     def __init__(self, out: str, rank: int = 0, shard_size: int = 500, prefix: str = "shard"):
@@ -90,12 +125,18 @@ class ShardWriter:
         self.out, self.rank, self.shard_size = out, rank, shard_size
         self.stem = f"{prefix}-r{rank:05d}"
         self.manifest_path = os.path.join(out, f"manifest-r{rank:05d}.jsonl")
+        self._lock = WriterLock(os.path.join(out, f".lock-r{rank:05d}"), f"{out} (rank {rank})").acquire()
         self._tar: tarfile.TarFile | None = None
         self._file = None
-        self._pending: list[str] = []  # keys in the open temp shard
-        self._recover()
-        self.done = read_manifests(out)
-        self._manifest = open(self.manifest_path, "a", encoding="utf-8")
+        self._manifest = None
+        self._pending: dict[str, int | None] = {}  # key -> source index, of the samples in the open temp shard
+        try:
+            self._recover()
+            self.done = read_manifests(out)
+            self._manifest = open(self.manifest_path, "a", encoding="utf-8")
+        except BaseException:
+            self._lock.release()
+            raise
 
     # --- recovery -------------------------------------------------------------------------------
     def _shard_path(self, index: int) -> str:
@@ -103,80 +144,134 @@ class ShardWriter:
 
     def _recover(self) -> None:
         for tmp in glob.glob(os.path.join(self.out, f"{self.stem}-*.tar.tmp")):
-            os.remove(tmp)  # an unfinished shard: its items are not in the manifest, so they are redone
+            os.remove(tmp)  # an unfinished shard: its lines (if any) count for nothing, its items are redone
         if os.path.exists(self.manifest_path):  # cut a line torn by a kill, so appends start clean
             with open(self.manifest_path, "rb+") as f:
                 data = f.read()
                 if data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
-        shards = sorted(glob.glob(os.path.join(self.out, f"{self.stem}-*.tar")))
-        self._next_index = 1 + max((int(s[-10:-4]) for s in shards), default=-1)
-        recorded = {rec.get("shard") for rec in read_manifests(self.out).values()}
-        lost = [s for s in shards if os.path.basename(s) not in recorded]
-        if lost:  # complete shards whose manifest lines were lost in a crash: record them now
-            with open(self.manifest_path, "a", encoding="utf-8") as f:
-                for shard in lost:
-                    for key in tar_keys(shard):
-                        f.write(json.dumps({"key": key, "status": "written", "shard": os.path.basename(shard)}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+        records = _records(self.out)
+        mine = [rec.get("shard", "") for rec in records if str(rec.get("shard", "")).startswith(self.stem)]
+        shards = sorted(glob.glob(os.path.join(self.out, "*.tar")))
+        # never reuse a name that a manifest line mentions: a line of a shard that was not renamed must
+        # not come to describe another shard
+        self._next_index = 1 + max([_shard_index(os.path.basename(s)) for s in shards
+                                    if os.path.basename(s).startswith(self.stem)]
+                                   + [_shard_index(m) for m in mine], default=-1)
+        committed = {rec.get("shard") for rec in records if rec.get("status") == "shard"}
+        legacy = [s for s in shards if os.path.basename(s) not in committed]
+        if not legacy:
+            return
+        # shards of an older version (renamed before their lines were appended): record what they hold
+        done = _valid(records, self.out)
+        lines = []
+        for shard in legacy:
+            name = os.path.basename(shard)
+            keys = tar_keys(shard)
+            lines += [{"key": k, "status": "written", "shard": name} for k in keys if k not in done]
+            lines.append({"status": "shard", "shard": name, "count": len(keys)})
+        with open(self.manifest_path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in lines))
+            f.flush()
+            os.fsync(f.fileno())
 
     # --- writing --------------------------------------------------------------------------------
     def _append(self, records: list[dict[str, Any]]) -> None:
-        for rec in records:
-            self._manifest.write(json.dumps(rec, sort_keys=True) + "\n")
-            self.done[rec["key"]] = rec
-        self._manifest.flush()
-        os.fsync(self._manifest.fileno())
+        try:
+            self._manifest.write("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records))
+            self._manifest.flush()
+            os.fsync(self._manifest.fileno())
+        except OSError as e:  # e.g. a full disk: say which file
+            raise with_path(e, self.manifest_path) from e
 
     def is_done(self, key: str) -> bool:
         return key in self.done
 
-    def write(self, sample: Sample) -> None:
-        """Add one sample (validated by `schema.encode`) to the open shard."""
+    def holds(self, key: str) -> bool:
+        """Whether `key` is finished or waiting in the open shard."""
+        return key in self.done or key in self._pending
+
+    def write(self, sample: Sample, index: int | None = None) -> None:
+        """Add one sample (validated by `schema.encode`) to the open shard; `index`: its source index."""
+        if self.holds(sample.key):  # one key twice would make the shard unreadable for every sample in it
+            raise ValueError(f"sample key {sample.key!r} is already written in {self.out}; "
+                             "every item needs a distinct id")
         raw = encode(sample)
-        if self._tar is None:
-            self._file = open(self._shard_path(self._next_index) + ".tmp", "wb")
-            self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        key = raw.pop("__key__")
-        for ext, data in raw.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same input, same tar
-            self._tar.addfile(info, _BytesReader(data))
-        self._pending.append(key)
+        tmp = self._shard_path(self._next_index) + ".tmp"
+        try:
+            if self._tar is None:
+                self._file = open(tmp, "wb")
+                self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+            key = raw.pop("__key__")
+            for ext, data in raw.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same input, same tar
+                self._tar.addfile(info, _BytesReader(data))
+        except OSError as e:
+            raise with_path(e, tmp) from e
+        self._pending[key] = index
         if len(self._pending) >= self.shard_size:
             self.finish_shard()
 
-    def skip(self, key: str, reason: str, detail: str = "") -> None:
+    def skip(self, key: str, reason: str, detail: str = "", index: int | None = None) -> None:
         """Record an item that produces no sample, with a short reason tag (and detail text)."""
-        self._append([{"key": key, "status": "skipped", "reason": reason, "detail": detail[:500]}])
+        rec = {"key": key, "status": "skipped", "reason": reason, "detail": detail[:500]}
+        if index is not None:
+            rec["index"] = index
+        self._append([rec])
+        self.done[key] = rec
 
     def finish_shard(self) -> None:
-        """Close, sync and rename the open shard, then record its keys in the manifest."""
+        """Commit the open shard: sync the tar, append and sync its manifest lines, then rename it."""
         if self._tar is None:
             return
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
         final = self._shard_path(self._next_index)
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as e:
+            raise with_path(e, final + ".tmp") from e
+        self._tar, self._file = None, None
+        name = os.path.basename(final)
+        self._next_index += 1  # taken even if the commit fails below: a name is never reused
+        recs = [{"key": k, "status": "written", "shard": name} | ({"index": i} if i is not None else {})
+                for k, i in self._pending.items()]
+        self._append(recs + [{"status": "shard", "shard": name, "count": len(recs)}])
         os.replace(final + ".tmp", final)
         _fsync_dir(self.out)
-        name = os.path.basename(final)
-        self._append([{"key": k, "status": "written", "shard": name} for k in self._pending])
-        self._tar, self._file, self._pending = None, None, []
-        self._next_index += 1
+        self.done.update((r["key"], r) for r in recs)
+        self._pending = {}
+
+    def abandon(self) -> None:
+        """Drop the open shard (its items are redone by the next run) and release the folder; for when
+        the disk is full or gone, where finishing the shard would only fail again."""
+        for f in (self._tar, self._file, self._manifest):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        self._tar = self._file = self._manifest = None
+        self._pending = {}
+        self._lock.release()
 
     def close(self) -> None:
-        self.finish_shard()
-        self._manifest.close()
+        try:
+            self.finish_shard()
+            self._manifest.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        # on an exception the open shard is finished too: its samples are complete and valid
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, OSError):  # e.g. no space left: finishing the shard would fail again and hide it
+            self.abandon()
+        else:  # on other exceptions the open shard is finished too: its samples are complete and valid
+            self.close()
 
 
 class _BytesReader:

@@ -264,7 +264,8 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
     # resuming into the same folder with another explainer would mix labels: refused, nothing touched
     res = subprocess.run([*cmd, "explainer=attention"], env=_env(), capture_output=True, text=True,
                          cwd=HERE.parent.parent)
-    assert res.returncode != 0 and "different labeller" in res.stderr and "explainer" in res.stderr
+    assert res.returncode != 0 and "labelled another way" in res.stderr and "explainer" in res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.rstrip().splitlines()[-1].startswith("error: ")
     assert json.loads((out / "summary-r00000.json").read_text()) == summary
     # a missing model fails before any work, naming the path and how to fix it
     res = subprocess.run([*cmd[:3], f"model.path={tmp_path / 'none'}", *cmd[4:]], env=_env(), capture_output=True,

@@ -27,16 +27,20 @@ def test_shards_are_atomic_and_readable(tmp_path):
     for k in "abc":
         w.write(_sample(k))
     # two shards so far: one complete (renamed), one open under its temporary name
-    assert sorted(os.listdir(out)) == ["manifest-r00003.jsonl", "shard-r00003-000000.tar", "shard-r00003-000001.tar.tmp"]
+    assert sorted(os.listdir(out)) == [".lock-r00003", "manifest-r00003.jsonl", "shard-r00003-000000.tar",
+                                       "shard-r00003-000001.tar.tmp"]
     assert set(read_manifests(out)) == {"a", "b"}  # c is not finished until its shard is
     w.skip("d", "missing_image", "no file x.png")
     w.close()
-    assert sorted(os.listdir(out)) == ["manifest-r00003.jsonl", "shard-r00003-000000.tar", "shard-r00003-000001.tar"]
+    assert sorted(os.listdir(out)) == [".lock-r00003", "manifest-r00003.jsonl", "shard-r00003-000000.tar",
+                                       "shard-r00003-000001.tar"]
     samples = _read(out)
     assert [s.key for s in samples] == ["a", "b", "c"]
     assert samples[0].extra == {"gt_rel.npy": b"\x93NUMPY"} and samples[2].relevance.tolist() == list(range(6))
     done = read_manifests(out)
     assert done["c"] == {"key": "c", "status": "written", "shard": "shard-r00003-000001.tar"}
+    with open(os.path.join(out, "manifest-r00003.jsonl")) as f:  # each shard's lines close with its count
+        assert {"status": "shard", "shard": "shard-r00003-000001.tar", "count": 1} in map(json.loads, f)
     assert done["d"]["status"] == "skipped" and done["d"]["reason"] == "missing_image"
 
 
@@ -58,15 +62,17 @@ def test_recovery_after_crash(tmp_path):
         w.write(_sample(k))
     w._manifest.write('{"key": "torn')  # a line cut by SIGKILL
     w._manifest.flush()
-    del w  # crash: temp shard with c stays behind
-    # and a complete shard whose manifest lines were lost (crash between rename and manifest append)
+    w._lock.release()  # crash: the OS drops a dead process's lock; the temp shard with c stays behind
+    # and a complete shard whose manifest lines are missing (written by an older version, which renamed
+    # the shard before appending its lines, and crashed in between)
     w2 = ShardWriter(out, shard_size=2)
     for k in "ef":
         w2.write(_sample(k))
-    with open(w2.manifest_path, "rb+") as f:  # drop the lines of e, f
+    with open(w2.manifest_path, "rb+") as f:  # drop the lines of e, f and of their shard
         lines = f.read().splitlines(keepends=True)
-        f.seek(0), f.truncate(), f.write(b"".join(l for l in lines if b'"e"' not in l and b'"f"' not in l))
-    del w2
+        f.seek(0), f.truncate(), f.write(b"".join(l for l in lines if b'"e"' not in l and b'"f"' not in l
+                                                   and b'000001.tar"' not in l))
+    w2._lock.release()
     w3 = ShardWriter(out, shard_size=2)
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     assert set(w3.done) == {"a", "b", "e", "f"}  # c redone, e and f recovered from their shard

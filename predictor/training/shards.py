@@ -2,8 +2,9 @@
 
 Datasets of this project are small (the paper: 8-12K samples of a few thousand floats), so the
 reader decodes every shard once into a list of samples; training then never waits on I/O.
-A corrupt shard (unreadable tar) or sample (breaks the schema) is skipped and counted; with
-`strict=True` the first one raises an error naming the shard and the sample.
+A corrupt shard (an unreadable or truncated tar) is skipped and counted; a bad sample (breaks the
+schema, or repeats a key already read from its shard) is skipped alone, never the rest of its shard.
+With `strict=True` the first of either raises an error naming the shard and the sample.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import tar_file_iterator
 
 from predictor.schema import Sample, SampleError, decode
 
@@ -76,6 +78,25 @@ def _check_complete(path: Path) -> None:
         raise tarfile.ReadError(f"truncated tar ({size} bytes, no end-of-archive marker)")
 
 
+def _group(files: Iterator[dict], url: str) -> Iterator[dict]:
+    """Tar members -> raw samples {"__key__", "__url__", ext: bytes}: consecutive members sharing a key
+    (the name up to the first dot of its base name, as writers name them). A member whose extension the
+    open sample already has starts a new sample with the same key (two samples under one key), which
+    the caller drops as a duplicate; webdataset's grouping would reject the whole shard instead."""
+    current: dict | None = None
+    for f in files:
+        folder, base = os.path.split(f["fname"])
+        key, _, ext = base.partition(".")
+        key = os.path.join(folder, key)
+        if current is None or current["__key__"] != key or ext in current:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": url}
+        current[ext] = f["data"]
+    if current is not None:
+        yield current
+
+
 def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
                stats: ReadStats | None = None) -> list[Sample]:
     """All valid samples of one shard. A tar that cannot be read to its end counts as corrupt and
@@ -84,13 +105,23 @@ def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
     stats.shards += 1
     out: list[Sample] = []
     bad: list[str] = []
+    seen: set[str] = set()
     try:
         _check_complete(path)
         with open(path, "rb") as f:
-            files = ({**item, "__url__": str(path)} for item in tar_file_iterator(f))
-            for raw in group_by_keys(files):
+            for raw in _group(tar_file_iterator(f), str(path)):
                 try:
-                    out.append(decode(raw, load_heads=load_heads))
+                    if raw["__key__"] in seen:
+                        raise SampleError(raw["__key__"], "__key__", "a key once per shard",
+                                          "a second sample with this key (it is dropped; the first is kept)")
+                    seen.add(raw["__key__"])
+                    try:
+                        out.append(decode(raw, load_heads=load_heads))
+                    except SampleError:
+                        raise
+                    except Exception as e:  # decoding works on bytes in memory: whatever fails is this sample's
+                        raise SampleError(raw["__key__"], "(sample)", "a decodable sample",
+                                          f"{type(e).__name__}: {e}") from e
                 except SampleError as e:
                     if strict:
                         raise SampleError(e.key, e.field, e.expected, f"{e.found} (in shard {path})") from e
