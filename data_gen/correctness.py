@@ -1,6 +1,6 @@
 """Is the generated answer correct? The paper keeps only samples the MLLM answers correctly.
 
-Modes (config `correctness.mode`):
+Modes (the data_gen and eval option `correctness=<mode>`, e.g. `python -m data_gen correctness=exact`):
     exact   normalised exact match (lower case, punctuation, articles and extra spaces removed)
     choice  multiple-choice letter: the option letter of the reference ("B", "(B)", "B. a cat")
             against the first option letter the model states ("B", "(B) a cat", "The answer is B.")
@@ -57,8 +57,8 @@ def stated_letter(generated: str) -> str | None:
 def is_correct(generated: str, reference: str, mode: str = "auto") -> bool:
     """Compare a generated answer with the reference under `mode` (see module docstring)."""
     if mode not in MODES:
-        raise ValueError(f"unknown correctness mode {mode!r}; available: {', '.join(MODES)} "
-                         f"(set correctness.mode=...)")
+        raise ValueError(f"unknown correctness mode {mode!r}: expected one of {', '.join(MODES)}; "
+                         f"set it on the command line, e.g. correctness=exact")
     if mode == "none":
         return True
     if mode == "auto":

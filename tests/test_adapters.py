@@ -118,3 +118,41 @@ def test_vision_tower_runs_once_per_prompt(family, loaded, monkeypatch):
     fresh = adapter.prepare(tiny_image(), INSTRUCTION)
     torch.testing.assert_close(adapter.embed(fresh), first, atol=0, rtol=0)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_recompute_attention_matches_sdpa_and_saves_no_mask_per_layer(masked):
+    """Recompute mode, 3 layers sharing one mask (as transformers passes it): outputs and gradients equal
+    SDPA's, and what is saved for backward is q, k, v per layer plus the caller's mask once, never an
+    fp32 (Q, K) mask per layer. masked=False: None (causal, the queries the last Q of K positions)."""
+    import torch.nn.functional as F
+
+    from predictor.adapters.attention import _repeat_kv, attention_forward, capture
+
+    torch.manual_seed(0)
+    b, h, h_kv, q_len, k_len, d = 2, 4, 2, 5, 7, 8
+    causal = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+    mask = causal.expand(b, 1, q_len, k_len).clone() if masked else None
+    if masked:
+        mask[1, :, :, :2] = False  # left padding in row 1
+    modules = [torch.nn.Identity() for _ in range(3)]
+    q = torch.randn(b, h, q_len, d, requires_grad=True)
+    k, v = (torch.randn(b, h_kv, k_len, d, requires_grad=True) for _ in range(2))
+    saved: dict[int, tuple] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), t.dtype, tuple(t.shape[-2:]))
+        return t
+
+    with capture({id(m): i for i, m in enumerate(modules)}, mode="recompute"), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ours = [attention_forward(m, q, k, v, mask)[0] for m in modules]  # (B, Q, H, d) each
+    grads = torch.autograd.grad(sum(o.square().sum() for o in ours), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, _repeat_kv(k, 2), _repeat_kv(v, 2), attn_mask=mask if masked else causal)
+    ref_grads = torch.autograd.grad(3 * ref.square().sum(), (q, k, v))
+    for o in ours:
+        torch.testing.assert_close(o, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    squares = [s for s in saved.values() if s[2] == (q_len, k_len)]
+    assert squares == ([(b * q_len * k_len, torch.bool, (q_len, k_len))] if masked else [])

@@ -35,3 +35,13 @@ def test_normalise_and_letters():
 def test_unknown_mode_lists_modes():
     with pytest.raises(ValueError, match="exact"):
         is_correct("a", "a", "fuzzy")
+
+
+def test_unknown_mode_names_the_real_option():
+    # the option is `correctness=<mode>` in data_gen and eval; there is no `correctness.mode`
+    with pytest.raises(ValueError) as err:
+        is_correct("a", "a", "fuzzy")
+    msg = str(err.value)
+    assert "'fuzzy'" in msg and "correctness=exact" in msg and "correctness.mode" not in msg
+    import data_gen.correctness as mod
+    assert "correctness.mode" not in mod.__doc__ and "correctness=<mode>" in mod.__doc__

@@ -128,3 +128,21 @@ def test_gae_abs_rule_keeps_paths_the_positive_clamp_drops(loaded):
     pos = get_explainer("gae")(rule="positive")(adapter, p, ANSWER)
     ab = get_explainer("gae")(rule="abs")(adapter, p, ANSWER)
     assert (ab >= pos - 1e-6).all() and not torch.allclose(ab, pos)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gae_holds_no_attention_sized_tensor_per_layer(family, loaded):
+    """The memory claim of gae.py: the forward saves q, k, v per layer and nothing of (S, S) per layer
+    (issue 11 item 11: a (1, 1, S, S) fp32 additive mask was saved by every layer)."""
+    adapter, p = loaded[family]
+    n = p.seq_len + len(ANSWER)
+    square: dict[int, int] = {}  # storage -> bytes, of every saved tensor whose last two dims are (S, S)
+
+    def pack(t):
+        if t.shape[-2:] == (n, n):
+            square[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        get_explainer("gae")()(adapter, p, ANSWER)
+    assert adapter.num_layers >= 2 and sum(square.values()) <= n * n  # at most one bool mask, shared

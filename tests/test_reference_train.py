@@ -88,6 +88,18 @@ def test_no_two_steps_share_a_scene_at_any_batch_size(processor):
     assert len(seen) == len(set(seen))
 
 
+def test_steps_of_more_than_64_small_scenes_run_to_the_end(processor):
+    """Issue 11 item 15: steps once took items s*64 .. s*64+bs-1 from a source of steps*64 scenes, so a
+    step of 256 small scenes overlapped the next and the last step raised IndexError (fixed in 2c93db9)."""
+    stream = _batches(processor, steps=2, sizes=[[56, 56]], size_weights=[1.0])
+    batches = list(stream)  # the real stream, last step included
+    assert [b[0]["input_ids"].shape[0] for b in batches] == [256, 256]
+    items = [set(stream.scene_indices(s)[1]) for s in range(2)]
+    assert not items[0] & items[1] and max(items[1]) < len(stream.sources[0])
+    drawn = [stream.sources[0].scene(i) for i in sorted(items[0] | items[1])]
+    assert len({(d.question, d.image.tobytes()) for d in drawn}) == 512  # 512 different scenes
+
+
 def test_a_few_steps_save_a_model_the_adapter_loads(tmp_path):
     torch.set_num_threads(1)
     record = train(RefTrainConfig(out=str(tmp_path / "ref"), **TINY), progress=False)

@@ -6,8 +6,9 @@ capture compute their scores and softmax in fp32 (bf16 q.k overflows in Qwen2 mo
 
     mode="record"     keep each layer's probabilities (B, H, Q, K) in `cap.probs[layer]`, in the
                       autograd graph (`stop_after=l` ends the forward after layer l: layer-0 maps)
-    mode="recompute"  keep nothing: a custom autograd function saves only q, k, v and recomputes the
-                      probabilities in backward, calling `cap.on_backward(layer, probs, grad_probs)`
+    mode="recompute"  keep nothing: a custom autograd function saves only q, k, v (and the mask it was
+                      given, one tensor shared by all layers) and recomputes the probabilities in
+                      backward, calling `cap.on_backward(layer, probs, grad_probs)`
                       with probs and dScore/dprobs, both (B, H, Q, K) fp32, last layer first.
 
 transformers is imported lazily (inside `register`).
@@ -68,25 +69,30 @@ def _additive_mask(mask: torch.Tensor | None, q_len: int, k_len: int, device) ->
     return mask.float().clamp_min(neg)[..., :k_len]
 
 
-def _probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+def _probs(q: torch.Tensor, k: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    mask = _additive_mask(attention_mask, q.shape[2], k.shape[2], q.device)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling + mask  # (B, H, Q, K)
     return torch.softmax(scores, dim=-1)
 
 
 class _RecomputedAttention(torch.autograd.Function):
-    """softmax(q k^T * s + mask) v in fp32 that saves q, k, v only (no (H, S, S) per layer)."""
+    """softmax(q k^T * s + mask) v in fp32 that saves q, k, v and the caller's mask only.
+
+    The fp32 additive mask is rebuilt in backward, not saved: each layer would hold its own 4 S^2 bytes.
+    The caller's mask (None when causal, else the one bool (B, 1, Q, K) tensor transformers hands to
+    every layer) is saved by reference: S^2 bytes in all (benchmarks/bench_datagen.py --saved)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, scaling, layer, cap):
-        probs = _probs(q, k, mask, scaling)
-        ctx.save_for_backward(q, k, v, mask)
+    def forward(ctx, q, k, v, attention_mask, scaling, layer, cap):
+        probs = _probs(q, k, attention_mask, scaling)
+        ctx.save_for_backward(q, k, v, attention_mask)
         ctx.scaling, ctx.layer, ctx.cap = scaling, layer, cap
         return torch.matmul(probs, v.float()).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, mask = ctx.saved_tensors
-        probs = _probs(q, k, mask, ctx.scaling)
+        q, k, v, attention_mask = ctx.saved_tensors
+        probs = _probs(q, k, attention_mask, ctx.scaling)
         go = grad_out.float()
         grad_probs = torch.matmul(go, v.float().transpose(-1, -2))  # (B, H, Q, K) = dScore/dA
         if ctx.cap.on_backward is not None:
@@ -117,11 +123,10 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     n_rep = query.shape[1] // key.shape[1]
     k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-    mask = _additive_mask(attention_mask, query.shape[2], k.shape[2], query.device)
     if cap.mode == "recompute":
-        out, probs = _RecomputedAttention.apply(query, k, v, mask, scaling, layer, cap), None
+        out, probs = _RecomputedAttention.apply(query, k, v, attention_mask, scaling, layer, cap), None
     else:
-        probs = _probs(query, k, mask, scaling)
+        probs = _probs(query, k, attention_mask, scaling)
         cap.probs[layer] = probs
         out = torch.matmul(probs, v.float()).to(value.dtype)
     if cap.stop_after is not None and layer >= cap.stop_after:
