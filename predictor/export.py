@@ -2,6 +2,11 @@
 
 Loading needs torch and safetensors only; there is no pickle anywhere in the folder. Training
 checkpoints (Lightning .ckpt) are never what inference loads: `export` turns one into this.
+
+config.json is untrusted input: its types, ranges and versions are checked, and the tensor shapes
+it implies (from a module built on the meta device, which allocates nothing) are compared with
+the safetensors header before any weight is read or any module is built. The folder is 0755 and
+its files 0644 whatever the umask, so other users of a shared cluster can load it.
 """
 from __future__ import annotations
 
@@ -12,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.schema import SCHEMA_VERSION
+from predictor.schema import SCHEMA_VERSION, SUPPORTED_VERSIONS
 
 EXPORT_FORMAT = "relevance-predictor"
 EXPORT_VERSION = 1
@@ -50,6 +56,9 @@ def save_predictor(
     save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / CARD_NAME).write_text(model_card(config))
+    tmp.chmod(0o755)  # mkdtemp makes 0700, and a umask of 077 would make the files 0600
+    for f in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
+        (tmp / f).chmod(0o644)
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         if old.exists():
@@ -77,20 +86,63 @@ def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "
             f"{path} is not a predictor export (expected {CONFIG_NAME} and {WEIGHTS_NAME}); "
             "create one with: python train.py export_dir=<dir>, or python train.py export_from=<run.ckpt>"
         )
-    config = read_export_config(path)
-    model = RelevancePredictor(PredictorConfig.from_dict(config["predictor"]))
+    cfg = PredictorConfig.from_dict(read_export_config(path)["predictor"])
+    check_weights(path, cfg)
+    model = RelevancePredictor(cfg)
     model.load_state_dict(load_file(str(weights), device=str(map_location)))
     return model.eval()
 
 
 def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
-    config = json.loads((Path(path) / CONFIG_NAME).read_text())
+    """config.json of an export, with its format, versions and predictor section validated."""
+    file = Path(path) / CONFIG_NAME
+    try:
+        config = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: expected JSON, found a file that does not parse ({e}); re-export it") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, found {type(config).__name__}; re-export it")
     if config.get("format") != EXPORT_FORMAT or config.get("export_version") != EXPORT_VERSION:
         raise ValueError(
-            f"{path}/{CONFIG_NAME}: expected format {EXPORT_FORMAT!r} version {EXPORT_VERSION}, found "
+            f"{file}: expected format {EXPORT_FORMAT!r} version {EXPORT_VERSION}, found "
             f"{config.get('format')!r} version {config.get('export_version')!r}; re-export it with this version"
         )
+    if config.get("schema_version") not in SUPPORTED_VERSIONS:  # the shard schema its features come from
+        raise ValueError(f"{file}: field 'schema_version': expected one of {list(SUPPORTED_VERSIONS)} (this code "
+                         f"writes {SCHEMA_VERSION}), found {config.get('schema_version')!r}; use the code version "
+                         "that wrote it, or retrain on shards of this version")
+    try:
+        PredictorConfig.from_dict(config.get("predictor"))
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}; re-export it, or restore the file") from None
     return config
+
+
+def check_weights(path: str | os.PathLike, cfg: PredictorConfig) -> None:
+    """Compare the tensor names and shapes that `cfg` implies with the safetensors header (no weights
+    read, nothing allocated); raises ValueError naming both files, the tensor, expected and found."""
+    file = Path(path) / WEIGHTS_NAME
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError on a bad header
+        raise ValueError(f"{file}: expected a safetensors file, found one whose header does not parse "
+                         f"({e}); re-export it") from None
+    mismatch = f"{file} does not match {Path(path) / CONFIG_NAME}"
+    if len(cfg.widths) > len(found):  # each layer has several tensors: no need to build the module
+        raise ValueError(f"{mismatch}: field 'predictor.widths' lists {len(cfg.widths)} layers, the weights "
+                         f"hold only {len(found)} tensors; re-export it, or restore config.json")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in RelevancePredictor(cfg).state_dict().items()}
+    bad = [k for k in [*expected, *(found.keys() - expected.keys())] if expected.get(k) != found.get(k)]
+    if bad:
+        k = bad[0]
+        raise ValueError(
+            f"{mismatch}: tensor {k!r}: expected shape {expected.get(k, 'no such tensor')} from the config "
+            f"(arch={cfg.arch}, widths={cfg.widths}, kernel_size={cfg.kernel_size}, norm={cfg.norm}, "
+            f"inputs={cfg.inputs}, num_heads={cfg.num_heads}), found {found.get(k, 'no such tensor')}"
+            f"{f' ({len(bad) - 1} more tensors differ)' if len(bad) > 1 else ''}; re-export it, or restore "
+            "config.json")
 
 
 def model_card(config: dict[str, Any]) -> str:

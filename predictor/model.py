@@ -6,17 +6,24 @@ pointwise head to one score per token and a softmax over the valid tokens. `arch
 grid-aware variant: the same blocks as 2-D convolutions over each frame's (h, w) grid, so that a
 token's neighbours above and below are neighbours to the net too.
 
+Convolutions see a token's neighbours; norm, activation and dropout see each valid token alone,
+as a (M, C) matrix of the batch's M valid tokens. So `norm="batch"` takes its statistics (and its
+running statistics) from the valid tokens of the whole batch only: padding, and how conv2d groups
+samples by grid, change nothing.
+
 Plain nn.Module: no Lightning, no transformers. Everything needed to rebuild it is in
 `PredictorConfig`, which the export stores as config.json.
 """
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 
-from predictor.features import num_channels
+from predictor.features import INPUTS, num_channels
 
 ARCHS = ("conv1d", "conv2d")
 NORMS = ("none", "layer", "batch")
@@ -28,25 +35,29 @@ class PredictorConfig:
     arch: str = "conv1d"
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # depth = len(widths)
     kernel_size: int = 5  # odd; the paper does not publish it
-    norm: str = "layer"  # "layer" normalises each token over channels: padding-safe, batch-size free
+    norm: str = "layer"  # "layer": each token over its channels, batch-size free; "batch": valid tokens only
     activation: str = "gelu"
     inputs: list[str] = field(default_factory=lambda: ["attn"])  # see predictor.features.INPUTS
     num_heads: int = 0  # H of the per-head attention, needed only when "attn_heads" is an input
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown predictor arch {self.arch!r}; available: {list(ARCHS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; available: {list(NORMS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; available: {list(ACTIVATIONS)}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
-        if not self.widths:
-            raise ValueError("widths must list at least one layer width")
-        self.widths = [int(w) for w in self.widths]
-        self.inputs = list(self.inputs)
+        # types too, not only values: an export's config.json is user input (see predictor.export)
+        for name, choices in (("arch", ARCHS), ("norm", NORMS), ("activation", tuple(ACTIVATIONS))):
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
+                raise _bad(name, f"one of the available {list(choices)}", getattr(self, name))
+        if not _is_int(self.kernel_size) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise _bad("kernel_size", "an odd int >= 1", self.kernel_size)
+        if not _is_list(self.widths) or not self.widths or not all(_is_int(w) and w >= 1 for w in self.widths):
+            raise _bad("widths", "a non-empty list of ints >= 1, one per layer", self.widths)
+        if not _is_list(self.inputs) or not self.inputs or not all(isinstance(i, str) for i in self.inputs):
+            raise _bad("inputs", f"a non-empty list of names from {list(INPUTS)}", self.inputs)
+        if not _is_int(self.num_heads) or self.num_heads < 0:
+            raise _bad("num_heads", "an int >= 0", self.num_heads)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
+            raise _bad("dropout", "a number in [0, 1)", self.dropout)
+        self.widths, self.inputs = [int(w) for w in self.widths], list(self.inputs)
+        self.kernel_size, self.num_heads, self.dropout = int(self.kernel_size), int(self.num_heads), float(self.dropout)
         num_channels(self.inputs, self.num_heads)  # raises on unknown inputs
 
     @property
@@ -63,33 +74,48 @@ class PredictorConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "PredictorConfig":
         names = {f.name for f in fields(cls)}
+        if not isinstance(d, Mapping):
+            raise ValueError(f"predictor config: expected a mapping with keys {sorted(names)}, found {d!r}")
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown predictor config keys {sorted(unknown)}; known: {sorted(names)}")
         return cls(**d)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_list(v) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
+
+
+def _bad(name: str, expected: str, found) -> ValueError:
+    return ValueError(f"predictor config field {name!r}: expected {expected}, found {found!r}")
+
+
 class _ChannelNorm(nn.Module):
-    """LayerNorm over channels of (B, C, *spatial): each token on its own, so padding cannot leak."""
+    """LayerNorm over the channels of (M, C) tokens (kept as a module for its `ln.` state-dict keys)."""
 
     def __init__(self, c: int):
         super().__init__()
         self.ln = nn.LayerNorm(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln(x.movedim(1, -1)).movedim(-1, 1)
+        return self.ln(x)
 
 
-def _norm(kind: str, c: int, dims: int) -> nn.Module:
+def _norm(kind: str, c: int) -> nn.Module:
+    """A norm over (M, C) tokens; BatchNorm1d there has BatchNorm2d's state-dict keys (older exports load)."""
     if kind == "layer":
         return _ChannelNorm(c)
     if kind == "batch":
-        return (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(c)
+        return nn.BatchNorm1d(c)
     return nn.Identity()
 
 
 class SeparableBlock(nn.Module):
-    """depthwise conv (k) -> pointwise conv (1) -> norm -> activation, in 1-D or 2-D."""
+    """depthwise conv (k) -> pointwise conv (1) -> norm -> activation -> dropout, in 1-D or 2-D."""
 
     def __init__(self, c_in: int, c_out: int, cfg: PredictorConfig, dims: int):
         super().__init__()
@@ -97,12 +123,26 @@ class SeparableBlock(nn.Module):
         k = cfg.kernel_size
         self.depthwise = conv(c_in, c_in, k, padding=k // 2, groups=c_in)
         self.pointwise = conv(c_in, c_out, 1)
-        self.norm = _norm(cfg.norm, c_out, dims)
+        self.norm = _norm(cfg.norm, c_out)
         self.act = ACTIVATIONS[cfg.activation]()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.norm(self.pointwise(self.depthwise(x)))))
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, *spatial) -> (B, C_out, *spatial): the convolutions."""
+        return self.pointwise(self.depthwise(x))
+
+    def per_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, C_out) valid tokens -> the same after norm, activation and dropout."""
+        return self.drop(self.act(self.norm(tokens)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, *spatial), mask (B, *spatial) bool -> (B, C_out, *spatial), 0 where mask is False
+        (so the next convolution reads zeros past each sample's end)."""
+        h = self.mix(x).movedim(1, -1)  # (B, *spatial, C_out)
+        tokens = self.per_token(h[mask])
+        out = tokens.new_zeros(h.shape)  # the tokens' dtype: under autocast, norms may return float32
+        out[mask] = tokens
+        return out.movedim(-1, 1)
 
 
 class RelevancePredictor(nn.Module):
@@ -141,10 +181,9 @@ class RelevancePredictor(nn.Module):
         return torch.softmax(self.logits(x, mask, grid), dim=-1)
 
     def _logits_1d(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = mask[:, None, :].to(x.dtype)  # (B, 1, N)
-        h = x * m
+        h = x * mask[:, None, :].to(x.dtype)  # (B, C, N), zeros past each sample's end
         for block in self.blocks:
-            h = block(h) * m  # re-zero padding so the next conv reads zeros past each sample's end
+            h = block(h, mask)
         return self.head(h)[:, 0]  # (B, N)
 
     def _logits_2d(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -160,12 +199,16 @@ class RelevancePredictor(nn.Module):
                 raise ValueError(f"sample {b}: grid {(t, h, w)} does not match its {int(counts[b])} "
                                  "valid tokens (valid tokens must come first, in raster order)")
             groups.setdefault((t, h, w), []).append(b)
-        for (t, h, w), idx in groups.items():
-            n = t * h * w
-            frames = x[idx, :, :n].reshape(len(idx), C, t, h, w).permute(0, 2, 1, 3, 4)
-            hid = frames.reshape(len(idx) * t, C, h, w)
-            for block in self.blocks:
-                hid = block(hid)
+        hids = [x[idx, :, : t * h * w].reshape(len(idx), C, t, h, w).permute(0, 2, 1, 3, 4).reshape(-1, C, h, w)
+                for (t, h, w), idx in groups.items()]  # (b * t, C, h, w) frames per grid
+        for block in self.blocks:
+            mixed = [block.mix(hid) for hid in hids]
+            # every valid token of every group in one (M, C) matrix: one set of batch-norm statistics
+            tokens = [m.movedim(1, -1).reshape(-1, m.shape[1]) for m in mixed]
+            tokens = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+            tokens = block.per_token(tokens).split([m[:, 0].numel() for m in mixed])
+            hids = [tk.reshape(m.shape[0], *m.shape[2:], -1).movedim(-1, 1) for tk, m in zip(tokens, mixed)]
+        for ((t, h, w), idx), hid in zip(groups.items(), hids):
             s = self.head(hid).reshape(len(idx), t * h * w)  # (b, t, 1, h, w) -> raster order
-            out[idx, :n] = s
+            out[idx, : t * h * w] = s.to(out.dtype)  # bf16 under autocast
         return out

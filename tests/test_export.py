@@ -56,3 +56,91 @@ def test_load_errors(tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="re-export"):
         read_export_config(out)
+
+
+def _tamper(out, **fields):
+    """Rewrite the export's config.json with `fields` set (predictor.<name> for the predictor section)."""
+    cfg = json.loads((out / "config.json").read_text())
+    for k, v in fields.items():
+        section, _, name = k.rpartition(".")
+        (cfg[section] if section else cfg)[name] = v
+    (out / "config.json").write_text(json.dumps(cfg))
+
+
+def test_tampered_widths_refused_before_any_allocation(tmp_path):
+    out = save_predictor(RelevancePredictor(PredictorConfig(widths=[8, 16, 16])), tmp_path / "exp")
+    _tamper(out, **{"predictor.widths": [200000] * 3})  # 160 GB of weights if the module were built
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a regression fails here, not the machine
+from predictor import load_predictor
+try:
+    load_predictor({str(out)!r})
+except ValueError as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    msg = r.stdout
+    assert "config.json" in msg and "model.safetensors" in msg and "widths" in msg, msg
+    assert "(200000, 1, 1)" in msg and "(8, 1, 1)" in msg, msg  # expected and found shapes
+
+
+BAD_PREDICTOR_FIELDS = [
+    ("widths", "abc"), ("widths", [0, 8]), ("widths", [8.5]), ("widths", []), ("widths", [True]),
+    ("kernel_size", True), ("kernel_size", 4), ("kernel_size", "5"), ("dropout", 2), ("dropout", "x"),
+    ("norm", None), ("activation", [1]), ("arch", {"a": 1}), ("inputs", "attn"), ("inputs", [3]),
+    ("num_heads", -1), ("num_heads", 1.5),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_PREDICTOR_FIELDS)
+def test_bad_predictor_field_names_file_field_and_found(tmp_path, name, value):
+    out = save_predictor(RelevancePredictor(PredictorConfig(widths=[8])), tmp_path / "exp")
+    _tamper(out, **{f"predictor.{name}": value})
+    with pytest.raises(ValueError) as e:
+        load_predictor(out)
+    msg = str(e.value)
+    assert "config.json" in msg and repr(name) in msg and "expected" in msg and "found" in msg, msg
+
+
+@pytest.mark.parametrize("fields,word", [({"schema_version": 99}, "schema_version"),
+                                         ({"schema_version": None}, "schema_version"),
+                                         ({"predictor": "conv1d"}, "predictor"),
+                                         ({"predictor.depth": 3}, "depth")])
+def test_bad_config_sections_refused(tmp_path, fields, word):
+    out = save_predictor(RelevancePredictor(PredictorConfig(widths=[8])), tmp_path / "exp")
+    _tamper(out, **fields)
+    with pytest.raises(ValueError, match=word) as e:
+        read_export_config(out)
+    assert "config.json" in str(e.value)
+
+
+def test_config_not_json_or_weights_not_matching(tmp_path):
+    out = save_predictor(RelevancePredictor(PredictorConfig(widths=[8])), tmp_path / "exp")
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json.*JSON"):
+        load_predictor(out)
+    other = save_predictor(RelevancePredictor(PredictorConfig(widths=[16])), tmp_path / "other")
+    save_predictor(RelevancePredictor(PredictorConfig(widths=[8])), out)
+    (out / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"blocks\.0\.pointwise\.weight.*\(8, 1, 1\).*\(16, 1, 1\)"):
+        load_predictor(out)
+    (out / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_predictor(out)
+
+
+def test_export_is_world_readable_under_umask_077(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        out = save_predictor(RelevancePredictor(PredictorConfig(widths=[8])), tmp_path / "exp")
+        save_predictor(RelevancePredictor(PredictorConfig(widths=[8])), out)  # the replace path too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {
+        "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}

@@ -98,3 +98,74 @@ def test_config_errors_and_round_trip():
     m = RelevancePredictor(PredictorConfig(widths=SMALL))
     with pytest.raises(ValueError, match=r"expected x of shape \(B, 1, N_v\)"):
         m(torch.randn(2, 3, 5), torch.ones(2, 5, dtype=torch.bool))
+
+
+def _padded(xs: list[torch.Tensor], extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, max N + extra) with garbage in the padding, and its (B, N) mask."""
+    N = max(x.shape[-1] for x in xs) + extra
+    x = torch.full((len(xs), xs[0].shape[0], N), 7.0)
+    mask = torch.zeros(len(xs), N, dtype=torch.bool)
+    for b, xi in enumerate(xs):
+        x[b, :, : xi.shape[-1]], mask[b, : xi.shape[-1]] = xi, True
+    return x, mask
+
+
+def _first_block_mean(m: RelevancePredictor, xs: list[torch.Tensor], grids=None) -> torch.Tensor:
+    """Mean over every valid token of the batch of block 0's pre-norm output: what batch norm should see."""
+    blk = m.blocks[0]
+    outs = []
+    for b, xi in enumerate(xs):
+        if grids is None:
+            outs.append(blk.pointwise(blk.depthwise(xi[None]))[0].flatten(1))
+        else:
+            t, h, w = grids[b]
+            frames = xi.reshape(xi.shape[0], t, h, w).movedim(1, 0)  # (t, C, h, w)
+            outs.append(blk.pointwise(blk.depthwise(frames)).movedim(1, 0).flatten(1))
+    return torch.cat(outs, 1).mean(1)
+
+
+def test_batch_norm_statistics_ignore_padding():
+    import copy
+
+    torch.manual_seed(0)
+    m0 = RelevancePredictor(PredictorConfig(widths=SMALL, norm="batch", inputs=["attn", "coords"])).train()
+    xs = [torch.randn(4, n) for n in (5, 17, 12)]
+    outs, stats = [], []
+    for extra in (0, 9):  # the same samples, padded to 17 and to 26 tokens
+        m = copy.deepcopy(m0)
+        x, mask = _padded(xs, extra)
+        p = m(x, mask)
+        outs.append([p[b, : xi.shape[-1]] for b, xi in enumerate(xs)])
+        stats.append([(blk.norm.running_mean.clone(), blk.norm.running_var.clone()) for blk in m.blocks])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+    for (ma, va), (mb, vb) in zip(*stats):
+        torch.testing.assert_close(ma, mb)
+        torch.testing.assert_close(va, vb)
+    with torch.no_grad():
+        expected = 0.1 * _first_block_mean(m0, xs)  # momentum 0.1 from running_mean 0
+    torch.testing.assert_close(stats[0][0][0], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_conv2d_batch_norm_uses_the_whole_batch_once():
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig(arch="conv2d", widths=SMALL, kernel_size=3, norm="batch")).train()
+    grids = [(1, 4, 4), (2, 3, 5), (1, 2, 2)]  # three grid groups, each run through the blocks on its own
+    xs = [torch.randn(1, t * h * w) for t, h, w in grids]
+    x, mask = _padded(xs, 3)
+    m(x, mask, torch.tensor(grids))
+    with torch.no_grad():
+        expected = 0.1 * _first_block_mean(m, xs, grids)  # one update, from every valid token of the batch
+    torch.testing.assert_close(m.blocks[0].norm.running_mean, expected, atol=1e-6, rtol=1e-5)
+    assert int(m.blocks[0].norm.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("arch", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_trains_under_bf16_autocast(arch, norm):  # trainer=gpu runs precision=bf16-mixed
+    m = RelevancePredictor(PredictorConfig(arch=arch, widths=SMALL, norm=norm)).train()
+    x, mask = _padded([torch.randn(1, 16), torch.randn(1, 12)], 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p = m(x, mask, torch.tensor([[1, 4, 4], [1, 3, 4]]))
+    p.float().sum().backward()
+    assert torch.isfinite(p.float()).all() and (p[~mask] == 0).all()

@@ -179,3 +179,24 @@ def test_rope_deltas_consistent_after_pruning(adapter):
         full_pos = ctx.position_ids
         assert int(adapter.model.model.rope_deltas[0]) + pp.seq_len == int(full_pos.max()) + 1
     assert len(ids) == 1
+
+
+def test_two_predictors_on_one_context_keep_their_own_scores():
+    from types import SimpleNamespace
+
+    from predictor.runtime import PredictorScores, RandomScores, ScoreContext
+
+    grid, n = (1, 3, 4), 12
+    mean = torch.softmax(torch.randn(n, generator=torch.Generator().manual_seed(0)), 0)
+    ctx = ScoreContext(adapter=None, prepared=SimpleNamespace(grid=grid, num_visual=n),
+                       embeds=torch.zeros(1, n, 2), position_ids=torch.arange(n)[None], item=0)
+    ctx._layer0 = (mean[None], mean)  # what layer0_attention would return; no MLLM needed
+    methods = []
+    for seed in (1, 2):  # two predictors with different weights, one class and one `name`
+        torch.manual_seed(seed)
+        methods.append(PredictorScores(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn", "coords"]))))
+    methods += [RandomScores(seed=1), RandomScores(seed=2)]
+    for m in methods:  # all on the same context, as eval.py scores several methods per prompt
+        sel = m.select(ctx, 4)
+        torch.testing.assert_close(sel.scores, m.scores(ctx).float())
+    assert not torch.allclose(methods[0].select(ctx, 4).scores, methods[1].select(ctx, 4).scores)

@@ -37,7 +37,9 @@ class ScoreContext:
     position_ids: torch.Tensor
     answer_ids: torch.Tensor | None = None
     item: int | None = None  # the item's index in its source: seeds per-item randomness (resumable runs)
-    cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # method name -> scores
+    # scoring method object -> its (N_v,) scores; keyed by the object, not its class's `name`, so two
+    # predictors (or two random seeds) scored on one context never read each other's scores
+    cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
     _layer0: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -70,9 +72,9 @@ class ScoreMethod:
         raise NotImplementedError
 
     def select(self, ctx: ScoreContext, k: int) -> Selection:
-        if self.name not in ctx.cache:  # one scoring serves every keep ratio of this prompt
-            ctx.cache[self.name] = self.scores(ctx).float().reshape(-1)
-        s = ctx.cache[self.name]
+        if self not in ctx.cache:  # one scoring serves every keep ratio of this prompt
+            ctx.cache[self] = self.scores(ctx).float().reshape(-1)
+        s = ctx.cache[self]
         n = s.numel()
         keep = min(1.0, k / n)
         kept = topk_mask(s[None], torch.ones(1, n, dtype=torch.bool, device=s.device), keep)[0]

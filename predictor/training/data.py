@@ -13,7 +13,10 @@ DDP: `EvenBatchSampler` gives every rank the same number of batches (DDP's gradi
 would hang otherwise) while each sample is seen exactly once per epoch across ranks: the shuffled
 indices are cut into world_size * K nearly equal batches (sizes differ by at most one, none larger
 than batch_size) and rank r takes batches r, r + world_size, ... No sample is repeated or dropped
-to even out the counts, unlike torch's DistributedSampler, which pads with repeats.
+to even out the counts, unlike torch's DistributedSampler, which pads with repeats. No batch is
+empty either: where batch_size=1 and world_size does not divide the sample count, no split meets
+all three, so each rank takes n // world_size batches and n % world_size of them hold 2 samples
+(fewer, larger batches, rather than an empty batch or a repeated or dropped sample).
 """
 from __future__ import annotations
 
@@ -89,6 +92,7 @@ def make_item(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -
 
 def collate(items: list[Item]) -> dict[str, Any]:
     """Pad to the longest N_v of the batch; see the module docstring for the shapes."""
+    assert items, "collate got an empty batch (EvenBatchSampler never yields one)"
     B, C = len(items), items[0].x.shape[0]
     N = max(it.x.shape[1] for it in items)
     x = torch.zeros(B, C, N)
@@ -119,8 +123,10 @@ class EvenBatchSampler(torch.utils.data.Sampler):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size, self.epoch_fn = rank, world_size, epoch_fn
         self.epoch = 0
-        per_round = world_size * batch_size
-        self.num_global = world_size * math.ceil(n / per_round)  # batches over all ranks
+        # batches per rank: enough to keep each within batch_size, but never more than n // world_size,
+        # past which some batch would be empty (only possible with batch_size=1; see the module docstring)
+        per_rank = min(math.ceil(n / (world_size * batch_size)), n // world_size)
+        self.num_global = world_size * per_rank  # batches over all ranks
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
