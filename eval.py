@@ -8,16 +8,21 @@ instruction-swap check (the same image asked about two different objects: does t
 the question?). Writes results.json, results.md, retained.png and figures/ into `out=`. Config: conf/eval.yaml.
 Resumable: every finished item is appended to `out/items-*.jsonl`; re-running with the same `out=`
 and settings evaluates only the items not yet there (`eval-settings.json` guards the settings).
+An item that cannot be read (bad record, missing or broken image, a path outside the image root) is
+recorded as skipped with its reason, as data_gen does, and counted in the results.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_gen.images import DEFAULT_MAX_PIXELS, ImageError  # PIL only
 
 log = logging.getLogger("eval")
 
@@ -42,6 +47,38 @@ def read_records(path: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
+def item_id(source, i: int) -> str:
+    """Item i's id, or data_gen's index key for a record that cannot be read."""
+    try:
+        return source[i].id
+    except Exception:
+        return f"index-{i:09d}"
+
+
+def skipped_record(i: int, key: str, e: Exception) -> dict[str, Any]:
+    """The record of an item that cannot be evaluated: the reason is an ImageError's tag, or bad_item
+    for a record the source cannot read (data_gen's reasons)."""
+    reason = e.reason if isinstance(e, ImageError) else "bad_item"
+    detail = str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
+    log.warning("item %d (%s) skipped: %s", i, key, detail)
+    return {"i": i, "id": key, "skipped": reason, "detail": detail[:500]}
+
+
+def skipped_summary(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """-> {n, of, reasons: {reason: count}, items: [{i, id, reason, detail}]} over the skipped records."""
+    bad = [r for r in recs if "skipped" in r]
+    return {"n": len(bad), "of": len(recs), "reasons": dict(Counter(r["skipped"] for r in bad)),
+            "items": [{"i": r["i"], "id": r["id"], "reason": r["skipped"], "detail": r["detail"]} for r in bad]}
+
+
+def skipped_line(summary: dict[str, Any], records: str) -> str:
+    if not summary["n"]:
+        return ""
+    why = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items()))
+    return (f"\nskipped {summary['n']} of {summary['of']} items ({why}); each item's reason is in results.json "
+            f"and {records}\n")
+
+
 def evaluate_items(adapter, source, methods: dict[str, Any], keeps: list[float], max_items: int,
                    timing: bool = True, **kwargs: Any) -> dict[str, dict[str, dict[str, float]]]:
     """`evaluate_records` aggregated: {method: {str(keep): means over the items}} (see `aggregate`)."""
@@ -53,8 +90,10 @@ def evaluate_records(adapter, source, methods: dict[str, Any], keeps: list[float
                      max_new_tokens: int = 16, correctness: str = "auto", timing: bool = True,
                      figures: int = 0, figures_dir: Path | None = None, progress: bool = True,
                      desc: str = "eval", records: Path | None = None, swap_keep: float | None = None,
-                     ) -> list[dict[str, Any]]:
-    """Pruned generation over the first `max_items` items of `source`: one record per item (below).
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict[str, Any]]:
+    """Pruned generation over the first `max_items` items of `source`: one record per item (below),
+    or {"i", "id", "skipped": reason, "detail"} for an item that cannot be read (see `skipped_record`;
+    a resumed run does not try it again).
 
     methods: {name: selection method from predictor.runtime.make_method, or None for downsampling}.
     records: a JSON-lines file that gets one line per finished item; items already in it are not run
@@ -62,12 +101,14 @@ def evaluate_records(adapter, source, methods: dict[str, Any], keeps: list[float
     swap_keep: run the instruction-swap check at this keep ratio on items whose source gives a second
     question about another object of the same image (`extra.swap`, synthetic scenes); see
     `aggregate_swap`.
+    max_pixels: images are downscaled to at most this many pixels first, as data_gen does, so that
+    pruning happens at the token count the labels were made at (None: no cap).
     """
     from tqdm.auto import tqdm
 
     from data_gen.correctness import is_correct
     from data_gen.explainers.ground_truth import attach_ground_truth
-    from data_gen.images import load_image
+    from data_gen.images import cap_pixels, load_image
     from predictor.metrics import instruction_swap
     from predictor.runtime import downsample_image, left_pad, make_context, prefill, prune_context
     from predictor.runtime.report import kept_overlay
@@ -80,9 +121,9 @@ def evaluate_records(adapter, source, methods: dict[str, Any], keeps: list[float
     if done:
         log.info("%s: resuming, %d of %d items already evaluated (%s)", desc, sum(i < n for i in done), n, records)
         last = max(done)  # the data behind the source may have changed under the same settings
-        if last < len(source) and source[last].id != done[last]["id"]:
+        if last < len(source) and item_id(source, last) != done[last]["id"]:
             raise ValueError(f"{records} was made from other data: its item {last} is {done[last]['id']!r}, the "
-                             f"source's item {last} is now {source[last].id!r}. Write to a new folder (out=...), "
+                             f"source's item {last} is now {item_id(source, last)!r}. Write to a new folder (out=...), "
                              f"or delete {records} to evaluate these items again.")
         tmp = records.with_name(records.name + ".tmp")  # drop a line cut short by the kill before appending
         tmp.write_text("".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
@@ -99,8 +140,14 @@ def evaluate_records(adapter, source, methods: dict[str, Any], keeps: list[float
         "visual_tokens", "object_kept", "prefill_s", "kv_bytes"}}}}. object_kept: whether the token with
         the most ground-truth relevance survived (sources with `extra.gt_relevance`, e.g. synthetic
         scenes; None without it, and for downsampling, which keeps no tokens of the original grid)."""
-        item = source[i]
-        image = load_image(item.image)
+        try:
+            item = source[i]
+        except Exception as e:  # a record the source cannot read
+            return skipped_record(i, f"index-{i:09d}", e)
+        try:
+            image = cap_pixels(load_image(item.image), max_pixels)
+        except ImageError as e:
+            return skipped_record(i, item.id, e)
         extra = item.extra if isinstance(item.extra, dict) else {}
 
         def context(instruction: str, gt_extra: dict[str, Any]):
@@ -182,7 +229,15 @@ def aggregate(recs: list[dict[str, Any]], methods: list[str], keeps: list[float]
     keep 1.0 is the unpruned model, shared by every method.
     object_kept: share of items whose most relevant token by ground truth was kept (None when the
     source has no `gt_relevance`, and for downsampling). For cluster aggregation: the token is its
-    cluster's representative slot (a cluster of its own keeps it; a merged one may not)."""
+    cluster's representative slot (a cluster of its own keeps it; a merged one may not).
+    Skipped items (see `skipped_record`) are left out; ValueError when no item is left."""
+    skipped = skipped_summary(recs)
+    recs = [r for r in recs if "skipped" not in r]
+    if not recs:
+        eg = "".join(f", e.g. item {r['i']}: {r['detail']}" for r in skipped["items"][:1])
+        raise ValueError(f"no item could be evaluated: all {skipped['of']} were skipped ({skipped['reasons']}{eg}). "
+                         f"Fix the source, then run again with a new out= (skipped items are not retried in the "
+                         f"same folder)")
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in methods:
         full_acc = sum(r["rows"][name]["1"]["correct"] for r in recs) / len(recs)
@@ -255,27 +310,75 @@ def fidelity(predictor_model, shards: str, val_fraction: float | None, target_ke
     return {name: {k: v / len(samples) for k, v in m.items()} | {"n": len(samples)} for name, m in sums.items()}
 
 
+def generalisation_scales(src, name: str, generalisation: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """-> ({scale name: source overrides} to run, why none run or None). Only a source that can draw
+    its items with more visual tokens (`Source.scale_options`, e.g. synthetic scenes' sizes) is
+    evaluated at other scales; overrides of any other option are a ValueError."""
+    scales = dict((generalisation or {}).get("scales") or {})
+    options = tuple(getattr(src, "scale_options", ()))
+    if not options:
+        return {}, (f"source {name} cannot draw its items with more visual tokens; only a source with scale "
+                    f"options can (synthetic_scenes: sizes)")
+    if not scales:
+        return {}, "generalisation.scales is empty"
+    bad = sorted({k for o in scales.values() for k in dict(o)} - set(options))
+    if bad:
+        raise ValueError(f"generalisation.scales overrides {bad}, which do not change the token count of source "
+                         f"{name}; it scales by {list(options)} (e.g. {{2x: {{sizes: [[224, 448]]}}}})")
+    return scales, None
+
+
+def fidelity_section(pred_model, export_cfg: dict[str, Any], predictor: str, fid: dict[str, Any],
+                     progress: bool) -> tuple[dict[str, Any], str]:
+    """`fidelity` with the split recorded in the export -> (results, markdown table)."""
+    vf = None
+    if fid.get("val_only", True):
+        vf = fid.get("val_fraction") or export_cfg.get("trained_on", {}).get("val_fraction")
+        if vf is None:
+            raise ValueError(f"{predictor}/config.json does not record the training split's val_fraction "
+                             "(exported before it was recorded); set fidelity.val_fraction=<the "
+                             "data.val_fraction it was trained with>, or fidelity.val_only=false")
+    target_keep = float(export_cfg.get("training", {}).get("target_keep", 0.5))
+    res = fidelity(pred_model, fid["shards"], vf, target_keep, progress)
+    md = "\n### fidelity to the oracle (held-out shards)\n\n| scores | n | KL | Spearman | " \
+         "recall@50 | recall@25 | recall@12.5 |\n|---|---|---|---|---|---|---|\n"
+    for name, m in res.items():
+        md += (f"| {name} | {m['n']} | {m['kl']:.3f} | {m['spearman']:.3f} | {m['recall@50']:.3f} | "
+               f"{m['recall@25']:.3f} | {m['recall@12.5']:.3f} |\n")
+    return res, md
+
+
 def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any], predictor: str | None,
              out: str, methods: list[str], keeps: list[float], max_items: int = 200, max_new_tokens: int = 16,
              correctness: str = "auto", timing: bool = True, figures: int = 6, seed: int = 0,
              progress: bool = True, fidelity_cfg: dict[str, Any] | None = None,
-             generalisation: dict[str, Any] | None = None, swap_keep: float | None = 0.125) -> dict[str, Any]:
-    """Plain-argument body of eval.py (tests call it). Returns what results.json holds."""
+             generalisation: dict[str, Any] | None = None, swap_keep: float | None = 0.125,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+    """Plain-argument body of eval.py (tests call it). Returns what results.json holds.
+    A first start that fails before any item is on disk removes the eval-settings.json it wrote, so
+    the corrected command is not refused as "other settings"."""
     from data_gen.run import (build_adapter, build_explainer, build_source, check_same_settings, model_fingerprint,
                               resolve_model_path)
     from predictor.export import load_predictor, read_export_config
     from predictor.runtime import METHODS, make_method
     from predictor.runtime.report import markdown_table, plot_retained
 
+    from data_gen.correctness import MODES
+    from data_gen.lock import WriterLock
+
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise KeyError(f"unknown methods {unknown} in methods=; available: {list(METHODS)}")
+    if correctness not in MODES:  # checked here: at the first answer it would fail every item
+        raise ValueError(f"correctness={correctness!r}: expected one of {', '.join(MODES)}")
     pred_model, export_cfg = None, {}
     if "predictor" in methods or (fidelity_cfg or {}).get("shards"):
         if not predictor:
             raise ValueError("methods include 'predictor' but predictor= is not set; pass predictor=<export dir>")
         pred_model, export_cfg = load_predictor(predictor), read_export_config(predictor)
     model_dir = resolve_model_path(str(model["path"]))  # a local folder, or the HF-cache snapshot of a repo id
+    src = build_source(source)  # bad source settings fail here, before anything is written
+    scales, no_scales = generalisation_scales(src, source.get("name"), generalisation)
     adapter = build_adapter(model)
     expl = build_explainer(explainer)[0] if "oracle" in methods else None
 
@@ -284,58 +387,66 @@ def run_eval(model: dict[str, Any], source: dict[str, Any], explainer: dict[str,
                 for m in methods}
 
     out_dir = Path(out)
-    scales = dict((generalisation or {}).get("scales") or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # one evaluation per out=: a second one would append the same items to items-*.jsonl
+    lock = WriterLock(str(out_dir / ".lock"), str(out_dir)).acquire()
+    settings = out_dir / "eval-settings.json"
+    fresh = not settings.is_file()
     # items already evaluated in out/ (items-*.jsonl) are reused only if they were made the same way;
     # max_items may grow (more items are evaluated), figures and progress do not matter
-    check_same_settings(out_dir / "eval-settings.json", {
+    check_same_settings(settings, {
         "model": {k: v for k, v in model.items() if k != "path"}, "model_fingerprint": model_fingerprint(model_dir),
         "predictor_fingerprint": model_fingerprint(predictor) if pred_model is not None else None,
         "explainer": explainer if "oracle" in methods else None, "source": source, "generalisation": scales,
         "methods": list(methods), "keeps": sorted(float(k) for k in keeps), "max_new_tokens": max_new_tokens,
-        "correctness": correctness, "timing": timing, "seed": seed, "swap_keep": swap_keep},
+        "correctness": correctness, "timing": timing, "seed": seed, "swap_keep": swap_keep,
+        "max_pixels": max_pixels},
         why="Its per-item results (items-*.jsonl) would be mixed with results made another way.")
-    common = dict(max_new_tokens=max_new_tokens, correctness=correctness, timing=timing, progress=progress,
-                  swap_keep=swap_keep)
-    keeps_desc = sorted({float(k) for k in keeps}, reverse=True)
-    res: dict[str, Any] = {"model": model, "source": source, "predictor": predictor, "keeps": list(keeps)}
-    recs = evaluate_records(adapter, build_source(source), build_methods(), keeps, max_items,
-                            figures=figures, figures_dir=out_dir / "figures", desc="eval",
-                            records=out_dir / "items-eval.jsonl", **common)
-    res["results"] = aggregate(recs, list(methods), keeps_desc, timing)
-    md = markdown_table(res["results"], f"{model.get('name', model['path'])} on {source.get('name')}")
-    plot_retained(res["results"], out_dir / "retained.png")
-    res["swap"] = aggregate_swap(recs)
-    if res["swap"]:
-        md += "\n" + swap_table(res["swap"], swap_keep)
+    try:
+        common = dict(max_new_tokens=max_new_tokens, correctness=correctness, timing=timing, progress=progress,
+                      swap_keep=swap_keep, max_pixels=max_pixels)
+        keeps_desc = sorted({float(k) for k in keeps}, reverse=True)
+        res: dict[str, Any] = {"model": model, "source": source, "predictor": predictor, "keeps": list(keeps)}
+        recs = evaluate_records(adapter, src, build_methods(), keeps, max_items, figures=figures,
+                                figures_dir=out_dir / "figures", desc="eval", records=out_dir / "items-eval.jsonl",
+                                **common)
+        res["skipped"] = skipped_summary(recs)
+        res["results"] = aggregate(recs, list(methods), keeps_desc, timing)
+        md = markdown_table(res["results"], f"{model.get('name', model['path'])} on {source.get('name')}")
+        md += skipped_line(res["skipped"], "items-eval.jsonl")
+        plot_retained(res["results"], out_dir / "retained.png")
+        res["swap"] = aggregate_swap(recs)
+        if res["swap"]:
+            md += "\n" + swap_table(res["swap"], swap_keep)
 
-    for name, overrides in scales.items():
-        src = {**source, **dict(overrides)}
-        g_recs = evaluate_records(adapter, build_source(src), build_methods(), keeps,
-                                  int(generalisation.get("max_items", max_items)), desc=f"eval-{name}",
-                                  records=out_dir / f"items-eval-{name}.jsonl", **common)
-        r = aggregate(g_recs, list(methods), keeps_desc, timing)
-        res.setdefault("generalisation", {})[name] = {"source": src, "results": r, "swap": aggregate_swap(g_recs)}
-        md += "\n" + markdown_table(r, f"generalisation {name}: {overrides}")
-        if res["generalisation"][name]["swap"]:
-            md += "\n" + swap_table(res["generalisation"][name]["swap"], swap_keep)
-        plot_retained(r, out_dir / f"retained-{name}.png", title=f"generalisation {name}")
+        if no_scales:
+            log.info("generalisation to more visual tokens skipped: %s", no_scales)
+            res["generalisation_skipped"] = no_scales
+            md += f"\ngeneralisation to more visual tokens: skipped, {no_scales}\n"
+        for name, overrides in scales.items():
+            g_src = {**source, **dict(overrides)}
+            g_recs = evaluate_records(adapter, build_source(g_src), build_methods(), keeps,
+                                      int(generalisation.get("max_items", max_items)), desc=f"eval-{name}",
+                                      records=out_dir / f"items-eval-{name}.jsonl", **common)
+            r = aggregate(g_recs, list(methods), keeps_desc, timing)
+            g = {"source": g_src, "results": r, "swap": aggregate_swap(g_recs), "skipped": skipped_summary(g_recs)}
+            res.setdefault("generalisation", {})[name] = g
+            md += "\n" + markdown_table(r, f"generalisation {name}: {overrides}")
+            md += skipped_line(g["skipped"], f"items-eval-{name}.jsonl")
+            if g["swap"]:
+                md += "\n" + swap_table(g["swap"], swap_keep)
+            plot_retained(r, out_dir / f"retained-{name}.png", title=f"generalisation {name}")
 
-    fid = fidelity_cfg or {}
-    if fid.get("shards") and pred_model is not None:
-        vf = None
-        if fid.get("val_only", True):
-            vf = fid.get("val_fraction") or export_cfg.get("trained_on", {}).get("val_fraction")
-            if vf is None:
-                raise ValueError(f"{predictor}/config.json does not record the training split's val_fraction "
-                                 "(exported before it was recorded); set fidelity.val_fraction=<the "
-                                 "data.val_fraction it was trained with>, or fidelity.val_only=false")
-        target_keep = float(export_cfg.get("training", {}).get("target_keep", 0.5))
-        res["fidelity"] = fidelity(pred_model, fid["shards"], vf, target_keep, progress)
-        md += "\n### fidelity to the oracle (held-out shards)\n\n| scores | n | KL | Spearman | " \
-              "recall@50 | recall@25 | recall@12.5 |\n|---|---|---|---|---|---|---|\n"
-        for name, m in res["fidelity"].items():
-            md += (f"| {name} | {m['n']} | {m['kl']:.3f} | {m['spearman']:.3f} | {m['recall@50']:.3f} | "
-                   f"{m['recall@25']:.3f} | {m['recall@12.5']:.3f} |\n")
+        fid = fidelity_cfg or {}
+        if fid.get("shards") and pred_model is not None:
+            res["fidelity"], fid_md = fidelity_section(pred_model, export_cfg, predictor, fid, progress)
+            md += fid_md
+    except BaseException:
+        if fresh and not any(f.stat().st_size for f in out_dir.glob("items-*.jsonl")):
+            settings.unlink(missing_ok=True)  # nothing was made with these settings: nothing to guard
+        raise
+    finally:
+        lock.release()
 
     (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out_dir / "results.md").write_text(md)
@@ -350,12 +461,16 @@ def _main() -> None:
 
     @hydra.main(config_path="conf", config_name="eval", version_base=None)
     def main(cfg: DictConfig) -> None:
+        from data_gen.lock import FolderInUse
+        from predictor.cli import one_line_errors
+
         c = OmegaConf.to_container(cfg, resolve=True)
-        run_eval(model=c["model"], source=c["source"], explainer=c["explainer"], predictor=c["predictor"],
-                 out=c["out"], methods=c["methods"], keeps=c["keeps"], max_items=c["max_items"],
-                 max_new_tokens=c["max_new_tokens"], correctness=c["correctness"], timing=c["timing"],
-                 figures=c["figures"], seed=c["seed"], progress=c["progress"], fidelity_cfg=c["fidelity"],
-                 generalisation=c["generalisation"], swap_keep=c["swap_keep"])
+        with one_line_errors(FolderInUse):  # a problem the user can fix: one line (HYDRA_FULL_ERROR=1: the trace)
+            run_eval(model=c["model"], source=c["source"], explainer=c["explainer"], predictor=c["predictor"],
+                     out=c["out"], methods=c["methods"], keeps=c["keeps"], max_items=c["max_items"],
+                     max_new_tokens=c["max_new_tokens"], correctness=c["correctness"], timing=c["timing"],
+                     figures=c["figures"], seed=c["seed"], progress=c["progress"], fidelity_cfg=c["fidelity"],
+                     generalisation=c["generalisation"], swap_keep=c["swap_keep"], max_pixels=c["max_pixels"])
 
     main()
 

@@ -1,4 +1,4 @@
-"""Image loading with a pixel cap, and thumbnails for figures.
+"""Image loading with a pixel cap, image paths kept inside their root folder, and thumbnails for figures.
 
 Everything that can go wrong with an image file raises `ImageError` with a short reason, so that the
 generation loop can skip the item and record why (a bad file never stops a run).
@@ -12,18 +12,41 @@ from typing import Any
 
 from PIL import Image
 
+# data_gen's and eval's pixel cap (1024 visual tokens of 28x28 px): both must see an image at the same
+# size, or the predictor prunes at another token count than the one its labels were made at
+DEFAULT_MAX_PIXELS = 1024 * 28 * 28
+
 
 class ImageError(ValueError):
     """An item's image cannot be used. `reason` is the short tag counted in the run summary."""
 
     def __init__(self, reason: str, detail: str):
-        self.reason = reason
+        self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}")
+
+
+def image_path(path: str, root: str, allow_outside: bool = False) -> str | ImageError:
+    """A source's image path -> the file to read, relative paths taken from `root`. Unless
+    `allow_outside`, a path that leads outside `root` (absolute, `..`, or a symlink out of it) comes
+    back as an ImageError (reason `image_outside_root`) rather than raised, so that the source still
+    lists the item and `load_image` raises it inside the per-item handling (the item is skipped)."""
+    full = os.path.join(root, path)  # an absolute `path` replaces root
+    if allow_outside:
+        return full
+    real, real_root = os.path.realpath(full), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        return ImageError("image_outside_root", f"{path!r} leads to {real}, outside the image root {root} "
+                                                f"(source.image_root); move the file under it, or set "
+                                                f"source.allow_outside_root=true")
+    return full
 
 
 def load_image(image: Any, root: str | None = None) -> Image.Image:
     """A path (relative to `root` if given), raw bytes, a {"bytes"|"path": ...} dict (HF datasets)
-    or a PIL image -> fully decoded RGB PIL image."""
+    or a PIL image -> fully decoded RGB PIL image. An ImageError as the value (see `image_path`)
+    is raised."""
+    if isinstance(image, ImageError):
+        raise ImageError(image.reason, image.detail)
     if isinstance(image, dict):  # datasets' Image feature without decoding
         image = image.get("bytes") or image.get("path")
     if image is None:

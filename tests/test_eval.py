@@ -69,8 +69,8 @@ def test_unknown_method_says_what_exists(setup):
                          methods=["nope"], keeps=[1.0])
 
 
-class _Killed(RuntimeError):
-    pass
+class _Killed(BaseException):
+    """A kill (like KeyboardInterrupt), not an error of one item: that would be recorded as skipped."""
 
 
 class _Source:

@@ -77,6 +77,10 @@ def test_hf_dataset(tmp_path):
     item = src[0]
     assert (item.id, item.instruction, item.answer) == ("vqa-0", "What colour?", "blue")
     assert load_image(item.image).getpixel((3, 3)) == (0, 0, 255)
+    assert src.unique_ids  # <folder>-<row>: data_gen need not scan for repeats
+    with_ids = get_source("hf_dataset")(path=str(tmp_path / "vqa"), split="validation", image_column="img",
+                                        instruction_column="q", answer_column="a", id_column="a")
+    assert not with_ids.unique_ids and with_ids.item_id(1) == with_ids[1].id == "['yes']"
     with pytest.raises(KeyError, match="columns"):
         get_source("hf_dataset")(path=str(tmp_path / "vqa"), split="validation", image_column="nope")
     with pytest.raises(KeyError, match="validation"):
@@ -104,3 +108,101 @@ def test_cap_pixels():
     capped = cap_pixels(img, 10_000)
     assert capped.width * capped.height <= 10_000 and abs(capped.width / capped.height - 4) < 0.1
     assert cap_pixels(img, None) is img and cap_pixels(img, 10**6) is img
+
+
+def test_jsonl_line_with_bad_bytes_is_one_bad_item(tmp_path):
+    """One byte that is not UTF-8 fails its own line, named by its number in the file (blank lines
+    count), not the whole source."""
+    _image(tmp_path / "a.png")
+    good = json.dumps({"id": "q1", "image": "a.png", "instruction": "What colour?", "answer": "red"}).encode()
+    bad = b'{"id": "q2", "image": "a.png", "instruction": "caf\xe9?", "answer": "x"}'
+    (tmp_path / "items.jsonl").write_bytes(good + b"\n\n" + bad + b"\n" + good.replace(b"q1", b"q3") + b"\n")
+    src = get_source("jsonl")(path=str(tmp_path / "items.jsonl"))
+    assert len(src) == 3 and src[0].id == "q1" and src[2].id == "q3"
+    with pytest.raises(ValueError, match=r"items.jsonl: line 3 is not UTF-8"):
+        src[1]
+
+
+def test_llava_records_that_cannot_be_read_are_single_bad_items(tmp_path):
+    _image(tmp_path / "x.jpg")
+    rec = {"id": "r1", "image": "x.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                           {"from": "gpt", "value": "Red."}]}
+    line = json.dumps(rec).encode()
+    (tmp_path / "conv.jsonl").write_bytes(line + b"\nnot json\n" + line.replace(b"What", b"Wh\xff") + b"\n"
+                                          + b'"a string"\n' + line.replace(b"r1", b"r2") + b"\n")
+    src = get_source("llava_json")(path=str(tmp_path / "conv.jsonl"))
+    assert len(src) == 5 and src[0].id == "r1-0" and src[4].id == "r2-0"
+    with pytest.raises(ValueError, match="conv.jsonl: line 2 is not valid JSON"):
+        src[1]
+    with pytest.raises(ValueError, match="conv.jsonl: line 3 is not UTF-8"):
+        src[2]
+    with pytest.raises(ValueError, match="conv.jsonl: record 3 is not a JSON object"):
+        src[3]
+    # a .json list: the record holding the bad bytes fails, the others are read
+    (tmp_path / "conv.json").write_bytes(b"[" + line + b",\n" + line.replace(b"What", b"Wh\xff") + b"]")
+    src = get_source("llava_json")(path=str(tmp_path / "conv.json"))
+    assert len(src) == 2 and src[0].instruction == "What?"
+    with pytest.raises(ValueError, match="conv.json: record 1 holds bytes that are not UTF-8"):
+        src[1]
+
+
+def _sources_with_paths(tmp_path, paths, **options):
+    """The same image paths through every source that reads paths: {name: source}."""
+    import datasets
+
+    root = tmp_path / "root"
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"q{i}", "image": p, "instruction": "What colour?", "answer": "red"} for i, p in enumerate(paths)]
+    (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conv = [{"id": r["id"], "image": r["image"], "conversations": [{"from": "human", "value": "What colour?"},
+                                                                   {"from": "gpt", "value": "red"}]} for r in rows]
+    (root / "conv.json").write_text(json.dumps(conv))
+    datasets.Dataset.from_dict({"img": paths, "q": ["What colour?"] * len(paths), "a": ["red"] * len(paths)}
+                               ).save_to_disk(str(tmp_path / "ds"))
+    return {"jsonl": get_source("jsonl")(path=str(root / "items.jsonl"), **options),
+            "llava_json": get_source("llava_json")(path=str(root / "conv.json"), **options),
+            "hf_dataset": get_source("hf_dataset")(path=str(tmp_path / "ds"), image_column="img",
+                                                   instruction_column="q", answer_column="a",
+                                                   image_root=str(root), **options)}
+
+
+def test_image_paths_stay_inside_the_image_root(tmp_path):
+    """`..`, absolute paths and symlinks out of image_root are skipped items (image_outside_root) unless
+    allow_outside_root; paths inside it, absolute or through a symlink inside it, are read."""
+    root = tmp_path / "root"
+    (root / "imgs").mkdir(parents=True)
+    _image(root / "imgs" / "in.png")
+    _image(tmp_path / "outside.png", colour=(0, 0, 255))
+    (root / "imgs" / "link.png").symlink_to(tmp_path / "outside.png")
+    (root / "alias.png").symlink_to(root / "imgs" / "in.png")
+    inside = ["imgs/in.png", str(root / "imgs" / "in.png"), "alias.png", "imgs/../imgs/in.png"]
+    outside = ["../outside.png", str(tmp_path / "outside.png"), "imgs/link.png", "imgs/../../outside.png"]
+    for name, src in _sources_with_paths(tmp_path, inside + outside).items():
+        for i in range(len(inside)):
+            assert load_image(src[i].image).getpixel((0, 0)) == (200, 30, 30), (name, inside[i])
+        for i in range(len(inside), len(inside) + len(outside)):
+            with pytest.raises(ImageError, match="outside the image root.*allow_outside_root=true") as e:
+                load_image(src[i].image)
+            assert e.value.reason == "image_outside_root", (name, outside[i - len(inside)])
+    for name, src in _sources_with_paths(tmp_path, outside, allow_outside_root=True).items():
+        assert all(load_image(src[i].image).getpixel((0, 0)) == (0, 0, 255) for i in range(len(outside))), name
+
+
+def test_jsonl_bad_bytes_in_data_gen_skip_one_line(tmp_path):
+    """The data_gen loop over a jsonl with one undecodable line: that line is a bad_item (its line
+    number in the manifest), every other line is written."""
+    from data_gen.run import DataGenConfig, run
+    from test_data_gen import FakeAdapter, fake_explainer, read_out
+
+    _image(tmp_path / "a.png")
+    lines = [json.dumps({"id": f"q{i}", "image": "a.png", "instruction": "where", "answer": "yes"}).encode()
+             for i in range(4)]
+    lines[2] = lines[2].replace(b"where", b"wh\xe9re")
+    (tmp_path / "items.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    cfg = DataGenConfig(out=str(tmp_path / "out"), shard_size=10, progress=False, thumbnails=False)
+    summary = run(cfg, get_source("jsonl")(path=str(tmp_path / "items.jsonl")), FakeAdapter(), fake_explainer, "fake")
+    assert summary.written == 3 and summary.skipped == {"bad_item": 1}
+    samples, done = read_out(tmp_path / "out")
+    assert {s.meta["item_id"] for s in samples} == {"q0", "q1", "q3"}
+    bad = done["index-000000002"]
+    assert bad["reason"] == "bad_item" and "line 3 is not UTF-8" in bad["detail"]

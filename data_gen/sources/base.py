@@ -42,7 +42,20 @@ class Item:
 
 
 class Source(ABC):
-    """Random access, so that every torchrun rank can take its own disjoint slice by index."""
+    """Random access, so that every torchrun rank can take its own disjoint slice by index.
+
+    scale_options: constructor options that change how many visual tokens an item has; eval's
+    generalisation check draws the items again with these overridden (none: it is skipped).
+    unique_ids: True where ids cannot repeat by construction; otherwise data_gen reads every id
+    (`item_id`) first, so that a repeated one is skipped the same way on every rank.
+    """
+
+    scale_options: tuple[str, ...] = ()
+    unique_ids: bool = False
+
+    def item_id(self, i: int) -> str:
+        """Item i's id; sources where building an item costs more than reading its id override this."""
+        return self[i].id
 
     @abstractmethod
     def __len__(self) -> int: ...

@@ -2,14 +2,16 @@
 
 Column names are config. An image column of the `Image` feature is read undecoded, so a broken
 image fails inside the per-item handling (skipped with its reason) instead of while indexing; a
-string column is taken as a path relative to `image_root`. A list-valued answer column (VQA
-datasets with several answers) uses its first answer. Ids come from `id_column`, or are
+string column (or an `Image` value without bytes) is taken as a path relative to `image_root`
+(default: the dataset folder), which it must not leave unless `allow_outside_root`. A list-valued
+answer column (VQA datasets with several answers) uses its first answer. Ids come from `id_column`, or are
 `<folder name>-<index>` (stable for the same saved dataset).
 """
 from __future__ import annotations
 
 import os
 
+from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
 
 
@@ -17,7 +19,7 @@ from data_gen.sources.base import SOURCES, Item, Source
 class HFDatasetSource(Source):
     def __init__(self, path: str, split: str | None = "train", image_column: str = "image",
                  instruction_column: str = "question", answer_column: str = "answer",
-                 id_column: str | None = None, image_root: str | None = None):
+                 id_column: str | None = None, image_root: str | None = None, allow_outside_root: bool = False):
         try:
             import datasets  # heavy and optional: only this source needs it
         except ImportError as e:
@@ -38,9 +40,21 @@ class HFDatasetSource(Source):
                            f"(set source.image_column / instruction_column / answer_column / id_column)")
         if isinstance(ds.features[image_column], datasets.Image):
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
-        self.ds, self.path, self.image_root = ds, path, image_root
+        self.ds, self.path, self.allow_outside_root = ds, path, bool(allow_outside_root)
+        self.image_root = image_root if image_root is not None else path
         self.columns = (image_column, instruction_column, answer_column, id_column)
         self.name = os.path.basename(os.path.normpath(path))
+        self._ids: list | None = None  # the id column, read on first use
+
+    @property
+    def unique_ids(self) -> bool:
+        return self.columns[3] is None  # <folder name>-<row index>
+
+    def item_id(self, i: int) -> str:
+        """From the id column alone: a row would also read its image bytes."""
+        if self._ids is None:
+            self._ids = self.ds[self.columns[3]]
+        return str(self._ids[i])
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -49,8 +63,10 @@ class HFDatasetSource(Source):
         image_c, instr_c, answer_c, id_c = self.columns
         row = self.ds[i]
         image = row[image_c]
-        if isinstance(image, str) and self.image_root and not os.path.isabs(image):
-            image = os.path.join(self.image_root, image)
+        if isinstance(image, dict) and not image.get("bytes") and isinstance(image.get("path"), str):
+            image = image["path"]
+        if isinstance(image, str):
+            image = image_path(image, self.image_root, self.allow_outside_root)
         answer = row[answer_c]
         if isinstance(answer, (list, tuple)):
             answer = answer[0] if answer else ""

@@ -2,9 +2,11 @@
 
     {"id": "q1", "image": "imgs/cat.jpg", "instruction": "What animal is this?", "answer": "cat"}
 
-Image paths are relative to `image_root` (default: the folder of the jsonl file). Without an id
-field, the id is a hash of (image, instruction), so the same line gets the same id in every run.
-Lines are parsed when read, so one malformed line is skipped by the loop with its reason.
+Image paths are relative to `image_root` (default: the folder of the jsonl file) and must stay
+inside it unless `allow_outside_root`. Without an id field, the id is a hash of (image, instruction),
+so the same line gets the same id in every run. Lines are decoded and parsed when read, so one
+malformed line (bad JSON, bytes that are not UTF-8) is skipped by the loop with its reason and
+line number.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import hashlib
 import json
 import os
 
+from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
 
 
@@ -20,36 +23,52 @@ def content_id(*parts: str) -> str:
     return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
+def read_lines(path: str) -> list[tuple[int, bytes]]:
+    """The non-blank lines of a JSON-lines file as (line number, raw bytes). Bytes, not text: one
+    undecodable byte must fail only its own line (see `parse_line`), not the whole file."""
+    with open(path, "rb") as f:
+        return [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+
+
+def parse_line(path: str, n: int, line: bytes) -> object:
+    """One raw line -> its JSON value; ValueError naming the file and line number otherwise."""
+    try:
+        return json.loads(line.decode("utf-8-sig" if n == 1 else "utf-8"))  # a BOM may open the file
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: line {n} is not UTF-8 (byte {line[e.start:e.start + 1]!r} at column "
+                         f"{e.start + 1}); re-encode the file as UTF-8 or fix that line") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {n} is not valid JSON ({e})") from e
+
+
 @SOURCES.register("jsonl")
 class JsonlSource(Source):
     def __init__(self, path: str, image_root: str | None = None, image_field: str = "image",
-                 instruction_field: str = "instruction", answer_field: str = "answer", id_field: str = "id"):
+                 instruction_field: str = "instruction", answer_field: str = "answer", id_field: str = "id",
+                 allow_outside_root: bool = False):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"jsonl source: no file {path!r}; set source.path=<file.jsonl> "
                                     f"(one JSON object per line with image, instruction, answer)")
-        self.path = path
+        self.path, self.allow_outside_root = path, bool(allow_outside_root)
         self.image_root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
         self.fields = (image_field, instruction_field, answer_field, id_field)
-        with open(path, encoding="utf-8") as f:
-            self.lines = [line for line in f if line.strip()]
+        self.lines = read_lines(path)
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def __getitem__(self, i: int) -> Item:
         image_f, instr_f, answer_f, id_f = self.fields
-        try:
-            rec = json.loads(self.lines[i])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.path}: line {i + 1} is not valid JSON ({e})") from e
+        n, line = self.lines[i]
+        rec = parse_line(self.path, n, line)
         if not isinstance(rec, dict):
-            raise ValueError(f"{self.path}: line {i + 1} is not a JSON object")
+            raise ValueError(f"{self.path}: line {n} is not a JSON object")
         missing = [f for f in (image_f, instr_f, answer_f) if f not in rec]
         if missing:
-            raise ValueError(f"{self.path}: line {i + 1} lacks {missing}; found keys {sorted(rec)} "
+            raise ValueError(f"{self.path}: line {n} lacks {missing}; found keys {sorted(rec)} "
                              f"(set source.image_field/instruction_field/answer_field)")
         image = rec[image_f]
-        if isinstance(image, str) and not os.path.isabs(image):
-            image = os.path.join(self.image_root, image)
+        if isinstance(image, str):
+            image = image_path(image, self.image_root, self.allow_outside_root)
         item_id = str(rec[id_f]) if rec.get(id_f) is not None else content_id(str(rec[image_f]), str(rec[instr_f]))
         return Item(id=item_id, instruction=str(rec[instr_f]), answer=str(rec[answer_f]), image=image)

@@ -7,32 +7,70 @@
 Every (human, gpt) turn pair of a record that has one image is an item; the `<image>` tag is
 removed from the instruction. Records without an image (text-only) or with several are left out.
 A `.jsonl` file (one record per line) is read the same way. Item ids are `<record id>-<turn>`.
+Image paths are relative to `image_root` and must stay inside it unless `allow_outside_root`.
+A record that cannot be read (a .jsonl line that is not JSON, bytes that are not UTF-8) becomes one
+item that raises when drawn, so the loop skips it with its reason and the rest runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from pathlib import Path
 
+from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
+from data_gen.sources.jsonl import parse_line, read_lines
 
 IMAGE_TAG = "<image>"
 
 
-def _read_records(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            return [json.loads(line) for line in f if line.strip()]
-        data = json.load(f)
+class _Unreadable(str):
+    """Why a record cannot be read (a str subclass: a record may itself be a JSON string)."""
+
+
+def _read_records(path: str) -> list[object]:
+    """A .json list or a .jsonl file -> its records; an unreadable record is an _Unreadable saying why."""
+    if path.endswith(".jsonl"):
+        out: list[object] = []
+        for n, line in read_lines(path):
+            try:
+                out.append(parse_line(path, n, line))
+            except ValueError as e:
+                out.append(_Unreadable(e))
+        return out
+    raw = Path(path).read_bytes()
+    try:
+        try:
+            data, bad_bytes = json.loads(raw.decode("utf-8-sig")), False
+        except UnicodeDecodeError:  # keep the file: only the records holding the bad bytes are unusable
+            data, bad_bytes = json.loads(raw.decode("utf-8", errors="surrogateescape")), True
+    except json.JSONDecodeError as e:
+        raise ValueError(f"llava_json: {path} is not valid JSON ({e}); fix it, or write one record per line "
+                         f"to a .jsonl file, where a bad line skips only its own record") from e
     if not isinstance(data, list):
         raise ValueError(f"llava_json: {path} must hold a JSON list of records, found {type(data).__name__}")
+    if bad_bytes:
+        data = [_Unreadable(f"{path}: record {r} holds bytes that are not UTF-8; re-encode the file as UTF-8")
+                if _has_surrogates(rec) else rec for r, rec in enumerate(data)]
     return data
+
+
+def _has_surrogates(rec: object) -> bool:
+    """Whether a record decoded with surrogateescape held bytes that are not UTF-8."""
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 @SOURCES.register("llava_json")
 class LlavaJsonSource(Source):
-    def __init__(self, path: str | list[str], image_root: str | None = None):
+    def __init__(self, path: str | list[str], image_root: str | None = None, allow_outside_root: bool = False):
         paths = [path] if isinstance(path, str) else list(path)
-        self.items: list[Item] = []
+        self.items: list[tuple[Item, str] | _Unreadable] = []  # (item with the raw image path, its root)
+        self.allow_outside_root = bool(allow_outside_root)
         seen: set[str] = set()
         for p in paths:
             if not os.path.isfile(p):
@@ -41,6 +79,10 @@ class LlavaJsonSource(Source):
             root = image_root if image_root is not None else os.path.dirname(os.path.abspath(p))
             stem = os.path.splitext(os.path.basename(p))[0]
             for r, rec in enumerate(_read_records(p)):
+                if not isinstance(rec, dict):
+                    self.items.append(rec if isinstance(rec, _Unreadable) else
+                                      _Unreadable(f"{p}: record {r} is not a JSON object"))
+                    continue
                 image = rec.get("image")
                 if isinstance(image, list):
                     image = image[0] if len(image) == 1 else None
@@ -50,18 +92,28 @@ class LlavaJsonSource(Source):
                 if rec_id in seen:  # LLaVA files repeat some ids: keep the ids unique and stable
                     rec_id = f"{rec_id}-r{r}"
                 seen.add(rec_id)
-                path_img = image if os.path.isabs(image) else os.path.join(root, image)
                 turns = rec.get("conversations", [])
                 for t in range(0, len(turns) - 1, 2):
                     human, gpt = turns[t], turns[t + 1]
                     if human.get("from") != "human" or gpt.get("from") != "gpt":
                         continue
                     instruction = str(human.get("value", "")).replace(IMAGE_TAG, "").strip()
-                    self.items.append(Item(id=f"{rec_id}-{t // 2}", instruction=instruction,
-                                           answer=str(gpt.get("value", "")).strip(), image=path_img))
+                    self.items.append((Item(id=f"{rec_id}-{t // 2}", instruction=instruction,
+                                            answer=str(gpt.get("value", "")).strip(), image=image), root))
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def item_id(self, i: int) -> str:
+        entry = self.items[i]
+        if isinstance(entry, _Unreadable):
+            raise ValueError(str(entry))
+        return entry[0].id
+
     def __getitem__(self, i: int) -> Item:
-        return self.items[i]
+        entry = self.items[i]
+        if isinstance(entry, _Unreadable):
+            raise ValueError(str(entry))
+        item, root = entry  # the path is checked here, not at listing: 665k realpath calls would slow startup
+        image = image_path(str(item.image), root, self.allow_outside_root)
+        return dataclasses.replace(item, image=image)

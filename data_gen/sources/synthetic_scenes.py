@@ -32,6 +32,9 @@ def _gt(scene: scenes.Scene, index: int) -> list[float]:
 
 @SOURCES.register("synthetic_scenes")
 class SyntheticScenes(Source):
+    scale_options = ("sizes",)  # larger images, more 28 px cells: more visual tokens
+    unique_ids = True  # ids are (split, seed, index): data_gen need not draw every scene to look for repeats
+
     def __init__(self, num_items: int = 4000, seed: int = 0, split: str = "heldout",
                  sizes: Sequence[Sequence[int]] = ((224, 224),),
                  num_objects: Sequence[int] = _DEFAULT.num_objects, radius: Sequence[int] = _DEFAULT.radius,
