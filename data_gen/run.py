@@ -26,7 +26,7 @@ import torch
 
 from data_gen.correctness import MODES, is_correct
 from data_gen.explainers.ground_truth import attach_ground_truth
-from data_gen.images import ImageError, cap_pixels, load_image, thumbnail_png
+from data_gen.images import DEFAULT_MAX_PIXELS, ImageError, cap_pixels, load_image, thumbnail_png
 from data_gen.sources.base import Item, Source, get_source
 from data_gen.writer import ShardWriter, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
@@ -44,7 +44,7 @@ class DataGenConfig:
 
     out: str = "data/shards/reference"
     max_samples: int | None = None  # use the first N source items (None: all); counts items, not written samples
-    max_pixels: int | None = 1024 * 28 * 28  # images are downscaled to at most this many pixels
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # images are downscaled to at most this many pixels
     max_seq_len: int = 8192  # prompt + answer tokens; longer items are skipped (reason too_long)
     max_new_tokens: int = 16
     shard_size: int = 500
@@ -289,7 +289,7 @@ def duplicate_ids(source: Source, n: int, progress: bool = False) -> dict[int, i
         return {}
     from tqdm import tqdm
 
-    item_id = getattr(source, "item_id", None) or (lambda i: source[i].id)
+    item_id = getattr(source, "item_id", None) or (lambda i: source[i].id)  # a duck-typed source
     first: dict[str, int] = {}
     dups: dict[int, int] = {}
     for i in tqdm(range(n), desc="checking item ids", unit="item", disable=not progress or n < 10_000):

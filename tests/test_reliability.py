@@ -124,6 +124,26 @@ def test_duplicate_ids_are_skipped_and_never_written_twice(tmp_path, world):
     assert sum(s.already_done for s in again) == 8 and sum(s.processed for s in again) == 0
 
 
+def test_duplicate_jsonl_ids_end_to_end(tmp_path):
+    """The issue's report: two jsonl lines with id `dup` made the reader reject their whole shard."""
+    from data_gen.sources.jsonl import JsonlSource
+    from predictor.training.shards import read_shards, resolve_shards
+
+    make_items(tmp_path, 5)
+    lines = [{"id": i, "image": f"img{n}.png", "instruction": f"q{n}", "answer": "yes"}
+             for n, i in enumerate(["a", "dup", "b", "dup", "c"])]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    src = JsonlSource(str(tmp_path / "items.jsonl"))
+    assert [src.item_id(i) for i in range(5)] == ["a", "dup", "b", "dup", "c"]
+    cfg = DataGenConfig(out=str(tmp_path / "out"), shard_size=100, progress=False)
+    summary = run(cfg, src, FakeAdapter(), fake_explainer, "fake_gae")
+    assert (summary.written, summary.skipped, summary.already_done) == (4, {"duplicate_id": 1}, 0)
+    samples, stats = read_shards(resolve_shards(str(tmp_path / "out")), progress=False)
+    assert sorted(s.key for s in samples) == ["a", "b", "c", "dup"] and not stats.corrupt_shards
+    assert next(s for s in samples if s.key == "dup").meta["instruction"] == "q1"
+    assert read_manifests(str(tmp_path / "out"))["dup#3"]["reason"] == "duplicate_id"
+
+
 def test_writer_refuses_a_key_twice(tmp_path):
     from test_writer import _sample
 
