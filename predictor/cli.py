@@ -20,7 +20,8 @@ _DISK_FIX = {
                   "where it stopped",
     errno.EDQUOT: "your disk quota is used up: free some (or write somewhere else), then re-run the same command: "
                   "it resumes where it stopped",
-    errno.EROFS: "that file system is read-only: write to a writable folder (out=..., or the entry's output option)",
+    errno.EROFS: "that file system is read-only: choose a writable folder for the output (out=...; train.py: "
+                 "run_dir= and export_dir=)",
     errno.EIO: "the disk reported an I/O error: check it, then re-run the same command: it resumes where it stopped",
     errno.EACCES: "you may not write there: fix the folder's permissions, or write somewhere else",
 }

@@ -89,3 +89,38 @@ def test_safe_key():
     k1, k2 = safe_key("coco/000.jpg"), safe_key("coco_000_jpg")
     assert "." not in k1 and "/" not in k1 and k1 != k2
     assert safe_key("a.b") == safe_key("a.b") != safe_key("a/b")
+
+
+def test_crash_between_manifest_sync_and_rename(tmp_path, monkeypatch):
+    """The shard's lines are on disk but the shard never got its name: the lines count for nothing, its items
+    are redone under a new shard name (the old name is never reused, so the stale lines stay meaningless)."""
+    import data_gen.writer as writer_mod
+
+    out = str(tmp_path)
+    w = ShardWriter(out, shard_size=2)
+    w.write(_sample("a"))
+    w.write(_sample("b"))  # shard 0 committed
+    w.write(_sample("c"))
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*a):
+        raise Killed  # SIGKILL right before the rename
+
+    monkeypatch.setattr(writer_mod.os, "replace", killed)
+    with pytest.raises(Killed):
+        w.write(_sample("d"))
+    monkeypatch.undo()
+    w._lock.release()  # the process is gone
+    with open(w.manifest_path) as f:
+        assert '"shard-r00000-000001.tar"' in f.read()  # the lines of c, d were synced
+    assert set(read_manifests(out)) == {"a", "b"}  # but count for nothing
+    w2 = ShardWriter(out, shard_size=2)
+    for k in "cd":
+        w2.write(_sample(k))
+    w2.close()
+    assert sorted(os.listdir(out)) == [".lock-r00000", "manifest-r00000.jsonl", "shard-r00000-000000.tar",
+                                       "shard-r00000-000002.tar"]
+    assert read_manifests(out)["c"]["shard"] == "shard-r00000-000002.tar"
+    assert sorted(s.key for s in _read(out)) == ["a", "b", "c", "d"]
