@@ -27,7 +27,10 @@ import torch
 from data_gen.correctness import MODES, is_correct
 from data_gen.explainers.ground_truth import attach_ground_truth
 from data_gen.images import DEFAULT_MAX_PIXELS, ImageError, cap_pixels, load_image, thumbnail_png
-from data_gen.sources.base import Item, Source, get_source
+from data_gen.build import (build_adapter, build_explainer, build_source, dist_env, model_fingerprint,
+                            resolve_model_path)
+from data_gen.guard import check_same_settings
+from data_gen.sources.base import Item, Source
 from data_gen.writer import ShardWriter, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
 from predictor.schema import Sample, make_meta
@@ -35,7 +38,7 @@ from predictor.schema import Sample, make_meta
 log = logging.getLogger(__name__)
 
 WRONG = "wrong_answer"  # not a failure: the paper drops wrong answers by design
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RENAMED = {"max_samples": "max_items"}  # old option -> its name now (one name for "first N items", as in eval)
 
 
 @dataclass
@@ -43,7 +46,7 @@ class DataGenConfig:
     """Options of one run (the non-group keys of conf/data_gen.yaml)."""
 
     out: str = "data/shards/reference"
-    max_samples: int | None = None  # use the first N source items (None: all); counts items, not written samples
+    max_items: int | None = None  # use the first N source items (None: all); counts items, not written samples
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # images are downscaled to at most this many pixels
     max_seq_len: int = 8192  # prompt + answer tokens; longer items are skipped (reason too_long)
     max_new_tokens: int = 16
@@ -96,87 +99,6 @@ class Summary:
                 f"tokens/sample: prompt {self.prompt_tokens_per_sample:.0f}, visual {self.visual_tokens_per_sample:.0f}, "
                 f"answer {self.answer_tokens_per_sample:.1f}; {self.seconds_per_sample:.3f} s/sample "
                 f"({self.seconds:.1f} s)")
-
-
-# --- environment ---------------------------------------------------------------------------------
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without it."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun or set both")
-    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
-
-
-def resolve_device(device: str, local_rank: int = 0) -> str:
-    """'auto' -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    if device == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_model_path(path: str) -> str:
-    """A local folder (relative paths also tried against the project root), or a hub id that is
-    already in the local HF cache. Raises FileNotFoundError saying how to get the model."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        return str(p)
-    if not p.is_absolute() and (PROJECT_ROOT / p).is_dir():
-        return str(PROJECT_ROOT / p)
-    if "/" in path and not p.is_absolute() and not path.startswith("."):
-        try:  # a hub id such as Qwen/Qwen2-VL-7B-Instruct, if already downloaded
-            from huggingface_hub import snapshot_download
-            return snapshot_download(path, local_files_only=True)
-        except Exception:
-            pass
-    hint = ("the reference model is committed in the repository (restore it with: git checkout -- "
-            "checkpoints/reference-qwen2vl) and can be rebuilt with: python -m data_gen.reference_train"
-            if "reference-qwen2vl" in path else
-            "download it first (e.g. huggingface-cli download <repo> --local-dir <dir>) and set model.path=<dir>")
-    raise FileNotFoundError(f"model.path={path!r}: no such folder (nor in the local HF cache); {hint}")
-
-
-def model_fingerprint(path: str) -> str:
-    """A cheap fingerprint of a model folder's weights: name, size and the first and last MiB of each
-    weight file, plus config.json. Retraining in place changes it; reading a 15 GB checkpoint does not
-    take long."""
-    import hashlib
-
-    h = hashlib.sha256()
-    root = Path(path)
-    files = sorted(f for f in root.iterdir() if f.suffix in (".safetensors", ".bin") or f.name == "config.json")
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(2**20))
-            if size > 2**21:
-                fh.seek(size - 2**20)
-                h.update(fh.read(2**20))
-    return h.hexdigest()[:16]
-
-
-def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: tuple[str, ...] = ()) -> None:
-    """Resuming a job whose folder holds `path` is only safe with the settings that made it: write
-    `settings` there on the first run; on later runs raise ValueError (nothing done yet) naming every
-    key that differs (keys in `ignore` may differ). `why` says what resuming would spoil. A key the
-    file does not have (recorded by an older version) cannot be checked: it is added, with a warning."""
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and k in old and old[k] != v}
-        if diff:
-            what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(f"{path.parent} was made with other settings ({what}). {why} Write to a new "
-                             f"folder (out=...), or delete {path.parent} to start over.")
-        unknown = sorted(set(settings) - set(old))
-        if not unknown:
-            return
-        log.warning("%s does not record %s (an older version wrote it): resuming assumes they were %s",
-                    path, ", ".join(unknown), {k: settings[k] for k in unknown})
-        settings = {**settings, **old}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # atomic: torchrun ranks may race here, with identical content
 
 
 def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
@@ -324,7 +246,7 @@ def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, e
     `summary-r<rank>.json`) the run summary. Raises RuntimeError past the failure rate."""
     from tqdm import tqdm
 
-    n = len(source) if cfg.max_samples is None else min(len(source), cfg.max_samples)
+    n = len(source) if cfg.max_items is None else min(len(source), cfg.max_items)
     indices = range(rank, n, world_size)
     summary = Summary(rank=rank, world_size=world_size, items=len(indices))
     skipped: Counter[str] = Counter()
@@ -394,44 +316,13 @@ def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, e
     return summary
 
 
-def build_source(spec: dict[str, Any]) -> Source:
-    """{"name": registered source name, **constructor arguments} -> Source."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name is None:
-        raise KeyError("source config has no `name`; pick one with source=<jsonl|llava_json|hf_dataset|synthetic_scenes>")
-    return get_source(name)(**spec)
-
-
-def build_explainer(spec: dict[str, Any]) -> tuple[Callable, str]:
-    """{"name": registered explainer name, **options} -> (explainer, name)."""
-    from data_gen.explainers.base import get_explainer
-
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name is None:
-        raise KeyError("explainer config has no `name`; pick one with explainer=<gae|attention|...>")
-    return get_explainer(name)(**spec), name
-
-
-def build_adapter(spec: dict[str, Any], local_rank: int = 0) -> Any:
-    """{"adapter": name, "path": folder or cached hub id, "dtype", "device", "attn_implementation"}."""
-    from predictor.adapters.base import get_adapter
-
-    spec = dict(spec)
-    spec.pop("name", None)
-    name = spec.pop("adapter")
-    path = resolve_model_path(str(spec.pop("path")))  # fails fast, before any slow work
-    spec["device"] = resolve_device(spec.get("device", "auto"), local_rank)
-    return get_adapter(name).load(path, **spec)
-
-
 def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any], options: dict[str, Any]) -> Summary:
     """Build everything from plain config dicts and run this process's rank."""
     known = set(DataGenConfig.__dataclass_fields__)
     unknown = sorted(set(options) - known)
     if unknown:
-        raise KeyError(f"unknown data_gen option(s) {unknown}; available: {', '.join(sorted(known))}")
+        renamed = "".join(f" ({k} is now {RENAMED[k]})" for k in unknown if k in RENAMED)
+        raise KeyError(f"unknown data_gen option(s) {unknown}{renamed}; available: {', '.join(sorted(known))}")
     cfg = DataGenConfig(**options)
     rank, world, local_rank = dist_env()
     torch.manual_seed(0)

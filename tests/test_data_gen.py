@@ -19,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_gen.run import DataGenConfig, dist_env, resolve_model_path, run
+from data_gen.build import dist_env, resolve_model_path
+from data_gen.run import DataGenConfig, run
 from data_gen.sources.base import Item, Source
 from data_gen.writer import read_manifests
 from predictor.adapters.base import Prepared
@@ -160,7 +161,8 @@ def test_missing_model_path_says_how_to_get_it(tmp_path):
 
 
 def test_labeller_record_refuses_a_different_model(tmp_path):
-    from data_gen.run import check_same_labeller, model_fingerprint
+    from data_gen.build import model_fingerprint
+    from data_gen.run import check_same_labeller
 
     model = tmp_path / "m"
     model.mkdir()
@@ -247,7 +249,7 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
     import numpy as np
 
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "data_gen", f"model.path={tiny_models['qwen2_vl']}", "source.num_items=3",
+    cmd = [sys.executable, "-m", "data_gen", f"model.path={tiny_models['qwen2_vl']}", "max_items=3",
            "source.sizes=[[112,112]]", "correctness=none", "max_new_tokens=2", "save_heads=true", f"out={out}",
            f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=HERE.parent.parent)
@@ -271,6 +273,13 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
     res = subprocess.run([*cmd[:3], f"model.path={tmp_path / 'none'}", *cmd[4:]], env=_env(), capture_output=True,
                          text=True, cwd=HERE.parent.parent)
     assert res.returncode != 0 and f"model.path='{tmp_path / 'none'}'" in res.stderr
+
+
+def test_renamed_option_says_its_new_name():
+    from data_gen.run import main
+
+    with pytest.raises(KeyError, match=r"max_samples is now max_items"):
+        main(model={}, source={}, explainer={}, options={"max_samples": 5})
 
 
 def _script_main(img: str, out: str, n: str, sleep: str, shard_size: str) -> None:

@@ -1,5 +1,5 @@
 """The embedded default, as a user runs it: `python -m data_gen` then `python train.py`, with no model,
-source or explainer arguments (only a small max_samples and a short training), on the committed
+source or explainer arguments (only a small max_items and a short training), on the committed
 reference MLLM (tests/test_reference_model.py checks the model itself)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _run(args: list[str], cwd: Path) -> str:
 def test_default_chain_end_to_end(tmp_path):
     shards, export = tmp_path / "shards", tmp_path / "export"
     # the defaults of conf/data_gen.yaml (reference MLLM, synthetic_scenes, gae); only the size differs
-    _run(["-m", "data_gen", f"out={shards}", "max_samples=40", "progress=false",
+    _run(["-m", "data_gen", f"out={shards}", "max_items=40", "progress=false",
           f"hydra.run.dir={tmp_path}/hydra"], cwd=ROOT)
     summary = json.loads(next(shards.glob("summary-r*.json")).read_text())
     # the reference model answers >= 95% of held-out scenes, so nearly every item becomes a sample

@@ -13,6 +13,13 @@ from predictor.export import save_predictor
 from predictor.model import PredictorConfig, RelevancePredictor
 
 
+def run_eval(**kw):
+    """evaluation.run_eval with the settings as keywords (the keys of conf/eval.yaml)."""
+    from evaluation import EvalSettings, run_eval as run
+
+    return run(EvalSettings.from_dict(kw))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from data_gen.hf_build import DEFAULT_WORDS, build_qwen2_vl
@@ -25,7 +32,6 @@ def setup(tmp_path_factory):
 
 
 def test_run_eval_writes_results(setup):
-    import eval as eval_py
 
     root, model_dir, export = setup
     out = root / "out"
@@ -33,10 +39,10 @@ def test_run_eval_writes_results(setup):
              "attn_implementation": ATTN_IMPL}
     source = {"name": "synthetic_scenes", "num_items": 3, "split": "test", "sizes": [[112, 112]]}
     methods = ["predictor", "attention", "random", "downsample", "cluster"]
-    res = eval_py.run_eval(model=model, source=source, explainer={"name": "gae"}, predictor=str(export),
+    res = run_eval(model=model, source=source, explainer={"name": "gae"}, predictor=str(export),
                            out=str(out), methods=methods, keeps=[1.0, 0.5, 0.25, 0.125], max_items=3,
                            max_new_tokens=3, correctness="none", figures=1, progress=False,
-                           fidelity_cfg={"shards": None},
+                           fidelity={"shards": None},
                            generalisation={"max_items": 2, "scales": {"2x": {"sizes": [[112, 224]]}}})
     saved = json.loads((out / "results.json").read_text())
     for r in (saved["results"], saved["generalisation"]["2x"]["results"]):
@@ -60,11 +66,10 @@ def test_run_eval_writes_results(setup):
 
 
 def test_unknown_method_says_what_exists(setup):
-    import eval as eval_py
 
     root, model_dir, export = setup
     with pytest.raises(KeyError, match="available"):
-        eval_py.run_eval(model={"adapter": "qwen2_vl", "path": str(model_dir)}, source={"name": "synthetic_scenes"},
+        run_eval(model={"adapter": "qwen2_vl", "path": str(model_dir)}, source={"name": "synthetic_scenes"},
                          explainer={"name": "gae"}, predictor=str(export), out=str(root / "x"),
                          methods=["nope"], keeps=[1.0])
 
@@ -90,8 +95,8 @@ class _Source:
 
 
 def test_killed_evaluation_resumes_with_the_same_results(setup):
-    import eval as eval_py
-    from data_gen.run import build_adapter
+    import evaluation as eval_py
+    from data_gen.build import build_adapter
     from data_gen.sources.synthetic_scenes import SyntheticScenes
     from predictor.export import load_predictor
     from predictor.runtime import make_method
@@ -106,8 +111,8 @@ def test_killed_evaluation_resumes_with_the_same_results(setup):
     def methods():
         return {m: make_method(m, predictor=pred, seed=0) for m in names}
 
-    kw = dict(keeps=[1.0, 0.5, 0.25], max_items=4, max_new_tokens=3, correctness="exact", timing=False,
-              progress=False)
+    kw = dict(keeps=[1.0, 0.5, 0.25], max_items=4, progress=False,
+              settings=eval_py.ItemSettings(max_new_tokens=3, correctness="exact", timing=False))
     whole = eval_py.evaluate_items(adapter, scenes, methods(), records=root / "whole.jsonl", **kw)
 
     records = root / "resumed.jsonl"
@@ -136,7 +141,6 @@ def test_killed_evaluation_resumes_with_the_same_results(setup):
 
 
 def test_rerun_into_the_same_out_resumes_and_refuses_other_settings(setup):
-    import eval as eval_py
 
     root, model_dir, export = setup
     out = root / "rerun"
@@ -145,24 +149,24 @@ def test_rerun_into_the_same_out_resumes_and_refuses_other_settings(setup):
     kw = dict(model=model, source={"name": "synthetic_scenes", "num_items": 3, "split": "test",
                                     "sizes": [[112, 112]]},
               explainer={"name": "gae"}, predictor=str(export), out=str(out), methods=["attention", "random"],
-              max_new_tokens=2, correctness="none", figures=0, progress=False, fidelity_cfg={"shards": None},
+              max_new_tokens=2, correctness="none", figures=0, progress=False, fidelity={"shards": None},
               timing=False)
-    first = eval_py.run_eval(keeps=[1.0, 0.5], max_items=2, **kw)
+    first = run_eval(keeps=[1.0, 0.5], max_items=2, **kw)
     assert len((out / "items-eval.jsonl").read_text().splitlines()) == 2
-    more = eval_py.run_eval(keeps=[1.0, 0.5], max_items=3, **kw)  # a larger max_items extends the run
+    more = run_eval(keeps=[1.0, 0.5], max_items=3, **kw)  # a larger max_items extends the run
     assert len((out / "items-eval.jsonl").read_text().splitlines()) == 3
     assert more["results"]["random"]["0.5"]["n"] == 3 and first["results"]["random"]["0.5"]["n"] == 2
     saved = (out / "results.json").read_text()
     with pytest.raises(ValueError, match=r"keeps: \[0.5, 1.0\] there, \[0.25, 1.0\] now.*new folder"):
-        eval_py.run_eval(keeps=[1.0, 0.25], max_items=3, **kw)
+        run_eval(keeps=[1.0, 0.25], max_items=3, **kw)
     assert (out / "results.json").read_text() == saved  # the refused run touched nothing
 
 
 def test_object_kept_counts_the_ground_truth_token(setup):
     """object_kept: the share of items whose most relevant token (synthetic scenes' gt_relevance)
     survives; a method keeping the first k tokens keeps it exactly when it lies among them."""
-    import eval as eval_py
-    from data_gen.run import build_adapter
+    import evaluation as eval_py
+    from data_gen.build import build_adapter
     from data_gen.sources.synthetic_scenes import SyntheticScenes
     from predictor.runtime.scorers import ScoreMethod
     from predictor.targets import num_kept
@@ -179,7 +183,8 @@ def test_object_kept_counts_the_ground_truth_token(setup):
     n = 9
     scenes = SyntheticScenes(num_items=n, split="test", sizes=[[112, 112]], num_objects=[3, 3])
     res = eval_py.evaluate_items(adapter, scenes, {"first": FirstTokens(), "downsample": None}, [1.0, 0.5, 0.25],
-                                 max_items=n, max_new_tokens=2, correctness="none", timing=False, progress=False)
+                                 max_items=n, progress=False,
+                                 settings=eval_py.ItemSettings(max_new_tokens=2, correctness="none", timing=False))
     mains = [int(torch.tensor(scenes[i].extra["gt_relevance"]).argmax()) for i in range(n)]
     for keep in (0.5, 0.25):
         expect = sum(m < num_kept(16, keep) for m in mains) / n
@@ -192,7 +197,6 @@ def test_object_kept_counts_the_ground_truth_token(setup):
 def test_run_eval_on_llava_onevision_with_a_jsonl_source(tmp_path, tiny_models):
     """Any adapter and any source with reference answers: LLaVA-OneVision over a JSON-lines file of
     image paths. Ground truth is absent there, so object_kept is None throughout."""
-    import eval as eval_py
 
     lines = []
     for i in range(2):
@@ -204,11 +208,11 @@ def test_run_eval_on_llava_onevision_with_a_jsonl_source(tmp_path, tiny_models):
     model = {"adapter": "llava_onevision", "path": str(tiny_models["llava_onevision"]), "dtype": "float32",
              "device": "cpu", "attn_implementation": ATTN_IMPL}
     methods = ["predictor", "oracle", "attention", "random", "downsample", "cluster"]
-    res = eval_py.run_eval(model=model, source={"name": "jsonl", "path": str(tmp_path / "items.jsonl")},
+    res = run_eval(model=model, source={"name": "jsonl", "path": str(tmp_path / "items.jsonl")},
                            explainer={"name": "gae"}, predictor=str(export), out=str(tmp_path / "out"),
                            methods=methods, keeps=[1.0, 0.5, 0.25], max_items=2, max_new_tokens=2,
                            correctness="none", figures=1, progress=False, timing=False,
-                           fidelity_cfg={"shards": None}, generalisation=None)
+                           fidelity={"shards": None}, generalisation=None)
     full = res["results"]["attention"]["1"]["visual_tokens"]
     for m in methods:
         assert res["results"][m]["0.5"]["n"] == 2 and res["results"][m]["0.5"]["object_kept"] is None
@@ -220,8 +224,8 @@ def test_run_eval_on_llava_onevision_with_a_jsonl_source(tmp_path, tiny_models):
 def test_instruction_swap_check_separates_blind_from_instruction_following_methods(setup):
     """The same image asked about two different objects (synthetic scenes' extra.swap): keeping fixed
     tokens scores 0, keeping the named object scores 1; downsampling has no kept tokens to compare."""
-    import eval as eval_py
-    from data_gen.run import build_adapter
+    import evaluation as eval_py
+    from data_gen.build import build_adapter
     from data_gen.sources.synthetic_scenes import SyntheticScenes
     from predictor.runtime.scorers import ScoreMethod
 
@@ -243,13 +247,14 @@ def test_instruction_swap_check_separates_blind_from_instruction_following_metho
     scenes = SyntheticScenes(num_items=4, split="test", sizes=[[112, 112]], num_objects=[4, 6])
     recs = eval_py.evaluate_records(adapter, scenes, {"first": FirstTokens(), "named": NamedObject(),
                                                       "downsample": None}, [1.0, 0.5], max_items=4,
-                                    max_new_tokens=2, correctness="none", timing=False, progress=False,
-                                    swap_keep=1 / 16)  # 16 tokens: keep exactly one
+                                    progress=False, settings=eval_py.ItemSettings(
+                                        max_new_tokens=2, correctness="none", timing=False,
+                                        swap_keep=1 / 16))  # 16 tokens: keep exactly one
     swap = eval_py.aggregate_swap(recs)
     assert set(swap) == {"first", "named"} and swap["named"]["n"] == 4
     assert swap["first"] == {"changed": 0.0, "own": 0.0, "swap": 0.0, "n": 4}
     assert swap["named"] == {"changed": 1.0, "own": 1.0, "swap": 1.0, "n": 4}
     assert "| named | 100.0% | 100.0% | 100.0% | 4 |" in eval_py.swap_table(swap, 1 / 16)
-    off = eval_py.evaluate_records(adapter, scenes, {"named": NamedObject()}, [1.0], max_items=1,
-                                   max_new_tokens=2, correctness="none", timing=False, progress=False)
+    off = eval_py.evaluate_records(adapter, scenes, {"named": NamedObject()}, [1.0], max_items=1, progress=False,
+                                   settings=eval_py.ItemSettings(max_new_tokens=2, correctness="none", timing=False))
     assert eval_py.aggregate_swap(off) is None  # swap_keep=None: no check

@@ -2,7 +2,6 @@
 first start, images larger than data_gen's pixel cap. A tiny random Qwen2-VL and predictor export."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -20,7 +19,14 @@ from predictor.model import PredictorConfig, RelevancePredictor
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(explainer={"name": "gae"}, methods=["attention", "random"], keeps=[1.0, 0.5], max_new_tokens=2,
-            correctness="none", figures=0, progress=False, timing=False, fidelity_cfg={"shards": None})
+            correctness="none", figures=0, progress=False, timing=False, fidelity={"shards": None})
+
+
+def run_eval(**kw):
+    """evaluation.run_eval with the settings as keywords (the keys of conf/eval.yaml)."""
+    from evaluation import EvalSettings, run_eval as run
+
+    return run(EvalSettings.from_dict(kw))
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +72,12 @@ def test_readme_command_on_a_jsonl_source(setup, tmp_path):
     # synthetic scenes keep their evaluation split and scales
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         scenes = compose("eval")
-    assert (scenes.source.split, scenes.source.num_items) == ("test", 200)
+    assert scenes.source.split == "test" and "num_items" not in scenes.source and scenes.max_items == 200
     assert set(scenes.generalisation.scales) == {"2x", "4x"}
 
 
 def test_generalisation_runs_only_where_the_source_scales(tmp_path):
-    import eval as eval_py
+    import evaluation as eval_py
     from data_gen.sources.jsonl import JsonlSource
     from data_gen.sources.synthetic_scenes import SyntheticScenes
 
@@ -87,7 +93,7 @@ def test_generalisation_runs_only_where_the_source_scales(tmp_path):
 
 
 def test_a_first_start_that_fails_leaves_nothing_that_refuses_the_fix(setup, tmp_path, monkeypatch):
-    import eval as eval_py
+    import evaluation.run as eval_py
 
     model, export = setup
     tiny_image().save(tmp_path / "a.png")
@@ -95,25 +101,24 @@ def test_a_first_start_that_fails_leaves_nothing_that_refuses_the_fix(setup, tmp
     out = tmp_path / "out"
     kw = dict(model=model, predictor=export, out=str(out), max_items=1, **FAST)
     with pytest.raises(FileNotFoundError, match="source.path"):  # a typo in source.path
-        eval_py.run_eval(source={"name": "jsonl", "path": str(tmp_path / "itms.jsonl")}, **kw)
+        run_eval(source={"name": "jsonl", "path": str(tmp_path / "itms.jsonl")}, **kw)
     with monkeypatch.context() as m:  # a failure past the settings check, before any item is on disk
         m.setattr(eval_py, "evaluate_records", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("died")))
         with pytest.raises(RuntimeError, match="died"):
-            eval_py.run_eval(source={"name": "jsonl", "path": str(items), "image_root": str(tmp_path)}, **kw)
+            run_eval(source={"name": "jsonl", "path": str(items), "image_root": str(tmp_path)}, **kw)
     assert not (out / "eval-settings.json").exists()
-    res = eval_py.run_eval(source={"name": "jsonl", "path": str(items)}, **kw)  # the corrected command runs
+    res = run_eval(source={"name": "jsonl", "path": str(items)}, **kw)  # the corrected command runs
     assert res["results"]["random"]["0.5"]["n"] == 1
     with monkeypatch.context() as m:  # items on disk: their settings stay, so a resume is still checked
         m.setattr(eval_py, "aggregate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("died")))
         with pytest.raises(RuntimeError):
-            eval_py.run_eval(source={"name": "jsonl", "path": str(items)}, **kw)
+            run_eval(source={"name": "jsonl", "path": str(items)}, **kw)
     assert (out / "eval-settings.json").exists()
 
 
 def test_bad_items_are_skipped_with_their_reason_and_counted(setup, tmp_path):
     """A missing image, a file that is not an image and a line that is not JSON are skipped, as
     data_gen skips them; the results count them by reason; the resumed run does not stop on them."""
-    import eval as eval_py
 
     model, export = setup
     tiny_image().save(tmp_path / "a.png")
@@ -121,7 +126,7 @@ def test_bad_items_are_skipped_with_their_reason_and_counted(setup, tmp_path):
     items = _jsonl(tmp_path, ["a.png", "nope.png", "junk.png", "a.png"], extra_lines=("{not json",))
     kw = dict(model=model, source={"name": "jsonl", "path": str(items)}, predictor=export,
               out=str(tmp_path / "out"), max_items=5, **FAST)
-    res = eval_py.run_eval(**kw)
+    res = run_eval(**kw)
     assert res["results"]["random"]["0.5"]["n"] == 2
     assert res["skipped"]["reasons"] == {"missing_image": 1, "unreadable_image": 1, "bad_item": 1}
     assert [(s["i"], s["id"]) for s in res["skipped"]["items"]] == [(1, "q1"), (2, "q2"), (4, "index-000000004")]
@@ -129,16 +134,15 @@ def test_bad_items_are_skipped_with_their_reason_and_counted(setup, tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "skipped 3 of 5 items (bad_item 1, missing_image 1, unreadable_image 1)" in md
     records = (tmp_path / "out" / "items-eval.jsonl").read_text()
-    again = eval_py.run_eval(**kw)  # resumed: nothing is evaluated again, nothing stops it
+    again = run_eval(**kw)  # resumed: nothing is evaluated again, nothing stops it
     assert (tmp_path / "out" / "items-eval.jsonl").read_text() == records
     assert again["skipped"] == res["skipped"] and again["results"] == res["results"]
     all_bad = _jsonl(tmp_path, ["nope.png"])
     with pytest.raises(ValueError, match="no item could be evaluated: all 1 were skipped.*missing_image"):
-        eval_py.run_eval(**{**kw, "source": {"name": "jsonl", "path": str(all_bad)}, "out": str(tmp_path / "o2")})
+        run_eval(**{**kw, "source": {"name": "jsonl", "path": str(all_bad)}, "out": str(tmp_path / "o2")})
 
 
 def test_image_paths_outside_the_image_root_are_skipped(setup, tmp_path):
-    import eval as eval_py
 
     model, export = setup
     (tmp_path / "data").mkdir()
@@ -146,10 +150,10 @@ def test_image_paths_outside_the_image_root_are_skipped(setup, tmp_path):
     tiny_image(seed=1).save(tmp_path / "outside.png")
     items = _jsonl(tmp_path / "data", ["a.png", "../outside.png", str(tmp_path / "outside.png")])
     kw = dict(model=model, predictor=export, max_items=3, **FAST)
-    res = eval_py.run_eval(source={"name": "jsonl", "path": str(items)}, out=str(tmp_path / "out"), **kw)
+    res = run_eval(source={"name": "jsonl", "path": str(items)}, out=str(tmp_path / "out"), **kw)
     assert res["skipped"]["reasons"] == {"image_outside_root": 2} and res["results"]["random"]["1"]["n"] == 1
     assert "allow_outside_root=true" in res["skipped"]["items"][0]["detail"]
-    opened = eval_py.run_eval(source={"name": "jsonl", "path": str(items), "allow_outside_root": True},
+    opened = run_eval(source={"name": "jsonl", "path": str(items), "allow_outside_root": True},
                               out=str(tmp_path / "out2"), **kw)
     assert opened["skipped"]["n"] == 0 and opened["results"]["random"]["1"]["n"] == 3
 
@@ -157,20 +161,21 @@ def test_image_paths_outside_the_image_root_are_skipped(setup, tmp_path):
 def test_eval_caps_pixels_as_data_gen_does(setup, tmp_path):
     """An image over the pixel cap is downscaled as data_gen downscales it, so eval prunes at the
     token count the labels were made at; the cap is data_gen's by default and recorded."""
-    import eval as eval_py
+    import evaluation as eval_py
     from data_gen.images import cap_pixels, load_image
-    from data_gen.run import DataGenConfig, build_adapter
+    from data_gen.build import build_adapter
+    from data_gen.run import DataGenConfig
 
     model, export = setup
     Image.new("RGB", (224, 224), (200, 30, 30)).save(tmp_path / "big.png")  # 64 tokens uncapped
     items = _jsonl(tmp_path, ["big.png"])
     cap = 112 * 112
-    res = eval_py.run_eval(model=model, source={"name": "jsonl", "path": str(items)}, predictor=export,
-                           out=str(tmp_path / "out"), max_items=1, max_pixels=cap, **FAST)
+    res = run_eval(model=model, source={"name": "jsonl", "path": str(items)}, predictor=export,
+                   out=str(tmp_path / "out"), max_items=1, max_pixels=cap, **FAST)
     labelled = build_adapter(model).prepare(cap_pixels(load_image(str(tmp_path / "big.png")), cap), "q").num_visual
     assert res["results"]["attention"]["1"]["visual_tokens"] == labelled == 16
     assert json.loads((tmp_path / "out" / "eval-settings.json").read_text())["max_pixels"] == cap
-    default = inspect.signature(eval_py.run_eval).parameters["max_pixels"].default
+    default = eval_py.EvalSettings.__dataclass_fields__["max_pixels"].default
     assert default == DataGenConfig().max_pixels
     conf = {n: yaml.safe_load((ROOT / "conf" / f"{n}.yaml").read_text()) for n in ("eval", "data_gen")}
     assert conf["eval"]["max_pixels"] == conf["data_gen"]["max_pixels"] == default
@@ -179,7 +184,6 @@ def test_eval_caps_pixels_as_data_gen_does(setup, tmp_path):
 def test_a_second_evaluation_on_one_out_is_refused(setup, tmp_path):
     """Two evaluations appending to one items-eval.jsonl: the second stops, naming the first; nothing of the
     first one's is touched."""
-    import eval as eval_py
     from data_gen.lock import FolderInUse, WriterLock
 
     model, export = setup
@@ -192,16 +196,15 @@ def test_a_second_evaluation_on_one_out_is_refused(setup, tmp_path):
     kw = dict(FAST, model=model, predictor=export, source={"name": "jsonl", "path": str(items)}, out=str(out),
               max_items=1)
     with pytest.raises(FolderInUse, match=f"pid {os.getpid()}"):
-        eval_py.run_eval(**kw)
+        run_eval(**kw)
     assert not (out / "items-eval.jsonl").exists()
     held.release()
-    assert eval_py.run_eval(**kw)["results"]["random"]["1"]["n"] == 1
+    assert run_eval(**kw)["results"]["random"]["1"]["n"] == 1
 
 
 def test_unknown_correctness_mode_is_refused_before_any_item(setup, tmp_path):
-    import eval as eval_py
 
     model, export = setup
     with pytest.raises(ValueError, match="correctness='fuzzy': expected one of auto"):
-        eval_py.run_eval(**{**FAST, "correctness": "fuzzy"}, model=model, predictor=export,
+        run_eval(**{**FAST, "correctness": "fuzzy"}, model=model, predictor=export,
                          source={"name": "jsonl", "path": str(tmp_path / "none.jsonl")}, out=str(tmp_path / "o"))

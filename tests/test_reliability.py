@@ -280,7 +280,7 @@ def test_labeller_record_of_an_older_version_is_completed(tmp_path):
 
 # --- 4. last.ckpt is the latest epoch: kill mid-run, resume from the killed epoch ----------------------------
 TRAIN_SCRIPT = textwrap.dedent("""
-    import os, signal, sys, importlib.util
+    import os, signal, sys
     import pytorch_lightning as pl
     from hydra import compose, initialize_config_dir
 
@@ -296,11 +296,9 @@ TRAIN_SCRIPT = textwrap.dedent("""
     def with_probe(self, *a, callbacks=None, **kw):
         init(self, *a, callbacks=[*(callbacks or []), Probe()], **kw)
     pl.Trainer.__init__ = with_probe
-    spec = importlib.util.spec_from_file_location("train_entry", os.path.join({root!r}, "train.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from predictor.training.train import train
     with initialize_config_dir(config_dir=os.path.join({root!r}, "conf", "train"), version_base="1.3"):
-        mod.train(compose(config_name="train", overrides=overrides))
+        train(compose(config_name="train", overrides=overrides))
 """).format(root=str(ROOT))
 
 

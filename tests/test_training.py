@@ -165,17 +165,9 @@ def _compose(*overrides):
         return compose(config_name="train", overrides=list(overrides))
 
 
-def _train_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_entry", Path(__file__).resolve().parents[1] / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_train_resume_and_export_from_checkpoint(shards, tmp_path):
-    train = _train_module().train
+    from predictor.training.train import train
+
     common = [f"data.shards={shards}", "model.widths=[8,16]", "logger=none", "data.batch_size=64",
               "callbacks.figures.every_n_epochs=1", "trainer.enable_progress_bar=false"]
     out = train(_compose(*common, "trainer.max_epochs=1", f"run_dir={tmp_path}/run1", f"export_dir={tmp_path}/exp1"))
@@ -210,7 +202,8 @@ def test_train_resume_and_export_from_checkpoint(shards, tmp_path):
 
 
 def test_per_head_input_refuses_shards_without_heads_or_with_other_counts(shards, tmp_path):
-    train = _train_module().train
+    from predictor.training.train import train
+
     bare = tmp_path / "bare"
     write_synthetic_shards(bare, 20, grids=[(1, 8, 8)], samples_per_shard=20)  # no per-head attention
     common = ["model.widths=[8,16]", "logger=none", f"run_dir={tmp_path}/run", f"export_dir={tmp_path}/exp"]

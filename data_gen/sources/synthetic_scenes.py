@@ -30,12 +30,17 @@ def _gt(scene: scenes.Scene, index: int) -> list[float]:
     return [round(float(v), 6) for v in scenes.object_relevance(scene, index)]
 
 
+# Items are drawn on demand, so the stream is long: a run takes its first `max_items` (data_gen's and
+# eval's one knob for how many items to use); num_items only matters to code that wants a short stream.
+STREAM_LENGTH = 1_000_000
+
+
 @SOURCES.register("synthetic_scenes")
 class SyntheticScenes(Source):
     scale_options = ("sizes",)  # larger images, more 28 px cells: more visual tokens
     unique_ids = True  # ids are (split, seed, index): data_gen need not draw every scene to look for repeats
 
-    def __init__(self, num_items: int = 4000, seed: int = 0, split: str = "heldout",
+    def __init__(self, num_items: int = STREAM_LENGTH, seed: int = 0, split: str = "heldout",
                  sizes: Sequence[Sequence[int]] = ((224, 224),),
                  num_objects: Sequence[int] = _DEFAULT.num_objects, radius: Sequence[int] = _DEFAULT.radius,
                  question_types: Sequence[str] = _DEFAULT.question_types, clutter: int = _DEFAULT.clutter,

@@ -20,7 +20,6 @@ all three, so each rank takes n // world_size batches and n % world_size of them
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import Counter
@@ -34,22 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from predictor.features import build_features
 from predictor.schema import Sample
+from predictor.split import is_val_key
 from predictor.training.shards import ReadStats, read_shards, resolve_shards
 
 log = logging.getLogger(__name__)
 
 
-def key_fraction(key: str) -> float:
-    """Stable hash of a sample key -> [0, 1). Same on every machine and Python (no PYTHONHASHSEED)."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
-def is_val_key(key: str, val_fraction: float) -> bool:
-    return key_fraction(key) < val_fraction
-
-
 @dataclass
-class Item:
+class Example:
     key: str
     x: torch.Tensor  # (C, N_v)
     relevance: torch.Tensor  # (N_v,)
@@ -58,14 +49,14 @@ class Item:
     thumbnail: bytes | None = None
 
 
-class ItemDataset(Dataset):
-    def __init__(self, items: list[Item]):
+class ExampleDataset(Dataset):
+    def __init__(self, items: list[Example]):
         self.items = items
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> Item:
+    def __getitem__(self, i: int) -> Example:
         return self.items[i]
 
 
@@ -84,13 +75,13 @@ def _heads(samples: list[Sample], shards) -> int:
     return counts.pop()
 
 
-def make_item(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -> Item:
+def make_example(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -> Example:
     x = build_features(inputs, sample.attn, sample.grid, sample.attn_heads)
-    return Item(sample.key, x, sample.relevance, sample.attn, sample.grid,
+    return Example(sample.key, x, sample.relevance, sample.attn, sample.grid,
                 sample.thumbnail if keep_thumbnail else None)
 
 
-def collate(items: list[Item]) -> dict[str, Any]:
+def collate(items: list[Example]) -> dict[str, Any]:
     """Pad to the longest N_v of the batch; see the module docstring for the shapes."""
     assert items, "collate got an empty batch (EvenBatchSampler never yields one)"
     B, C = len(items), items[0].x.shape[0]
@@ -162,8 +153,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.shards, self.inputs = shards, list(inputs)
         self.batch_size, self.val_fraction, self.num_workers = batch_size, val_fraction, num_workers
         self.strict, self.seed, self.figure_samples = strict, seed, figure_samples
-        self.train_set: ItemDataset | None = None
-        self.val_set: ItemDataset | None = None
+        self.train_set: ExampleDataset | None = None
+        self.val_set: ExampleDataset | None = None
         self.stats: ReadStats | None = None
         self.summary: dict[str, Any] = {}
         self.num_heads = 0  # H of the samples' per-head layer-0 attention (read only for the attn_heads input)
@@ -187,8 +178,8 @@ class ShardDataModule(pl.LightningDataModule):
         train.sort(key=lambda s: s.key)
         val.sort(key=lambda s: s.key)
         self.summary = summarise(samples, train, val, paths, self.stats, self.val_fraction)
-        self.train_set = ItemDataset([make_item(s, self.inputs) for s in train])
-        self.val_set = ItemDataset([make_item(s, self.inputs, keep_thumbnail=i < self.figure_samples)
+        self.train_set = ExampleDataset([make_example(s, self.inputs) for s in train])
+        self.val_set = ExampleDataset([make_example(s, self.inputs, keep_thumbnail=i < self.figure_samples)
                                     for i, s in enumerate(val)])
         log.info("data: %d train / %d val samples from %d shards", len(train), len(val), len(paths))
 
@@ -196,7 +187,7 @@ class ShardDataModule(pl.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
-    def _loader(self, ds: ItemDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: ExampleDataset, shuffle: bool) -> DataLoader:
         rank, world = self._rank()
         sampler = EvenBatchSampler(len(ds), self.batch_size, shuffle, self.seed, rank, world,
                                    epoch_fn=(lambda: self.trainer.current_epoch) if self.trainer else None)

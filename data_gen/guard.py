@@ -1,0 +1,38 @@
+"""The settings guard of resumable jobs: a folder is only resumed with the settings that made it.
+
+`data_gen` guards its labels with it (`out/labeller.json`), `eval.py` its per-item results
+(`out/eval-settings.json`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: tuple[str, ...] = ()) -> None:
+    """Resuming a job whose folder holds `path` is only safe with the settings that made it: write
+    `settings` there on the first run; on later runs raise ValueError (nothing done yet) naming every
+    key that differs (keys in `ignore` may differ). `why` says what resuming would spoil. A key the
+    file does not have (recorded by an older version) cannot be checked: it is added, with a warning."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and k in old and old[k] != v}
+        if diff:
+            what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(f"{path.parent} was made with other settings ({what}). {why} Write to a new "
+                             f"folder (out=...), or delete {path.parent} to start over.")
+        unknown = sorted(set(settings) - set(old))
+        if not unknown:
+            return
+        log.warning("%s does not record %s (an older version wrote it): resuming assumes they were %s",
+                    path, ", ".join(unknown), {k: settings[k] for k in unknown})
+        settings = {**settings, **old}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)  # atomic: torchrun ranks may race here, with identical content

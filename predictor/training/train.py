@@ -1,0 +1,131 @@
+"""`train(cfg)`: train the relevance predictor on shards per a composed Hydra config, then export it.
+
+`python train.py` is the thin Hydra entry over it (tests call `train` directly). The config is read
+here and nowhere below: the data module, the LightningModule and the export get plain arguments.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from predictor.registry import Registry
+
+log = logging.getLogger("train")
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # composed without @hydra.main (tests, notebooks)
+        return Path("outputs/train") / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+LOGGERS: Registry = Registry("logger")  # logger=<name>: (logger config, run dir) -> a Lightning logger or False
+
+
+@LOGGERS.register("none")
+def _no_logger(cfg: DictConfig, run_dir: Path):
+    return False
+
+
+@LOGGERS.register("csv")
+def _csv_logger(cfg: DictConfig, run_dir: Path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    return CSVLogger(str(run_dir), name="csv", version="")
+
+
+@LOGGERS.register("wandb")
+def _wandb_logger(cfg: DictConfig, run_dir: Path):
+    import os
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    if cfg.get("offline", True):
+        os.environ.setdefault("WANDB_MODE", "offline")  # never prompts for a login
+    return WandbLogger(project=cfg.project, save_dir=str(run_dir), offline=cfg.get("offline", True))
+
+
+def _num_heads(configured: int, in_shards: int, shards) -> int:
+    """The per-head input's H: the shards' (model.num_heads 0 means "from the shards"); a mismatch is refused."""
+    if configured and configured != in_shards:
+        raise ValueError(f"model.num_heads={configured} but the shards ({shards}) hold layer-0 attention of "
+                         f"{in_shards} heads; set model.num_heads=0 (take it from the shards) or {in_shards}")
+    return in_shards
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
+    from predictor.training.shards import resolve_shards
+
+    d = cfg.data
+    shards = OmegaConf.to_container(d.shards) if OmegaConf.is_list(d.shards) else str(d.shards)
+    if not cfg.get("export_from"):
+        resolve_shards(shards)  # fail fast, before the slow imports, when there is nothing to train on
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from predictor.model import PredictorConfig, RelevancePredictor
+    from predictor.training import PredictorModule, RelevanceFigureCallback, ShardDataModule
+    from predictor.training.export import export_checkpoint, export_module
+
+    if cfg.get("export_from"):
+        return export_checkpoint(cfg.export_from, cfg.export_dir)
+
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    heads = "attn_heads" in model_cfg.get("inputs", [])
+    # bad settings fail before the shards are read; num_heads 0 with per-head input: taken from the shards
+    PredictorConfig.from_dict({**model_cfg, "num_heads": model_cfg.get("num_heads") or int(heads)})
+    dm = ShardDataModule(shards, model_cfg.get("inputs", ["attn"]), batch_size=d.batch_size,
+                         val_fraction=d.val_fraction, num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
+                         figure_samples=d.figure_samples)
+    dm.setup("fit")  # read shards before anything else: a missing or empty dataset fails fast
+    if heads:
+        model_cfg["num_heads"] = _num_heads(model_cfg.get("num_heads") or 0, dm.num_heads, shards)
+    pcfg = PredictorConfig.from_dict(model_cfg)
+    o = cfg.optim
+    module = PredictorModule(RelevancePredictor(pcfg), lr=o.lr, weight_decay=o.weight_decay, optimizer=o.name,
+                             schedule=o.schedule, warmup_frac=o.warmup_frac, min_lr_frac=o.min_lr_frac,
+                             target_keep=cfg.target_keep, trained_on=dm.summary)
+    logger = LOGGERS.get(cfg.logger.name)(cfg.logger, run_dir)
+    cb = cfg.callbacks
+    ckpt_dir, has_val = str(run_dir / "checkpoints"), bool(dm.val_set and len(dm.val_set))
+    callbacks = [RelevanceFigureCallback(every_n_epochs=cb.figures.every_n_epochs, out_dir=str(run_dir))]
+    if has_val and cb.checkpoint.save_top_k:  # the best epochs by val/kl
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=cb.checkpoint.save_top_k, monitor="val/kl",
+                                         mode="min", filename="epoch{epoch:03d}", auto_insert_metric_name=False))
+    if cb.checkpoint.save_last:
+        # last.ckpt is the latest state after every epoch, for ckpt_path= after a kill. Not save_last=True on
+        # the monitored callback: that rewrites last.ckpt only when val/kl improves (a resume would redo
+        # every epoch since the last improvement)
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                         every_n_epochs=1, enable_version_counter=False))
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
+                         callbacks=callbacks, default_root_dir=str(run_dir),
+                         use_distributed_sampler=False)  # ShardDataModule shards batches per rank itself
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    export_dir = Path(cfg.export_dir)
+    if trainer.is_global_zero:
+        export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
+                                   batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs)
+        if cfg.logger.name == "wandb" and logger:
+            import wandb
+
+            wandb.finish()  # now, not at exit: the export path must stay the last line printed
+            print(f"wandb: offline run in {run_dir / 'wandb'}; upload it with: "
+                  f"wandb sync {run_dir / 'wandb'}/offline-run-*")
+    return export_dir.resolve()
