@@ -69,7 +69,7 @@ def load(name: str, device: str, dtype: torch.dtype, image_px: int):
 def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
     from predictor.model import PredictorConfig, RelevancePredictor
     from predictor.runtime import PredictorScores, make_context, prefill, prune_context
-    from predictor.runtime.layer0 import layer0_attention
+    from predictor.adapters.layer0 import instruction_attention
 
     export = ROOT / "checkpoints" / "predictor-reference"
     if name == "reference" and (export / "config.json").is_file():
@@ -85,8 +85,8 @@ def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
     method = PredictorScores(pred)
 
     def score():
-        heads, mean = layer0_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
-                                       p.visual_positions)
+        heads, mean = instruction_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
+                                            p.visual_positions)
         ctx._layer0 = (heads, mean)
         ctx.cache.clear()
         method.scores(ctx)

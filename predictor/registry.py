@@ -1,19 +1,27 @@
 """A name -> object registry for parts whose names are written into shards and configs.
 
 Adapters, explainers and sources register under the name that goes into shard metadata, so that
-a shard says exactly what produced it and a config can name it back.
+a shard says exactly what produced it and a config can name it back; the runtime's pruning
+methods register under the name that eval's `methods=` takes.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """`modules`: the modules whose import registers the parts (one per family or method). They are
+    imported on the first lookup, not with the registry, so that importing e.g. `predictor.adapters`
+    stays light, and every lookup (`get`, `names`, `in`, iteration) sees all of them."""
+
+    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
         self.kind = kind  # e.g. "adapter": used in error messages
+        self.modules = tuple(modules)
         self._items: dict[str, T] = {}
+        self._loaded = not self.modules
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -24,15 +32,24 @@ class Registry(Generic[T]):
 
         return deco
 
+    def _load(self) -> dict[str, T]:
+        if not self._loaded:
+            for mod in self.modules:  # a failed import propagates and is retried on the next lookup
+                importlib.import_module(mod)
+            self._loaded = True
+        return self._items
+
     def get(self, name: str) -> T:
-        if name not in self._items:
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items)) or '(none)'}"
-            )
-        return self._items[name]
+        items = self._load()
+        if name not in items:
+            raise KeyError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(items)) or '(none)'}")
+        return items[name]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._load())
 
     def __contains__(self, name: str) -> bool:
-        return name in self._items
+        return name in self._load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

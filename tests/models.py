@@ -9,9 +9,11 @@ Use from a test module (pytest puts tests/ on sys.path):
 
 `tiny_model_dir(family, root)` builds (or reuses) one folder under `root`. Every folder is a normal
 HF checkpoint saved with save_pretrained (config, safetensors weights, tokenizer, processor config).
+`interface_only(adapter)` lets a caller reach only what the `Adapter` base class declares.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,30 @@ def tiny_image(width: int = 112, height: int = 84, seed: int = 0) -> Image.Image
     d.ellipse([5, 5, 40, 40], fill=(220, 30, 30))
     d.rectangle([60, 30, 100, 70], fill=(30, 200, 40))
     return img
+
+
+class interface_only:  # noqa: N801  (reads as a function at the call site)
+    """`adapter` as seen through the `Adapter` base class only: an attribute the base class does not
+    declare (a private helper, a family's extra) and a keyword its method does not take raise, so a
+    caller that works through this works with any adapter."""
+
+    INSTANCE = ("model", "processor", "model_id")  # set by Adapter.__init__
+
+    def __init__(self, adapter):
+        self._adapter = adapter
+
+    def __getattr__(self, name):
+        from predictor.adapters import Adapter
+
+        if name not in self.INSTANCE and (name.startswith("_") or not hasattr(Adapter, name)):
+            raise AttributeError(f"{name!r} is not declared by the Adapter base class")
+        value = getattr(self._adapter, name)
+        declared = inspect.getattr_static(Adapter, name, None)
+        if not callable(declared) or isinstance(declared, property):
+            return value
+        signature = inspect.signature(declared)
+
+        def call(*args, **kwargs):
+            signature.bind(self, *args, **kwargs)  # TypeError for a keyword the base class does not declare
+            return value(*args, **kwargs)
+        return call

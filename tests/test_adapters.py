@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from models import ADAPTER_OF, FAMILIES, tiny_image, tiny_models  # noqa: F401
-from predictor.adapters import ADAPTERS, get_adapter, load_adapter
+from models import ADAPTER_OF, FAMILIES, interface_only, tiny_image, tiny_models  # noqa: F401
+from predictor.adapters import ADAPTERS, Adapter, get_adapter, load_adapter
+from predictor.adapters.attention import capture
+from predictor.adapters.layer0 import instruction_attention
 from predictor.schema import _validate_segments
 
 INSTRUCTION = "What shape is the red object?"
@@ -16,6 +18,26 @@ def loaded(tiny_models):
         adapter = load_adapter(ADAPTER_OF[family], str(tiny_models[family]))
         out[family] = (adapter, adapter.prepare(tiny_image(), INSTRUCTION))
     return out
+
+
+@pytest.fixture(scope="module")
+def loaded_bf16(tiny_models):
+    out = {}
+    for family in FAMILIES:
+        adapter = load_adapter(ADAPTER_OF[family], str(tiny_models[family]), dtype="bfloat16")
+        out[family] = (adapter, adapter.prepare(tiny_image(), INSTRUCTION))
+    return out
+
+
+def captured_layer0(adapter, prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test oracle for the predictor's input: the model's own layer-0 forward (its layer norm, projections
+    and rotary, in the model's dtype), probabilities recorded in fp32, stopped after layer 0."""
+    with torch.no_grad(), capture(adapter.attention_layers(), mode="record", stop_after=0) as cap:
+        adapter.language_model()(inputs_embeds=adapter.embed(prepared), use_cache=False, attention_mask=None,
+                                 position_ids=adapter.position_ids(prepared))
+    probs = cap.probs[0][0]  # (H, S, S)
+    per_head = probs[:, prepared.instruction_positions][:, :, prepared.visual_positions].mean(1)  # (H, N_v)
+    return per_head.float().cpu(), per_head.mean(0).float().cpu()
 
 
 def test_every_registered_adapter_has_a_tiny_model():
@@ -156,3 +178,139 @@ def test_recompute_attention_matches_sdpa_and_saves_no_mask_per_layer(masked):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
     squares = [s for s in saved.values() if s[2] == (q_len, k_len)]
     assert squares == ([(b * q_len * k_len, torch.bool, (q_len, k_len))] if masked else [])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_and_serving_read_one_layer0_function(family, dtype, loaded, loaded_bf16):
+    """data_gen labels with `adapter.layer0_attention`, the runtime scores with `instruction_attention` on its
+    context: the same numbers, bit for bit, in either dtype (they once were two implementations)."""
+    from predictor.runtime import make_context
+
+    adapter, p = (loaded if dtype == "float32" else loaded_bf16)[family]
+    ctx = make_context(adapter, p)
+    heads, mean = instruction_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
+                                        p.visual_positions)
+    label_heads, label_mean = adapter.layer0_attention(p)
+    assert label_heads.dtype == label_mean.dtype == torch.float32 and label_heads.device.type == "cpu"
+    torch.testing.assert_close(label_heads, heads.cpu(), atol=0, rtol=0)
+    torch.testing.assert_close(label_mean, mean.cpu(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer0_equals_the_captured_forward(family, loaded, loaded_bf16):
+    """fp32: the q/k path is the model's own layer-0 attention. bf16: the model applies rotary in bf16, the
+    q/k path in fp32 (predictor/adapters/layer0.py says why); the two stay within 0.1% of the largest value."""
+    adapter, p = loaded[family]
+    for ours, ref in zip(adapter.layer0_attention(p), captured_layer0(adapter, p)):
+        torch.testing.assert_close(ours, ref, atol=1e-7, rtol=1e-5)
+    adapter, p = loaded_bf16[family]
+    for ours, ref in zip(adapter.layer0_attention(p), captured_layer0(adapter, p)):
+        assert (ours - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer0_rotary_is_fp32_in_a_bf16_model(family, loaded_bf16, monkeypatch):
+    adapter, p = loaded_bf16[family]
+    rotary = adapter.language_model().rotary_emb
+    seen = []
+    inner = rotary.forward
+    monkeypatch.setattr(rotary, "forward", lambda x, pos: seen.append(x.dtype) or inner(x, pos))
+    adapter.layer0_attention(p)
+    assert seen == [torch.float32]
+
+
+class _TextOnly(Adapter):
+    """An adapter around a bare decoder stack, for `layer0_qk` on architectures no family uses yet."""
+
+    name = "text_only_stub"
+    load = prepare = generate = teacher_forced = embed = None  # not needed here
+
+    def __init__(self, lm):
+        super().__init__(lm, None, "stub")
+
+    def language_model(self):
+        return self.model
+
+
+def _tiny_qwen3(**overrides):
+    """A 1-layer Qwen3 decoder (its attention applies RMS norms `q_norm`/`k_norm` per head before rotary)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.Qwen3Config(vocab_size=50, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, attn_implementation="eager",
+                         **overrides)
+    lm = tf.Qwen3Model(cfg).eval()
+    attn = lm.layers[0].self_attn
+    with torch.no_grad():  # non-trivial norm weights, so that skipping a norm shows
+        attn.q_norm.weight.uniform_(0.2, 3.0)
+        attn.k_norm.weight.uniform_(0.2, 3.0)
+    return lm
+
+
+def test_layer0_applies_query_and_key_norms():
+    lm = _tiny_qwen3()
+    embeds = torch.randn(1, 20, 64)
+    pos = torch.arange(20)[None]
+    rows, cols = torch.tensor([15, 17, 19]), torch.arange(3, 13)
+    heads, mean = instruction_attention(_TextOnly(lm), embeds, pos, rows, cols)
+    with torch.no_grad():
+        full = lm(inputs_embeds=embeds, position_ids=pos, output_attentions=True).attentions[0][0]  # (H, S, S)
+    expect = full[:, rows][:, :, cols].mean(1)
+    torch.testing.assert_close(heads, expect, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("what,match", [("sliding_window", "sliding_window=4"),
+                                        ("attn_logit_softcapping", "attn_logit_softcapping=30.0")])
+def test_layer0_refuses_attention_it_does_not_reproduce(what, match):
+    """A layer-0 attention the q/k path would get wrong is refused by name, never scored silently."""
+    lm = _tiny_qwen3()
+    attn = lm.layers[0].self_attn
+    if what == "sliding_window":
+        attn.sliding_window = 4  # keys older than 4 positions are masked: the last row (19) sees 16..19 only
+    else:
+        attn.config.attn_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match=match):
+        instruction_attention(_TextOnly(lm), torch.randn(1, 20, 64), torch.arange(20)[None], torch.tensor([19]),
+                              torch.arange(3, 13))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_runtime_uses_only_the_adapter_interface(family, loaded):
+    """Pruned generation and the predictor's input work through what `Adapter` declares, nothing private."""
+    from predictor.runtime import make_method, pruned_generate
+
+    adapter, p = loaded[family]
+    method = make_method("attention")
+    ours = pruned_generate(interface_only(adapter), p, method, keep=0.5, max_new_tokens=3)[0]
+    ref = pruned_generate(adapter, p, method, keep=0.5, max_new_tokens=3)[0]
+    assert ours.answer_ids.tolist() == ref.answer_ids.tolist() and torch.equal(ours.kept_visual, ref.kept_visual)
+    assert interface_only(adapter).num_layers == len(interface_only(adapter).attention_layers()) >= 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_token_px_is_the_side_of_one_visual_token(family, loaded, tmp_path, monkeypatch):
+    """`token_px` tiles the processed image with the visual-token grid, and the overlay draws in it."""
+    import matplotlib.axes
+
+    from predictor.runtime.report import kept_overlay
+
+    adapter, p = loaded[family]
+    vcfg = adapter.model.config.vision_config
+    if family == "llava_onevision":  # the base image: (image_size / patch)^2 tokens
+        assert adapter.token_px * p.segments[0]["grid"][1] == vcfg.image_size
+        grid = tuple(p.segments[0]["grid"])
+    else:  # 84 x 112 px at 28 px per token (14 px patches merged 2 x 2)
+        assert adapter.token_px == 28 and (p.grid[1] * adapter.token_px, p.grid[2] * adapter.token_px) == (84, 112)
+        grid = p.grid
+    shown = []
+    inner = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda ax, img, **k: shown.append(img.shape) or inner(ax, img, **k))
+    n = grid[0] * grid[1] * grid[2]
+    kept = {"all": torch.ones(n, dtype=torch.bool)}
+    assert kept_overlay(tiny_image(), grid, kept, tmp_path / "a.png", token_px=adapter.token_px) is not None
+    assert kept_overlay(tiny_image(), grid, kept, tmp_path / "b.png") is not None  # default: Qwen2-VL's 28 px
+    assert shown == [(grid[1] * adapter.token_px, grid[2] * adapter.token_px, 3), (grid[1] * 28, grid[2] * 28, 3)]

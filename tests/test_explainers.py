@@ -4,7 +4,7 @@ import torch
 from data_gen.explainers import EXPLAINERS, get_explainer
 from data_gen.explainers.ground_truth import attach_ground_truth
 from data_gen.explainers.reference import reference_gae
-from models import ADAPTER_OF, FAMILIES, tiny_image, tiny_models  # noqa: F401
+from models import ADAPTER_OF, FAMILIES, interface_only, tiny_image, tiny_models  # noqa: F401
 from predictor.adapters import load_adapter
 
 ANSWER = torch.tensor([5, 7, 9, 11])
@@ -46,6 +46,16 @@ def test_explainer_output_contract(name, family, loaded):
     rel = get_explainer(name)(**options)(adapter, p, ANSWER)
     assert rel.shape == (p.num_visual,) and rel.dtype == torch.float32
     assert torch.isfinite(rel).all() and (rel >= 0).all() and rel.sum() > 0
+
+
+@pytest.mark.parametrize("name", _names())
+def test_explainers_use_only_the_adapter_interface(name, loaded):
+    """Every explainer runs on what the `Adapter` base class declares (no private helpers, no keyword the
+    base class does not take), with the same result as on the adapter itself."""
+    adapter, p = loaded["qwen2_vl"]
+    options = {"n_steps": 2} if name == "integrated_gradients" else {}
+    ours = get_explainer(name)(**options)(interface_only(adapter), p, ANSWER)
+    torch.testing.assert_close(ours, get_explainer(name)(**options)(adapter, p, ANSWER), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("score,rule", [("logit", "positive"), ("logprob", "positive"), ("logit", "abs")])

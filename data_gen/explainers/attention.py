@@ -26,7 +26,7 @@ class AttentionRollout:
             def __setitem__(self, layer, probs):
                 means[layer] = probs[0].mean(0)  # (S+T, S+T)
 
-        with torch.no_grad(), capture(adapter._attention_layers(), mode="record") as cap:
+        with torch.no_grad(), capture(adapter.attention_layers(), mode="record") as cap:
             cap.probs = _HeadMean()
             adapter.teacher_forced(prepared, answer_ids, output_attentions=False, answer_logits_only=True)
         n = s + n_t

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Protocol
 
 import torch
@@ -13,17 +12,11 @@ class Explainer(Protocol):
         """-> (N_v,) float32 relevance of each visual token, finite and >= 0."""
 
 
-EXPLAINERS: Registry[Callable[..., Explainer]] = Registry("explainer")
-_MODULES = ("data_gen.explainers.gae", "data_gen.explainers.attention", "data_gen.explainers.captum_attr",
-            "data_gen.explainers.ground_truth")
+EXPLAINERS: Registry[Callable[..., Explainer]] = Registry("explainer", modules=(
+    "data_gen.explainers.gae", "data_gen.explainers.attention", "data_gen.explainers.captum_attr",
+    "data_gen.explainers.ground_truth"))
 
 
 def get_explainer(name: str) -> Callable[..., Explainer]:
     """Registered factory for `name`; call it with the explainer's options to get an Explainer."""
-    for mod in _MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a missing dependency, not a missing module: say so
-                raise
     return EXPLAINERS.get(name)

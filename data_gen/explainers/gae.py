@@ -67,7 +67,7 @@ class GAE:
         rollout = _RowRollout(adapter.num_layers, self.rule)
         with torch.enable_grad():
             embeds = adapter.embed(prepared, answer_ids).detach().requires_grad_(True)  # (1, S+T, D)
-            with capture(adapter._attention_layers(), mode="recompute", on_backward=rollout):
+            with capture(adapter.attention_layers(), mode="recompute", on_backward=rollout):
                 out = adapter.teacher_forced(prepared, answer_ids, output_attentions=False, inputs_embeds=embeds,
                                              answer_logits_only=True)
                 scores = answer_scores(out.logits, answer_ids, self.score)[0]  # (T,)

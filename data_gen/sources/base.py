@@ -1,24 +1,17 @@
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 from predictor.registry import Registry
 
-SOURCES: Registry[type["Source"]] = Registry("source")
-_MODULES = ("data_gen.sources.jsonl", "data_gen.sources.llava_json", "data_gen.sources.hf_dataset",
-            "data_gen.sources.synthetic_scenes")
+SOURCES: Registry[type["Source"]] = Registry("source", modules=(
+    "data_gen.sources.jsonl", "data_gen.sources.llava_json", "data_gen.sources.hf_dataset",
+    "data_gen.sources.synthetic_scenes"))
 
 
 def get_source(name: str) -> type["Source"]:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
     return SOURCES.get(name)
 
 

@@ -5,7 +5,8 @@ function is plain SDPA (fast inference, generation). Inside one, the decoder lay
 capture compute their scores and softmax in fp32 (bf16 q.k overflows in Qwen2 models) and:
 
     mode="record"     keep each layer's probabilities (B, H, Q, K) in `cap.probs[layer]`, in the
-                      autograd graph (`stop_after=l` ends the forward after layer l: layer-0 maps)
+                      autograd graph (`stop_after=l` ends the forward after layer l: the tests'
+                      layer-0 oracle; the predictor's input comes from q/k, `layer0.py`)
     mode="recompute"  keep nothing: a custom autograd function saves only q, k, v (and the mask it was
                       given, one tensor shared by all layers) and recomputes the probabilities in
                       backward, calling `cap.on_backward(layer, probs, grad_probs)`

@@ -6,28 +6,21 @@ Conventions (batch size 1 unless a method says otherwise):
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from predictor.adapters.layer0 import decoder_qk, instruction_attention
 from predictor.registry import Registry
 
-ADAPTERS: Registry[type["Adapter"]] = Registry("adapter")
-
-# family modules, imported on first lookup so that `import predictor.adapters` stays light
-_FAMILY_MODULES = ("predictor.adapters.qwen2_vl", "predictor.adapters.llava_onevision")
-
-
-def _import_families() -> None:
-    for mod in _FAMILY_MODULES:
-        importlib.import_module(mod)
+# one module per family, imported on first lookup so that `import predictor.adapters` stays light
+ADAPTERS: Registry[type["Adapter"]] = Registry(
+    "adapter", modules=("predictor.adapters.qwen2_vl", "predictor.adapters.llava_onevision"))
 
 
 def get_adapter(name: str) -> type["Adapter"]:
-    _import_families()
     return ADAPTERS.get(name)
 
 
@@ -89,29 +82,48 @@ class Adapter(ABC):
         """Greedy answer: (answer token ids (T,) without EOS, decoded text)."""
 
     @abstractmethod
-    def teacher_forced(self, prepared: Prepared, answer_ids: torch.Tensor,
-                       output_attentions: bool = True, inputs_embeds: torch.Tensor | None = None) -> Any:
-        """Forward over prompt + answer with gradients flowing and (fp32-scored, eager) attention
-        probabilities per layer: returns an object with `.logits (1, S+T, V)` and `.attentions`
-        (tuple of L tensors (1, H, S+T, S+T)). `inputs_embeds` replaces the embedded sequence
-        (for gradient attributions on the visual token embeddings)."""
+    def teacher_forced(self, prepared: Prepared, answer_ids: torch.Tensor, output_attentions: bool = True,
+                       inputs_embeds: torch.Tensor | None = None, answer_logits_only: bool = False) -> Any:
+        """Forward over prompt + answer with gradients flowing: returns an object with `.logits`
+        (B, S+T, V) and `.attentions`, with output_attentions every layer's fp32 probabilities (tuple of
+        L tensors (B, H, S+T, S+T)), else None (then a `capture` over `attention_layers()` sees them).
+        inputs_embeds: (B, S+T, D) replaces the embedded sequence (gradient attributions on the visual
+        token embeddings). answer_logits_only: logits (B, T, V) at the positions predicting the answer."""
 
     @abstractmethod
     def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(1, S[+T], D) input embeddings with the visual features merged in."""
 
-    @abstractmethod
     def layer0_attention(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predictor's input: layer-0 attention probabilities (fp32 scores) of the instruction
-        tokens over the visual tokens -> (per_head (H, N_v) mean over instruction rows,
-        mean (N_v,) also over heads), float32 on CPU."""
+        """The predictor's input for one prompt, as data_gen labels it: layer-0 attention of the
+        instruction tokens over the visual tokens (`layer0.instruction_attention`, the function the
+        runtime scores with) -> (per_head (H, N_v) mean over instruction rows, mean (N_v,) also over
+        heads), float32 on CPU."""
+        with torch.no_grad():
+            heads, mean = instruction_attention(self, self.embed(prepared), self.position_ids(prepared),
+                                                prepared.instruction_positions, prepared.visual_positions)
+        return heads.float().cpu(), mean.float().cpu()
 
-    # ---- pruned inference (predictor.runtime). Llama-style defaults; a family overrides
-    # `language_model` and `position_ids`, and whatever else differs. ----
+    @property
+    def token_px(self) -> int:
+        """Side in pixels of the image square one visual token covers (figures draw the grid with it)."""
+        raise NotImplementedError(f"adapter {self.name!r} does not declare its visual token size (token_px)")
+
+    # ---- the decoder stack (layer-0 input, explainers' attention capture, pruned inference).
+    # Llama-style defaults; a family overrides `language_model` and `position_ids`, and whatever
+    # else differs. ----
 
     def language_model(self) -> torch.nn.Module:
         """The decoder stack: `.layers[0].input_layernorm`, `.layers[0].self_attn.{q,k}_proj`, `.rotary_emb`."""
         raise NotImplementedError(f"adapter {self.name!r} does not expose its language model for pruned inference")
+
+    def attention_layers(self) -> dict[int, int]:
+        """id(attention module) -> decoder layer index, what `attention.capture` records or recomputes."""
+        return {id(layer.self_attn): i for i, layer in enumerate(self.language_model().layers)}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.language_model().layers)
 
     def position_ids(self, prepared: Prepared) -> torch.Tensor:
         """Rotary position ids of the prompt, in the shape the model's forward takes:
@@ -120,29 +132,14 @@ class Adapter(ABC):
 
     def layer0_qk(self, embeds: torch.Tensor, position_ids: torch.Tensor,
                   query_positions: torch.Tensor, key_len: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Layer-0 queries of `query_positions` and keys of positions [0, key_len), rotary applied,
-        key heads repeated for grouped-query attention, in fp32 (bf16 q.k overflows in Qwen2 models).
+        """Layer-0 queries of `query_positions` and keys of positions [0, key_len), rotary applied in
+        fp32, key heads repeated for grouped-query attention (precision: see `layer0.py`).
 
         embeds: (1, S, D); position_ids as returned by `position_ids`.
-        Returns q (H, N_q, d), k (H, key_len, d) and the softmax scale.
+        Returns q (H, N_q, d), k (H, key_len, d) fp32 and the softmax scale.
         Only what layer 0 needs for these rows and columns is computed: no values, no S x S scores.
         """
-        lm = self.language_model()
-        layer, attn = lm.layers[0], lm.layers[0].self_attn
-        h = embeds[:, :key_len]
-        x = layer.input_layernorm(h)  # (1, K, D)
-        pos = position_ids[..., :key_len]
-        cos, sin = lm.rotary_emb(h, pos)  # (1, K, d) each, M-RoPE sections already interleaved
-        cos, sin = cos[0].float(), sin[0].float()
-        n_heads = attn.config.num_attention_heads
-        head_dim = getattr(attn, "head_dim", attn.config.hidden_size // n_heads)
-        q = attn.q_proj(x[0, query_positions]).float().view(-1, n_heads, head_dim).transpose(0, 1)
-        k = attn.k_proj(x[0]).float().view(key_len, -1, head_dim).transpose(0, 1)  # (H_kv, K, d)
-        q = q * cos[query_positions] + _rotate_half(q) * sin[query_positions]
-        k = k * cos + _rotate_half(k) * sin
-        k = k.repeat_interleave(n_heads // k.shape[0], dim=0)  # head h reads kv head h // n_rep (repeat_kv)
-        scale = float(getattr(attn, "scaling", head_dim ** -0.5))
-        return q, k, scale
+        return decoder_qk(self.language_model(), embeds, position_ids, query_positions, key_len)
 
     def generate_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                              position_ids: torch.Tensor, max_new_tokens: int = 32) -> list[torch.Tensor]:
@@ -172,11 +169,6 @@ class Adapter(ABC):
     def decode_answer(self, answer_ids: torch.Tensor) -> str:
         tok = getattr(self.processor, "tokenizer", self.processor)
         return tok.decode(answer_ids.tolist(), skip_special_tokens=True).strip()
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def _strip_answer(row: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:

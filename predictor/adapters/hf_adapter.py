@@ -1,5 +1,5 @@
 """What the transformers-based families share: loading, chat prompt, instruction positions,
-generation, teacher-forced forward and the layer-0 attention map (the predictor's input).
+generation and the teacher-forced forward (the predictor's input is `Adapter.layer0_attention`).
 
 A family subclass (`qwen2_vl.py`, `llava_onevision.py`) provides: `MODEL_TYPES` (config model_type
 -> transformers class name), `image_token_id`, `language_model()`, `position_ids(prepared, answer_len)`,
@@ -155,13 +155,6 @@ class HFAdapter(Adapter):
 
     # ---- forward passes ----------------------------------------------------------------------------
 
-    def _attention_layers(self) -> dict[int, int]:
-        return {id(layer.self_attn): i for i, layer in enumerate(self.language_model().layers)}
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.language_model().layers)
-
     def _answer_ids(self, answer_ids: torch.Tensor | None) -> torch.Tensor:
         if answer_ids is None:
             return torch.zeros(0, dtype=torch.long, device=self.device)
@@ -212,7 +205,7 @@ class HFAdapter(Adapter):
         b, n = inputs_embeds.shape[:2]
         pos = self.position_ids(prepared, n - prepared.seq_len)
         pos = pos.expand(*pos.shape[:-2], b, n) if b > 1 else pos
-        ctx = capture(self._attention_layers(), mode="record") if output_attentions else _nullcapture()
+        ctx = capture(self.attention_layers(), mode="record") if output_attentions else _nullcapture()
         with ctx as cap:
             hidden = self.language_model()(inputs_embeds=inputs_embeds, position_ids=pos, use_cache=False,
                                            attention_mask=None).last_hidden_state
@@ -222,23 +215,6 @@ class HFAdapter(Adapter):
         logits = self.model.lm_head(hidden)
         atts = tuple(cap.probs[i] for i in range(self.num_layers)) if output_attentions else None
         return TeacherForced(logits=logits, attentions=atts)
-
-    def layer0_attention(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predictor's input: layer-0 attention probabilities (fp32 scores) of the instruction
-        tokens (rows) over the visual tokens (columns) of the prompt.
-
-        Returns per_head (H, N_v) = mean over instruction rows, and mean (N_v,) = also over heads.
-        Runs the prompt through layer 0 only.
-        """
-        with torch.no_grad():
-            embeds = self.embed(prepared)
-            pos = self.position_ids(prepared)
-            with capture(self._attention_layers(), mode="record", stop_after=0) as cap:
-                self.language_model()(inputs_embeds=embeds, position_ids=pos, use_cache=False, attention_mask=None)
-        probs = cap.probs[0][0]  # (H, S, S)
-        rows = probs[:, prepared.instruction_positions.to(probs.device)]  # (H, N_i, S)
-        per_head = rows[:, :, prepared.visual_positions.to(probs.device)].mean(1)  # (H, N_v)
-        return per_head.float().cpu(), per_head.mean(0).float().cpu()
 
 
 class _nullcapture:

@@ -20,6 +20,12 @@ class LlavaOnevisionAdapter(HFAdapter):
     name = "llava_onevision"
     MODEL_TYPES = {"llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 
+    @property
+    def token_px(self) -> int:
+        """The tower's patch size (14 for SigLIP): a base-image token is one patch of the image resized to
+        the tower's image_size (crops start the same; anyres_max may pool them further)."""
+        return int(self.model.config.vision_config.patch_size)
+
     def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
         if "pixel_values" not in inputs:
             raise ValueError("llava_onevision adapter: only images are supported so far (video layout not written)")

@@ -22,6 +22,11 @@ class Qwen2VLAdapter(HFAdapter):
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
 
+    @property
+    def token_px(self) -> int:
+        """28 for Qwen2-VL and Qwen2.5-VL: 14 px patches, merged 2 x 2 into one visual token."""
+        return int(self.model.config.vision_config.patch_size) * self.merge_size
+
     def _processor_kwargs(self) -> dict:
         if self.max_pixels is None:
             return {}

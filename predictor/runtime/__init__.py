@@ -3,40 +3,62 @@
 Everything model-specific goes through `predictor.adapters` (transformers is imported there,
 lazily); this package itself needs torch only.
 """
+from typing import Any, Callable
+
+from predictor.adapters.layer0 import instruction_attention
+from predictor.registry import Registry
 from predictor.runtime.baselines import ClusterAggregation, downsample_image, kmeans
 from predictor.runtime.generate import (PrunedOutput, budget_for, cache_bytes, make_context, prefill,
                                         prune_context, pruned_generate)
-from predictor.runtime.layer0 import layer0_attention
 from predictor.runtime.prune import PrunedPrompt, left_pad, prune_prompt
 from predictor.runtime.scorers import (AttentionScores, OracleScores, PredictorScores, RandomScores,
                                        ScoreContext, Selection)
 
-METHODS = ("random", "attention", "oracle", "predictor", "cluster", "downsample")
+# name -> builder(predictor, explainer, seed, max_new_tokens); the names are what eval's methods= takes
+METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
 
 
 def make_method(name: str, predictor=None, explainer=None, seed: int = 0, max_new_tokens: int = 32):
     """The selection method `name` (see METHODS; "downsample" re-prepares the image instead and has
     no selector: returns None). `predictor`: a loaded export; `explainer`: the oracle's callable."""
-    if name == "random":
-        return RandomScores(seed)
-    if name == "attention":
-        return AttentionScores()
-    if name == "cluster":
-        return ClusterAggregation(seed=seed)
-    if name == "predictor":
-        if predictor is None:
-            raise ValueError("method 'predictor' needs a loaded export: predictor=<export dir>")
-        return PredictorScores(predictor)
-    if name == "oracle":
-        if explainer is None:
-            raise ValueError("method 'oracle' needs an explainer callable (e.g. data_gen's 'gae')")
-        return OracleScores(explainer, max_new_tokens)
-    if name == "downsample":
-        return None
-    raise KeyError(f"unknown pruning method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS.get(name)(predictor, explainer, seed, max_new_tokens)
+
+
+@METHODS.register("random")
+def _random(predictor, explainer, seed: int, max_new_tokens: int) -> RandomScores:
+    return RandomScores(seed)
+
+
+@METHODS.register("attention")
+def _attention(predictor, explainer, seed: int, max_new_tokens: int) -> AttentionScores:
+    return AttentionScores()
+
+
+@METHODS.register("cluster")
+def _cluster(predictor, explainer, seed: int, max_new_tokens: int) -> ClusterAggregation:
+    return ClusterAggregation(seed=seed)
+
+
+@METHODS.register("predictor")
+def _predictor(predictor, explainer, seed: int, max_new_tokens: int) -> PredictorScores:
+    if predictor is None:
+        raise ValueError("method 'predictor' needs a loaded export: predictor=<export dir>")
+    return PredictorScores(predictor)
+
+
+@METHODS.register("oracle")
+def _oracle(predictor, explainer, seed: int, max_new_tokens: int) -> OracleScores:
+    if explainer is None:
+        raise ValueError("method 'oracle' needs an explainer callable (e.g. data_gen's 'gae')")
+    return OracleScores(explainer, max_new_tokens)
+
+
+@METHODS.register("downsample")
+def _downsample(predictor, explainer, seed: int, max_new_tokens: int) -> None:
+    return None  # eval re-prepares a smaller image instead of selecting tokens
 
 
 __all__ = ["METHODS", "make_method", "ClusterAggregation", "downsample_image", "kmeans", "PrunedOutput",
            "budget_for", "cache_bytes", "make_context", "prefill", "prune_context", "pruned_generate",
-           "layer0_attention", "PrunedPrompt", "left_pad", "prune_prompt", "AttentionScores", "OracleScores",
+           "instruction_attention", "PrunedPrompt", "left_pad", "prune_prompt", "AttentionScores", "OracleScores",
            "PredictorScores", "RandomScores", "ScoreContext", "Selection"]

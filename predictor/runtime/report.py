@@ -50,9 +50,10 @@ def plot_retained(results: dict[str, dict[str, dict[str, float]]], path: str | P
 
 
 def kept_overlay(image, grid: tuple[int, int, int], kept: dict[str, torch.Tensor], path: str | Path,
-                 title: str = "") -> Path | None:
+                 title: str = "", token_px: int = 28) -> Path | None:
     """The image once per method, dropped visual tokens darkened. kept: {method: (N_v,) bool} in
-    raster order of the (t, h, w) grid (first frame shown). Returns None if the grid does not tile."""
+    raster order of the (t, h, w) grid (first frame shown). token_px: side of one token's cell, the
+    adapter's `token_px` (default 28, Qwen2-VL's). Returns None if the grid does not tile."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +61,7 @@ def kept_overlay(image, grid: tuple[int, int, int], kept: dict[str, torch.Tensor
     import numpy as np
 
     t, h, w = grid
-    img = np.asarray(image.convert("RGB").resize((w * 28, h * 28))).astype(np.float32) / 255
+    img = np.asarray(image.convert("RGB").resize((w * token_px, h * token_px))).astype(np.float32) / 255
     n = len(kept)
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
     for ax, (name, mask) in zip(axes[0], kept.items()):
@@ -68,7 +69,7 @@ def kept_overlay(image, grid: tuple[int, int, int], kept: dict[str, torch.Tensor
             plt.close(fig)
             return None
         m = mask.reshape(t, h, w)[0].float().numpy()
-        shade = np.kron(m, np.ones((28, 28)))[..., None]
+        shade = np.kron(m, np.ones((token_px, token_px)))[..., None]
         ax.imshow(img * (0.25 + 0.75 * shade))
         ax.set_title(f"{name} ({int(mask.sum())}/{mask.numel()})", fontsize=7)
         ax.axis("off")

@@ -1,9 +1,9 @@
 """Ways to choose which visual tokens to keep, behind one interface, so evaluation can swap them.
 
 A method is an object with `select(ctx, k) -> Selection`: given one prompt's context and a token
-budget k, it marks the visual tokens to keep (and may replace their embeddings, as cluster
-aggregation does). Score-based methods rank tokens and keep the top k with `topk_mask`
-(ties broken by position, deterministic).
+budget k (a count, from `generate.budget_for`), it marks the visual tokens to keep (and may replace
+their embeddings, as cluster aggregation does). Score-based methods rank tokens and keep the top k
+with `top_k` (ties broken by position, deterministic).
 
     random      uniform random scores (seeded)
     attention   layer-0 instruction-to-visual attention used directly (no predictor)
@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 import torch
 
+from predictor.adapters.layer0 import instruction_attention
 from predictor.features import build_features
-from predictor.runtime.layer0 import layer0_attention
-from predictor.targets import topk_mask
 
 
 @dataclass
@@ -48,11 +47,12 @@ class ScoreContext:
         return self.embeds[0, self.prepared.visual_positions.to(self.embeds.device)]
 
     def layer0(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(heads (H, N_v), mean (N_v,)) layer-0 instruction-to-visual attention, computed once."""
+        """(heads (H, N_v), mean (N_v,)) layer-0 instruction-to-visual attention, computed once: the
+        function data_gen labels with (`Adapter.layer0_attention`), on this context's embeddings."""
         if self._layer0 is None:
             p = self.prepared
-            self._layer0 = layer0_attention(self.adapter, self.embeds, self.position_ids,
-                                            p.instruction_positions, p.visual_positions)
+            self._layer0 = instruction_attention(self.adapter, self.embeds, self.position_ids,
+                                                  p.instruction_positions, p.visual_positions)
         return self._layer0
 
 
@@ -61,6 +61,18 @@ class Selection:
     kept: torch.Tensor  # (N_v,) bool
     scores: torch.Tensor | None = None  # (N_v,) float, what the ranking used (for figures)
     replace: torch.Tensor | None = None  # (n_kept, D) embeddings for the kept slots, in order
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """scores (N,) -> (N,) bool, True on the min(k, N) highest; ties go to the lower position, as in
+    `predictor.targets.topk_mask`. By count: a count turned back into a ratio does not survive
+    float32 (k / N * N rounds up to k + 1 for e.g. N=83, k=42)."""
+    if k < 1:
+        raise ValueError(f"k={k}: expected at least 1 visual token to keep")
+    order = torch.sort(scores, descending=True, stable=True).indices
+    kept = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    kept[order[:k]] = True
+    return kept
 
 
 class ScoreMethod:
@@ -75,10 +87,7 @@ class ScoreMethod:
         if self not in ctx.cache:  # one scoring serves every keep ratio of this prompt
             ctx.cache[self] = self.scores(ctx).float().reshape(-1)
         s = ctx.cache[self]
-        n = s.numel()
-        keep = min(1.0, k / n)
-        kept = topk_mask(s[None], torch.ones(1, n, dtype=torch.bool, device=s.device), keep)[0]
-        return Selection(kept=kept, scores=s)
+        return Selection(kept=top_k(s, k), scores=s)
 
 
 class RandomScores(ScoreMethod):
