@@ -131,7 +131,7 @@ class ItemEvaluator:
         if self.s.figures_dir is not None and i < self.s.figures and kept_fig:
             self.s.figures_dir.mkdir(parents=True, exist_ok=True)
             kept_overlay(image, ctx.prepared.grid, kept_fig, self.s.figures_dir / f"{self.desc}-{i:03d}.png",
-                         title=f"{item.instruction} -> {item.answer} (keep 0.25)")
+                         title=f"{item.instruction} -> {item.answer} (keep 0.25)", token_px=self.adapter.token_px)
         rec = {"i": i, "id": item.id, "num_visual": n_v, "rows": rows}
         other = extra.get("swap")
         if self.s.swap_keep is not None and other is not None and main is not None:

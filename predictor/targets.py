@@ -6,15 +6,20 @@ trained with KL(R_v* || prediction), so it spends no capacity ranking tokens tha
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 
 
 def num_kept(n_valid: int | torch.Tensor, keep: float) -> torch.Tensor | int:
-    """Tokens kept at ratio `keep`: ceil(keep * n), at least 1. Shared with metrics and the runtime."""
-    if isinstance(n_valid, torch.Tensor):
-        return torch.clamp(torch.ceil(n_valid.float() * keep - 1e-6).long(), min=1)
-    return max(1, math.ceil(n_valid * keep - 1e-6))
+    """Tokens kept at ratio `keep` of n: ceil(keep * n), at least 1. The one place a keep ratio becomes
+    a count (training targets, metrics and the runtime's `budget_for`). The ratio is taken as the decimal
+    it is written as (0.1 is 1/10), so the product is exact: in floats 30 * 0.1 is 3.0000000000000004,
+    whose ceiling would keep 4, and float32 is off more often."""
+    r = Fraction(repr(float(keep)))
+    if isinstance(n_valid, torch.Tensor):  # integer ceil(n * p / q)
+        return torch.clamp((n_valid.long() * r.numerator + r.denominator - 1) // r.denominator, min=1)
+    return max(1, math.ceil(r * n_valid))
 
 
 def topk_mask(scores: torch.Tensor, mask: torch.Tensor, keep: float) -> torch.Tensor:

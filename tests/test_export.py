@@ -42,9 +42,51 @@ def test_no_pickle_and_overwrite(tmp_path):
     out = save_predictor(model, tmp_path / "exp")
     save_predictor(model, tmp_path / "exp")  # replacing an existing export works
     assert not list(tmp_path.glob(".exp*"))  # no temp folders left behind
-    for f in out.iterdir():
-        assert b"\x80\x04" not in f.read_bytes()[:2]  # no pickle protocol header
+    assert_plain_data(out)
     load_predictor(out)
+
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def assert_plain_data(folder):
+    """Every file of an export is data read without unpickling: JSON config, UTF-8 card, and a
+    safetensors file whose JSON header's tensors fill the file to its last byte (room for nothing else)."""
+    files = {f.name: f.read_bytes() for f in folder.iterdir()}
+    # parsed, not sniffed: a safetensors header of 640 bytes starts with 0x80 0x02, as a pickle does
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"], sorted(files)
+    assert isinstance(json.loads(files["config.json"].decode("utf-8")), dict)
+    assert "\x00" not in files["README.md"].decode("utf-8")
+    blob = files["model.safetensors"]
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n].decode("utf-8"))
+    end = 0
+    for key, t in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"]):
+        size = DTYPE_BYTES[t["dtype"]] * int(torch.Size(t["shape"]).numel())
+        assert t["data_offsets"] == [end, end + size], key  # contiguous, each exactly its tensor's bytes
+        end += size
+    assert end > 0 and 8 + n + end == len(blob), "bytes after the last tensor"
+
+
+@pytest.mark.parametrize("swap", ["torch_save_weights", "pickled_config", "pickle_after_tensors", "extra_file"])
+def test_the_no_pickle_check_can_fail(tmp_path, swap):
+    """Issue 12 item 8: the old check read two bytes for protocol 4 only; torch.save (a zip) passed it."""
+    import pickle
+
+    model = RelevancePredictor(PredictorConfig(widths=[8]))
+    out = save_predictor(model, tmp_path / "exp")
+    if swap == "torch_save_weights":
+        torch.save(model.state_dict(), out / "model.safetensors")
+    elif swap == "pickled_config":
+        (out / "config.json").write_bytes(pickle.dumps(json.loads((out / "config.json").read_text()), protocol=2))
+    elif swap == "pickle_after_tensors":
+        with open(out / "model.safetensors", "ab") as f:
+            f.write(pickle.dumps({"x": 1}))
+    else:
+        torch.save(model.state_dict(), out / "weights.pt")
+    with pytest.raises((AssertionError, ValueError)):  # ValueError: JSON or UTF-8 that does not decode
+        assert_plain_data(out)
 
 
 def test_load_errors(tmp_path):

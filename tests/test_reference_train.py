@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data_gen import scenes
-from data_gen.reference_train import RefTrainConfig, main, train
+from data_gen.reference_train import RefTrainConfig, evaluate, heldout_items, main, train
 from data_gen.reference_train.batches import TrainBatches
 
 TINY = dict(steps=3, visual_tokens_per_step=64, sizes=[[112, 112]], size_weights=[1.0], eval_items=1,
@@ -111,6 +111,36 @@ def test_a_few_steps_save_a_model_the_adapter_loads(tmp_path):
     adapter = load_adapter("qwen2_vl", str(tmp_path / "ref"))
     assert adapter.model.config.model_type == "qwen2_vl"
     assert "aux" not in " ".join(n for n, _ in adapter.model.named_parameters())  # the head is not saved
+    # the recorded accuracy is the saved model's: evaluated again from disk, the same number
+    items = heldout_items(0, [112, 112], 1, scenes.SceneConfig().to_dict())
+    assert saved["heldout_accuracy"] == {"112x112": evaluate(adapter.model, adapter.processor, items)}
+
+
+def test_heldout_accuracy_is_the_share_of_normalised_exact_answers(processor):
+    """Issue 12 item 8 (the run's accuracy was only checked to lie in [0, 1]): a model that answers 2 of 4
+    held-out scenes right, once as "The <answer>." and once with an end-of-turn token, scores exactly 0.5.
+    Decoding the prompt too, or not normalising, would give 0.0 or 0.25."""
+    items = heldout_items(0, [112, 112], 4, scenes.SceneConfig().to_dict())
+    answers = [items[0].answer + "<|im_end|>", "the " + items[0].answer, f"The {items[2].answer.title()}.",
+               items[0].answer]
+    assert len({items[0].answer, items[1].answer}) == 2 and items[3].answer != items[0].answer
+
+    class Answers:  # generate() returns the prompt followed by a fixed answer, as HF generate does
+        def __init__(self):
+            self.calls = []
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, max_new_tokens, do_sample, **inputs):
+            self.calls.append((max_new_tokens, do_sample, "pixel_values" in inputs))
+            text = answers[len(self.calls) - 1]
+            answer = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            return torch.cat([input_ids, answer], 1)
+
+    model = Answers()
+    assert evaluate(model, processor, items) == 0.5
+    assert model.calls == [(4, False, True)] * 4
 
 
 @pytest.mark.parametrize("change,match", [

@@ -10,7 +10,7 @@ from PIL import Image
 
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.runtime import (METHODS, ClusterAggregation, budget_for, kmeans, layer0_attention, left_pad,
+from predictor.runtime import (METHODS, ClusterAggregation, budget_for, instruction_attention, kmeans, left_pad,
                                make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava_onevision"]
@@ -44,8 +44,8 @@ def _attn_impl(adapter) -> str:
 def test_layer0_matches_full_eager_attention(adapter):
     p = adapter.prepare(_image(112, 168), "what shape is the red object")
     ctx = make_context(adapter, p)
-    heads, mean = layer0_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
-                                   p.visual_positions)
+    heads, mean = instruction_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
+                                        p.visual_positions)
     model = adapter.model  # reference: the model's own eager layer-0 probabilities over the full sequence
     model.set_attn_implementation("eager")
     try:
@@ -169,6 +169,53 @@ def test_budget_errors():
         make_method("nope")
 
 
+RATIOS = [0.5, 0.25, 0.125, 1 / 3, 0.1]
+
+
+def _scores_context(n: int, seed: int = 0):
+    from types import SimpleNamespace
+
+    from predictor.runtime import ScoreContext
+
+    return ScoreContext(adapter=None, prepared=SimpleNamespace(num_visual=n, grid=(1, 1, n)),
+                        embeds=torch.zeros(1, n, 2), position_ids=torch.arange(n)[None], item=seed)
+
+
+def test_keep_ratio_becomes_a_count_once_and_exactly_that_many_are_kept():
+    """Issue 12 item 7: select() turned the count back into k / n and topk_mask into a count again in
+    float32, so e.g. N_v=83 at keep=0.5 kept 43 tokens while the budget was 42."""
+    import math
+
+    from predictor.runtime import RandomScores
+
+    method = RandomScores(seed=0)
+    for n in range(1, 301):
+        ctx = _scores_context(n)
+        for r in RATIOS:
+            k = budget_for(n, r, None)
+            assert k == max(1, math.ceil(n * r - 1e-6)), (n, r)  # the counts the epsilon formula gave
+            assert int(method.select(ctx, k).kept.sum()) == k, (n, r, k)
+        for k in (1, n // 2 + 1, n):  # a budget= count is kept as given
+            assert int(method.select(ctx, budget_for(n, None, k)).kept.sum()) == k, (n, k)
+    assert budget_for(30, 0.1, None) == 3 and budget_for(30, 0.3, None) == 9  # 30 * 0.1 == 3.0000000000000004
+
+
+def test_selection_by_count_keeps_the_highest_scores_ties_to_the_lower_position():
+    from predictor.runtime.scorers import ScoreMethod
+
+    class Fixed(ScoreMethod):
+        def scores(self, ctx):
+            return torch.tensor([0.1, 0.5, 0.5, 0.9, 0.5, 0.0])
+
+    ctx = _scores_context(6)
+    assert Fixed().select(ctx, 3).kept.tolist() == [False, True, True, True, False, False]
+    assert Fixed().select(ctx, 9).kept.all()
+    with pytest.raises(ValueError, match="k=0"):
+        Fixed().select(ctx, 0)
+    with pytest.raises(ValueError, match="budget=2.5"):
+        budget_for(6, None, 2.5)
+
+
 def test_rope_deltas_consistent_after_pruning(adapter):
     p = adapter.prepare(_image(112, 168, 7), "what shape is the red object")
     ctx = make_context(adapter, p)
@@ -190,7 +237,7 @@ def test_two_predictors_on_one_context_keep_their_own_scores():
     mean = torch.softmax(torch.randn(n, generator=torch.Generator().manual_seed(0)), 0)
     ctx = ScoreContext(adapter=None, prepared=SimpleNamespace(grid=grid, num_visual=n),
                        embeds=torch.zeros(1, n, 2), position_ids=torch.arange(n)[None], item=0)
-    ctx._layer0 = (mean[None], mean)  # what layer0_attention would return; no MLLM needed
+    ctx._layer0 = (mean[None], mean)  # what instruction_attention would return; no MLLM needed
     methods = []
     for seed in (1, 2):  # two predictors with different weights, one class and one `name`
         torch.manual_seed(seed)

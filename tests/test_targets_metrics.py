@@ -86,3 +86,16 @@ def test_instruction_swap_scores_the_selection_that_follows_the_question():
     assert r["changed"].all() and r["own"].all() and r["swap"].all()
     r = instruction_swap(named_b, named_a, a, b)  # follows the question, but to the wrong object
     assert r["changed"].all() and not r["own"].any() and not r["swap"].any()
+
+
+def test_keep_ratio_counts_agree_everywhere():
+    """Training targets, metrics (tensor path) and the runtime (int path) keep the same count for a ratio:
+    ceil of the exact product (0.3 * 170 = 51, not float32's 52)."""
+    from predictor.runtime import budget_for
+    from predictor.targets import num_kept
+
+    n = torch.arange(1, 301)
+    for keep in (0.5, 0.25, 0.125, 0.3, 0.1, 1 / 3):
+        counts = num_kept(n, keep)
+        assert counts.tolist() == [num_kept(int(v), keep) for v in n] == [budget_for(int(v), keep, None) for v in n]
+    assert num_kept(170, 0.3) == 51 and num_kept(torch.tensor([170]), 0.3).item() == 51 and num_kept(30, 0.1) == 3

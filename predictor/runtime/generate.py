@@ -39,17 +39,20 @@ def make_context(adapter, prepared, answer_ids: torch.Tensor | None = None) -> S
 
 
 def budget_for(num_visual: int, keep: float | None, budget: int | None) -> int:
-    """Visual tokens to keep: `budget` if given (capped at N_v), else ceil(keep * N_v) (at least 1)."""
+    """Visual tokens to keep: `budget` if given (capped at N_v), else ceil(keep * N_v) (at least 1, exact:
+    `predictor.targets.num_kept`). Methods select by this count; no ratio is passed further down."""
     if (keep is None) == (budget is None):
         raise ValueError(f"give exactly one of keep= (a ratio in (0, 1]) or budget= (a token count); "
                          f"got keep={keep}, budget={budget}")
     if budget is not None:
+        if budget != int(budget):
+            raise ValueError(f"budget={budget}: expected a whole number of visual tokens; round it")
         if budget < 1:
             raise ValueError(f"budget must be >= 1 visual token, got {budget}")
         return min(int(budget), num_visual)
     if not 0 < keep <= 1:
         raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
-    return int(num_kept(num_visual, keep))
+    return num_kept(num_visual, keep)
 
 
 @torch.no_grad()
