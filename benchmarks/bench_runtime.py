@@ -87,10 +87,10 @@ def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
     def score():
         heads, mean = instruction_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
                                             p.visual_positions)
-        ctx._layer0 = (heads, mean)
+        ctx.layer0_cache = (heads, mean)
         ctx.cache.clear()
         method.scores(ctx)
-        ctx._layer0 = None
+        ctx.layer0_cache = None
 
     score()  # warm-up
     t_score = _best(score, repeats, device)

@@ -237,7 +237,7 @@ def test_two_predictors_on_one_context_keep_their_own_scores():
     mean = torch.softmax(torch.randn(n, generator=torch.Generator().manual_seed(0)), 0)
     ctx = ScoreContext(adapter=None, prepared=SimpleNamespace(grid=grid, num_visual=n),
                        embeds=torch.zeros(1, n, 2), position_ids=torch.arange(n)[None], item=0)
-    ctx._layer0 = (mean[None], mean)  # what instruction_attention would return; no MLLM needed
+    ctx.layer0_cache = (mean[None], mean)  # what instruction_attention would return; no MLLM needed
     methods = []
     for seed in (1, 2):  # two predictors with different weights, one class and one `name`
         torch.manual_seed(seed)

@@ -39,7 +39,8 @@ class ScoreContext:
     # scoring method object -> its (N_v,) scores; keyed by the object, not its class's `name`, so two
     # predictors (or two random seeds) scored on one context never read each other's scores
     cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
-    _layer0: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    # layer0() once computed; None recomputes it (benchmarks reset it to time the scoring)
+    layer0_cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def visual_embeds(self) -> torch.Tensor:
@@ -49,11 +50,11 @@ class ScoreContext:
     def layer0(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(heads (H, N_v), mean (N_v,)) layer-0 instruction-to-visual attention, computed once: the
         function data_gen labels with (`Adapter.layer0_attention`), on this context's embeddings."""
-        if self._layer0 is None:
+        if self.layer0_cache is None:
             p = self.prepared
-            self._layer0 = instruction_attention(self.adapter, self.embeds, self.position_ids,
+            self.layer0_cache = instruction_attention(self.adapter, self.embeds, self.position_ids,
                                                   p.instruction_positions, p.visual_positions)
-        return self._layer0
+        return self.layer0_cache
 
 
 @dataclass
