@@ -10,6 +10,7 @@ import math
 import os
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 # data_gen's and eval's pixel cap (1024 visual tokens of 28x28 px): both must see an image at the same
@@ -42,9 +43,9 @@ def image_path(path: str, root: str, allow_outside: bool = False) -> str | Image
 
 
 def load_image(image: Any, root: str | None = None) -> Image.Image:
-    """A path (relative to `root` if given), raw bytes, a {"bytes"|"path": ...} dict (HF datasets)
-    or a PIL image -> fully decoded RGB PIL image. An ImageError as the value (see `image_path`)
-    is raised."""
+    """A path (relative to `root` if given), raw bytes, a {"bytes"|"path": ...} dict (HF datasets),
+    a PIL image, or an array (see `from_array`) -> fully decoded RGB PIL image. An ImageError as the
+    value (see `image_path`) is raised."""
     if isinstance(image, ImageError):
         raise ImageError(image.reason, image.detail)
     if isinstance(image, dict):  # datasets' Image feature without decoding
@@ -55,6 +56,8 @@ def load_image(image: Any, root: str | None = None) -> Image.Image:
         img = image
     elif isinstance(image, (bytes, bytearray)):
         img = _open(io.BytesIO(image), "<bytes>")
+    elif hasattr(image, "__array__"):  # numpy, torch (video frames of generated sources, decoders)
+        return from_array(image)
     elif isinstance(image, (str, os.PathLike)):
         path = os.path.join(root, image) if root and not os.path.isabs(image) else str(image)
         if not os.path.isfile(path):
@@ -67,6 +70,26 @@ def load_image(image: Any, root: str | None = None) -> Image.Image:
         return img.convert("RGB")
     except Exception as e:
         raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from e
+
+
+def from_array(a: Any) -> Image.Image:
+    """A frame as a numpy array (H, W[, C]) (PIL's layout) or a torch tensor (C, H, W) (torchvision's
+    and torchcodec's), C in {1, 3, 4}, uint8 or float in [0, 1] -> RGB PIL image."""
+    is_torch = type(a).__module__.startswith("torch")
+    arr = np.asarray(a.detach().cpu() if is_torch else a)
+    if is_torch and arr.ndim == 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    ok_shape = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))
+    if ok_shape and arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and 0 <= arr.min() <= arr.max() <= 1:
+        arr = (arr * 255).round().astype(np.uint8)
+    if not ok_shape or arr.dtype != np.uint8:
+        layout = "(C, H, W) tensor" if is_torch else "(H, W, C) array"
+        raise ImageError("unreadable_image", f"{type(a).__name__} of shape {tuple(np.shape(a))} dtype {arr.dtype}: "
+                                             f"expected a {layout} with C in 1, 3, 4 (or (H, W)), uint8 or float "
+                                             f"in [0, 1]")
+    return Image.fromarray(arr).convert("RGB")
 
 
 def _open(fp: Any, name: str) -> Image.Image:

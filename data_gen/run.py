@@ -11,6 +11,7 @@ shards; no process group is needed, so the union of the ranks' output equals a o
 """
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from data_gen.build import (build_adapter, build_explainer, build_source, dist_e
                             resolve_model_path)
 from data_gen.guard import check_same_settings
 from data_gen.sources.base import Item, Source
+from data_gen.sources.video import load_video
 from data_gen.writer import ShardWriter, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
 from predictor.schema import Sample, make_meta
@@ -48,6 +50,7 @@ class DataGenConfig:
     out: str = "data/shards/reference"
     max_items: int | None = None  # use the first N source items (None: all); counts items, not written samples
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # images are downscaled to at most this many pixels
+    max_video_pixels: int | None = 2 * DEFAULT_MAX_PIXELS  # a clip's frames together (see conf/data_gen.yaml)
     max_seq_len: int = 8192  # prompt + answer tokens; longer items are skipped (reason too_long)
     max_new_tokens: int = 16
     shard_size: int = 500
@@ -116,7 +119,8 @@ def labeller_settings(model: dict[str, Any], model_dir: str, adapter_name: str, 
     count), the answer length (the relevance is of the generated answer), and which answers are kept."""
     return {"adapter": adapter_name, "model": str(model["path"]), "model_fingerprint": model_fingerprint(model_dir),
             "dtype": model.get("dtype"), "attn_implementation": model.get("attn_implementation"),
-            "explainer": dict(explainer), "max_pixels": cfg.max_pixels, "max_new_tokens": cfg.max_new_tokens,
+            "explainer": dict(explainer), "max_pixels": cfg.max_pixels, "max_video_pixels": cfg.max_video_pixels,
+            "max_new_tokens": cfg.max_new_tokens,
             "correctness": cfg.correctness, "keep_wrong": cfg.keep_wrong, "save_heads": cfg.save_heads}
 
 
@@ -137,17 +141,24 @@ def _extras(item: Item, n_v: int) -> tuple[dict[str, bytes], dict[str, Any]]:
     return files, meta
 
 
+def _takes_fps(prepare: Callable) -> bool:
+    params = inspect.signature(prepare).parameters.values()
+    return any(p.name == "fps" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explainer_name: str,
                  cfg: DataGenConfig, stats: dict[str, list]) -> Sample:
     """One item -> one Sample, or raise SkipItem. Appends token counts to `stats`."""
     if not item.instruction or not item.instruction.strip():
         raise SkipItem("empty_instruction", "the instruction is empty")
+    video_meta = None
     if item.modality == "video":
-        frames = [cap_pixels(load_image(f), cfg.max_pixels) for f in (item.video or [])]
-        if not frames:
-            raise SkipItem("missing_video", "the item has no frames")
-        image = None
-        prepared = adapter.prepare(None, item.instruction, video=frames)
+        rate = item.fps if item.fps is not None else item.extra.get("video_fps")  # generated sources use extra
+        frames, fps = load_video(item.video, rate, cfg.max_pixels, cfg.max_video_pixels)
+        video_meta = {"num_frames": len(frames), "fps": fps}
+        # the frames' rate times them (Qwen2.5-VL); adapters written before prepare(fps=) are called without it
+        timed = fps is not None and _takes_fps(adapter.prepare)
+        prepared = adapter.prepare(None, item.instruction, video=frames, **({"fps": fps} if timed else {}))
         thumb_src = frames[0]
     else:
         image = cap_pixels(load_image(item.image), cfg.max_pixels)
@@ -191,6 +202,8 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
     )
     if meta["segments"] is None:
         del meta["segments"]
+    if video_meta is not None:
+        meta["video"] = video_meta  # the frames the labels were made on: count and rate after sampling
     if source_meta:
         meta["source_extra"] = source_meta
     stats["prompt"].append(prepared.seq_len)

@@ -8,7 +8,7 @@ from predictor.registry import Registry
 
 SOURCES: Registry[type["Source"]] = Registry("source", modules=(
     "data_gen.sources.jsonl", "data_gen.sources.llava_json", "data_gen.sources.hf_dataset",
-    "data_gen.sources.synthetic_scenes"))
+    "data_gen.sources.synthetic_scenes", "data_gen.sources.synthetic_video"))
 
 
 def get_source(name: str) -> type["Source"]:
@@ -22,6 +22,9 @@ class Item:
     id: stable across runs (same source + same item -> same id); becomes the shard `__key__`
     image: a path, or a PIL image for generated sources; loading is deferred to `load_image` so
            that a bad file fails inside the per-item error handling, not while listing the source
+    video: the frames (paths, PIL images, arrays, tensors) or a `video.VideoFile` decoded in the loop
+    fps: frames per second of `video` as given (after the source's frame sampling): the processor
+         times the frames with it; None: unknown, or read from the file when a VideoFile is decoded
     extra: source-specific data carried into metadata (e.g. ground-truth relevance of scenes)
     """
 
@@ -29,9 +32,10 @@ class Item:
     instruction: str
     answer: str
     image: Any = None
-    video: Any = None  # list of frame paths or PIL frames
-    modality: str = "image"
+    video: Any = None
+    modality: str = "image"  # "video" when `video` is set
     extra: dict[str, Any] = field(default_factory=dict)
+    fps: float | None = None
 
 
 class Source(ABC):

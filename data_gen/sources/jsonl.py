@@ -1,8 +1,11 @@
 """`jsonl`: one JSON object per line with a local image path, an instruction, an answer, and an id.
 
     {"id": "q1", "image": "imgs/cat.jpg", "instruction": "What animal is this?", "answer": "cat"}
+    {"id": "v1", "video": ["clip/0.jpg", "clip/1.jpg"], "fps": 2, "instruction": "...", "answer": "..."}
+    {"id": "v2", "video": "clips/dog.mp4", "instruction": "What does the dog do?", "answer": "jumps"}
 
-Image paths are relative to `image_root` (default: the folder of the jsonl file) and must stay
+A line has an image or a video: a list of frame paths (`fps`, optional, is the rate they were
+extracted at) or a video file (decoded in the loop; see data_gen/sources/video.py). Image and frame paths are relative to `image_root` (default: the folder of the jsonl file) and must stay
 inside it unless `allow_outside_root`. Without an id field, the id is a hash of (image, instruction),
 so the same line gets the same id in every run. Lines are decoded and parsed when read, so one
 malformed line (bad JSON, bytes that are not UTF-8) is skipped by the loop with its reason and
@@ -16,6 +19,7 @@ import os
 
 from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
+from data_gen.sources.video import FrameSampling, video_value
 
 
 def content_id(*parts: str) -> str:
@@ -45,13 +49,15 @@ def parse_line(path: str, n: int, line: bytes) -> object:
 class JsonlSource(Source):
     def __init__(self, path: str, image_root: str | None = None, image_field: str = "image",
                  instruction_field: str = "instruction", answer_field: str = "answer", id_field: str = "id",
-                 allow_outside_root: bool = False):
+                 allow_outside_root: bool = False, video_field: str = "video", num_frames: int | None = 8,
+                 fps: float | None = None, default_fps: float = 1.0):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"jsonl source: no file {path!r}; set source.path=<file.jsonl> "
                                     f"(one JSON object per line with image, instruction, answer)")
         self.path, self.allow_outside_root = path, bool(allow_outside_root)
         self.image_root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
         self.fields = (image_field, instruction_field, answer_field, id_field)
+        self.video_field, self.sampling = video_field, FrameSampling(num_frames, fps, default_fps)
         self.lines = read_lines(path)
 
     def __len__(self) -> int:
@@ -63,12 +69,23 @@ class JsonlSource(Source):
         rec = parse_line(self.path, n, line)
         if not isinstance(rec, dict):
             raise ValueError(f"{self.path}: line {n} is not a JSON object")
-        missing = [f for f in (image_f, instr_f, answer_f) if f not in rec]
+        video_f = self.video_field
+        visual = [f for f in (image_f, video_f) if f in rec]
+        missing = [f for f in (instr_f, answer_f) if f not in rec] + ([] if visual else [f"{image_f} or {video_f}"])
         if missing:
             raise ValueError(f"{self.path}: line {n} lacks {missing}; found keys {sorted(rec)} "
-                             f"(set source.image_field/instruction_field/answer_field)")
+                             f"(set source.image_field/video_field/instruction_field/answer_field)")
+        if len(visual) == 2:
+            raise ValueError(f"{self.path}: line {n} has both {image_f!r} and {video_f!r}; give one of them")
+        item_id = str(rec[id_f]) if rec.get(id_f) is not None else content_id(str(rec[visual[0]]), str(rec[instr_f]))
+        item = Item(id=item_id, instruction=str(rec[instr_f]), answer=str(rec[answer_f]))
+        if visual[0] == video_f:
+            item.video, item.fps = video_value(rec[video_f], self.image_root, self.allow_outside_root, self.sampling,
+                                               rec.get("fps"), f"{self.path}: line {n}")
+            item.modality = "video"
+            return item
         image = rec[image_f]
         if isinstance(image, str):
             image = image_path(image, self.image_root, self.allow_outside_root)
-        item_id = str(rec[id_f]) if rec.get(id_f) is not None else content_id(str(rec[image_f]), str(rec[instr_f]))
-        return Item(id=item_id, instruction=str(rec[instr_f]), answer=str(rec[answer_f]), image=image)
+        item.image = image
+        return item

@@ -4,10 +4,12 @@
       "conversations": [{"from": "human", "value": "<image>\\nWhat is on the table?"},
                         {"from": "gpt", "value": "A laptop."}, ...]}, ...]
 
-Every (human, gpt) turn pair of a record that has one image is an item; the `<image>` tag is
-removed from the instruction. Records without an image (text-only) or with several are left out.
+Every (human, gpt) turn pair of a record that has one image, or a video (LLaVA-Video's
+`"video": "clips/x.mp4"`, or a list of frame paths with an optional `"fps"`; see
+data_gen/sources/video.py for sampling), is an item; the `<image>` and `<video>` tags are removed from
+the instruction. Records without an image or video (text-only) or with several images are left out.
 A `.jsonl` file (one record per line) is read the same way. Item ids are `<record id>-<turn>`.
-Image paths are relative to `image_root` and must stay inside it unless `allow_outside_root`.
+Image, frame and video paths are relative to `image_root` and must stay inside it unless `allow_outside_root`.
 A record that cannot be read (a .jsonl line that is not JSON, bytes that are not UTF-8) becomes one
 item that raises when drawn, so the loop skips it with its reason and the rest runs.
 """
@@ -21,8 +23,9 @@ from pathlib import Path
 from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
 from data_gen.sources.jsonl import parse_line, read_lines
+from data_gen.sources.video import FrameSampling, check_video, video_value
 
-IMAGE_TAG = "<image>"
+TAGS = ("<image>", "<video>")
 
 
 class _Unreadable(str):
@@ -67,10 +70,12 @@ def _has_surrogates(rec: object) -> bool:
 
 @SOURCES.register("llava_json")
 class LlavaJsonSource(Source):
-    def __init__(self, path: str | list[str], image_root: str | None = None, allow_outside_root: bool = False):
+    def __init__(self, path: str | list[str], image_root: str | None = None, allow_outside_root: bool = False,
+                 num_frames: int | None = 8, fps: float | None = None, default_fps: float = 1.0):
         paths = [path] if isinstance(path, str) else list(path)
-        self.items: list[tuple[Item, str] | _Unreadable] = []  # (item with the raw image path, its root)
+        self.items: list[tuple[Item, str] | _Unreadable] = []  # (item with the raw image/video, its root)
         self.allow_outside_root = bool(allow_outside_root)
+        self.sampling = FrameSampling(num_frames, fps, default_fps)
         seen: set[str] = set()
         for p in paths:
             if not os.path.isfile(p):
@@ -83,11 +88,17 @@ class LlavaJsonSource(Source):
                     self.items.append(rec if isinstance(rec, _Unreadable) else
                                       _Unreadable(f"{p}: record {r} is not a JSON object"))
                     continue
-                image = rec.get("image")
+                image, video = rec.get("image"), rec.get("video")
                 if isinstance(image, list):
                     image = image[0] if len(image) == 1 else None
-                if not image:
+                if not image and not video:
                     continue
+                if not image:
+                    try:
+                        check_video(video, rec.get("fps"), f"{p}: record {r}")
+                    except ValueError as e:
+                        self.items.append(_Unreadable(e))
+                        continue
                 rec_id = str(rec.get("id", f"{stem}-{r}"))
                 if rec_id in seen:  # LLaVA files repeat some ids: keep the ids unique and stable
                     rec_id = f"{rec_id}-r{r}"
@@ -97,9 +108,16 @@ class LlavaJsonSource(Source):
                     human, gpt = turns[t], turns[t + 1]
                     if human.get("from") != "human" or gpt.get("from") != "gpt":
                         continue
-                    instruction = str(human.get("value", "")).replace(IMAGE_TAG, "").strip()
-                    self.items.append((Item(id=f"{rec_id}-{t // 2}", instruction=instruction,
-                                            answer=str(gpt.get("value", "")).strip(), image=image), root))
+                    instruction = str(human.get("value", ""))
+                    for tag in TAGS:
+                        instruction = instruction.replace(tag, "")
+                    item = Item(id=f"{rec_id}-{t // 2}", instruction=instruction.strip(),
+                                answer=str(gpt.get("value", "")).strip())
+                    if image:
+                        item.image = image
+                    else:  # fps: the record's until __getitem__ samples the frames
+                        item.video, item.modality, item.fps = video, "video", rec.get("fps")
+                    self.items.append((item, root))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -115,5 +133,8 @@ class LlavaJsonSource(Source):
         if isinstance(entry, _Unreadable):
             raise ValueError(str(entry))
         item, root = entry  # the path is checked here, not at listing: 665k realpath calls would slow startup
+        if item.modality == "video":
+            video, fps = video_value(item.video, root, self.allow_outside_root, self.sampling, item.fps, item.id)
+            return dataclasses.replace(item, video=video, fps=fps)
         image = image_path(str(item.image), root, self.allow_outside_root)
         return dataclasses.replace(item, image=image)
