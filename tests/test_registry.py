@@ -71,7 +71,7 @@ def test_a_missing_dependency_of_a_family_module_is_said():
     ("predictor.adapters", "ADAPTERS", ["llava_onevision", "qwen2_vl"]),
     ("data_gen.explainers", "EXPLAINERS", ["attention", "gae", "ground_truth", "input_x_gradient",
                                            "integrated_gradients"]),
-    ("data_gen.sources", "SOURCES", ["hf_dataset", "jsonl", "llava_json", "synthetic_scenes"]),
+    ("data_gen.sources", "SOURCES", ["hf_dataset", "jsonl", "llava_json", "synthetic_scenes", "synthetic_video"]),
     ("predictor.runtime", "METHODS", ["attention", "cluster", "downsample", "oracle", "predictor", "random"]),
 ])
 def test_each_registry_lists_its_parts_in_a_fresh_process_without_heavy_imports(module, registry, expected):
