@@ -244,7 +244,10 @@ def make_llava_onevision(words: list[str], *, text: dict | None = None, vision: 
         image_grid_pinpoints=pinpoints, do_pad=True,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     num_image_tokens = (size // vis["patch_size"]) ** 2
-    video_processor = _maybe_video(tf, "LlavaOnevisionVideoProcessor", size={"height": size, "width": size})
+    # the video processor's own defaults are CLIP's mean/std: frames would reach the tower scaled unlike images
+    video_processor = _maybe_video(tf, "LlavaOnevisionVideoProcessor", size={"height": size, "width": size},
+                                   image_mean=image_processor.image_mean, image_std=image_processor.image_std,
+                                   resample=image_processor.resample)
     with allow_missing_video_processor():
         processor = tf.LlavaOnevisionProcessor(
             image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,

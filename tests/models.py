@@ -58,6 +58,20 @@ def tiny_image(width: int = 112, height: int = 84, seed: int = 0) -> Image.Image
     return img
 
 
+def tiny_video(frames: int = 8, width: int = 112, height: int = 84) -> list[Image.Image]:
+    """`frames` PIL frames of a red circle moving right past a still green square (Qwen2-VL: 8 frames of
+    112x84 px -> grid (4, 3, 4), 48 visual tokens; LLaVA-OneVision: 8 pooled 2x2 frames + 1 newline)."""
+    out = []
+    for i in range(frames):
+        img = Image.new("RGB", (width, height), (40, 60, 80))
+        d = ImageDraw.Draw(img)
+        x = 5 + i * (width - 45) // max(frames - 1, 1)
+        d.ellipse([x, 5, x + 35, 40], fill=(220, 30, 30))
+        d.rectangle([60, 40, 100, 78], fill=(30, 200, 40))
+        out.append(img)
+    return out
+
+
 class interface_only:  # noqa: N801  (reads as a function at the call site)
     """`adapter` as seen through the `Adapter` base class only: an attribute the base class does not
     declare (a private helper, a family's extra) and a keyword its method does not take raise, so a

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import ADAPTER_OF, FAMILIES, interface_only, tiny_image, tiny_models  # noqa: F401
+from models import ADAPTER_OF, FAMILIES, interface_only, tiny_image, tiny_models, tiny_video  # noqa: F401
 from predictor.adapters import ADAPTERS, Adapter, get_adapter, load_adapter
 from predictor.adapters.attention import capture
 from predictor.adapters.layer0 import instruction_attention
@@ -76,6 +76,126 @@ def test_positions_grid_and_segments(family, loaded):
         assert p.segments[0]["kind"] == "base" and p.segments[0]["grid"] == [1, 4, 4]
     else:
         assert p.grid == (1, 3, 4) and p.segments is None  # 84 x 112 px / 28 px per token
+
+
+@pytest.fixture(scope="module")
+def loaded_video(loaded):
+    """family -> (adapter, prepared video prompt of `tiny_video()`: 8 frames of 112 x 84 px), on first use."""
+    cache = {}
+
+    class Lazy(dict):
+        def __missing__(self, family):
+            adapter = loaded[family][0]
+            cache[family] = (adapter, adapter.prepare(None, INSTRUCTION, video=tiny_video()))
+            return cache[family]
+    return Lazy()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_video_positions_grid_and_segments(family, loaded_video):
+    adapter, p = loaded_video[family]
+    ids = p.inputs["input_ids"][0]
+    assert p.modality == "video" and not (ids == adapter.image_token_id).any()
+    assert torch.equal(p.visual_positions, (ids == adapter.video_token_id).nonzero().flatten())
+    words = adapter.tokenizer.convert_ids_to_tokens(ids[p.instruction_positions])
+    assert words == ["what", "shape", "is", "the", "red", "object", "?"]
+    assert int(p.instruction_positions[0]) == int(p.visual_positions[-1]) + 2
+    t, h, w = p.grid
+    assert t * h * w == p.num_visual
+    if family == "llava_onevision":  # each frame pooled from 4 x 4 to 2 x 2 tokens, one newline after all
+        assert p.segments == [{"kind": "frames", "start": 0, "grid": [8, 2, 2]},
+                              {"kind": "newline", "start": 32, "grid": [1, 1, 1]}]
+        _validate_segments("k", p.segments, p.num_visual)
+        assert p.grid == (1, 1, 33)
+    else:  # 8 frames merged 2 by 2 in time; 84 x 112 px / 28 px per token
+        assert p.grid == (4, 3, 4) and p.segments is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_video_layer0_and_teacher_forced_match_the_model(family, loaded_video, tiny_models):
+    """The video prompt's features, positions (M-RoPE's temporal axis) and layer 0 are the model's own."""
+    adapter, p = loaded_video[family]
+    per_head, mean = adapter.layer0_attention(p)
+    eager = type(adapter).load(str(tiny_models[family]), attn_implementation="eager")
+    with torch.no_grad():
+        att = eager.model(**p.inputs, output_attentions=True).attentions[0][0]  # (H, S, S)
+    expect = att[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
+    torch.testing.assert_close(per_head, expect, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)
+    ans = torch.tensor([5, 7, 9])
+    torch.testing.assert_close(adapter.teacher_forced(p, ans, output_attentions=False).logits,
+                               _model_logits(adapter, p, ans), atol=1e-5, rtol=1e-4)
+    ids, _ = adapter.generate(p, max_new_tokens=3)
+    assert ids.ndim == 1 and ids.numel() <= 3
+
+
+def _model_logits(adapter, p, ans: torch.Tensor) -> torch.Tensor:
+    """The model's own forward over prompt + answer ids: (1, S+T, V)."""
+    inputs = dict(p.inputs)
+    inputs["input_ids"] = torch.cat([p.inputs["input_ids"], ans[None]], 1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        text = torch.zeros(1, len(ans), dtype=torch.int)
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], text], 1)
+    with torch.no_grad():
+        return adapter.model(**inputs).logits
+
+
+def test_answer_after_a_slow_video_continues_from_the_last_prompt_token(loaded):
+    """At 0.25 fps Qwen2.5-VL puts the last frame on a temporal id beyond every text id after it. The model
+    (its forward over prompt + answer, and generate) continues the answer from the last prompt token; the
+    explainers' teacher-forced pass must place it there too, not after the largest id."""
+    adapter, _ = loaded["qwen2_5_vl"]
+    p = adapter.prepare(None, INSTRUCTION, video=tiny_video(), fps=0.25)
+    pos = adapter.position_ids(p)
+    assert int(pos.max()) > int(pos[..., -1].max())
+    ans = torch.tensor([5, 7, 9])
+    assert adapter.position_ids(p, 3)[..., -3:].flatten().tolist() == [int(pos[0, 0, -1]) + i for i in (1, 2, 3)] * 3
+    torch.testing.assert_close(adapter.teacher_forced(p, ans, output_attentions=False).logits,
+                               _model_logits(adapter, p, ans), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_video_frames_in_any_pil_mode_or_as_arrays(family, loaded_video):
+    """Grayscale or RGBA PIL frames are frames (transformers took them for a file to decode and asked for
+    torchcodec); a (T, H, W, C) uint8 array gives what its frames as PIL images give."""
+    import numpy as np
+
+    adapter, rgb = loaded_video[family]
+    frames = tiny_video()
+    for video in ([f.convert("L") for f in frames], [f.convert("RGBA") for f in frames],
+                  np.stack([np.asarray(f) for f in frames])):
+        p = adapter.prepare(None, INSTRUCTION, video=video)
+        assert (p.grid, p.segments, p.seq_len) == (rgb.grid, rgb.segments, rgb.seq_len)
+    torch.testing.assert_close(p.inputs["pixel_values_videos"], rgb.inputs["pixel_values_videos"])
+
+
+def test_qwen2_5_video_timing_comes_from_the_true_fps(loaded):
+    """Qwen2.5-VL spaces video frames on M-RoPE's temporal axis by seconds: without fps= the processor
+    assumes 24 fps; with it, second_per_grid_ts = temporal_patch_size / fps reaches the positions."""
+    adapter, _ = loaded["qwen2_5_vl"]
+    frames = tiny_video()
+    default = adapter.prepare(None, INSTRUCTION, video=frames)
+    slow = adapter.prepare(None, INSTRUCTION, video=frames, fps=2.0)
+    assert default.inputs["second_per_grid_ts"].tolist() == pytest.approx([2 / 24])
+    assert slow.inputs["second_per_grid_ts"].tolist() == pytest.approx([1.0])  # 2 frames per grid step / 2 fps
+    tps = adapter.model.config.vision_config.tokens_per_second
+    temporal = adapter.position_ids(slow)[0, 0, slow.visual_positions].view(4, 12)  # (t, h * w)
+    assert (temporal - temporal[0, 0]).tolist() == [[i * tps] * 12 for i in range(4)]
+    assert not torch.equal(adapter.position_ids(default), adapter.position_ids(slow))
+
+
+@pytest.mark.parametrize("bad, match", [(dict(fps=0.0), "fps=0.0"), (dict(fps="2"), "fps='2'"),
+                                        (dict(fps=2.0, image=True), "given with an image"),
+                                        (dict(video=[]), "no frames"), (dict(video="clip.mp4"), "is a path"),
+                                        (dict(video=[tiny_image(), tiny_image(56, 56)]),
+                                         r"differ in size.*\(56, 56\)")])
+def test_video_bad_input_is_a_value_error(loaded, bad, match):
+    adapter, _ = loaded["qwen2_5_vl"]
+    image = tiny_image() if bad.pop("image", False) else None
+    video = bad.pop("video", None if image is not None else tiny_video(2))
+    with pytest.raises(ValueError, match=match):
+        adapter.prepare(image, INSTRUCTION, video=video, **bad)
 
 
 def test_empty_instruction_is_a_value_error(loaded):

@@ -57,3 +57,49 @@ def test_folder_loads_like_a_checkpoint(family, tiny_models):
     with torch.no_grad():
         out = model(**inputs)
     assert torch.isfinite(out.logits).all() and out.logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def _processed(processor, media: str, content, **kwargs):
+    msgs = [{"role": "user", "content": [{"type": media}, {"type": "text", "text": "what"}]}]
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return processor(text=[text], return_tensors="pt", **{f"{media}s": [content]}, **kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torchvision_and_pil_image_processors_agree(family, tiny_models):
+    """transformers picks the torchvision ("fast") image processor where torchvision is installed; the PIL one
+    must give the same tokens and pixels to within rounding of a resize (1-2 of 255 levels)."""
+    import transformers as tf
+
+    procs = {b: tf.AutoProcessor.from_pretrained(tiny_models[family]) for b in ("torchvision", "pil")}
+    # backend="pil" on the processor would ask for a PIL video processor too, and none exists
+    procs["pil"].image_processor = tf.AutoImageProcessor.from_pretrained(tiny_models[family], backend="pil")
+    assert type(procs["pil"].image_processor).__name__.endswith("Pil")
+    assert not type(procs["torchvision"].image_processor).__name__.endswith("Pil")
+    std = min(procs["pil"].image_processor.image_std)
+    for image in (tiny_image(), tiny_image(97, 61, seed=3)):  # one on the token grid, one resized
+        fast, pil = (_processed(procs[b], "image", image) for b in ("torchvision", "pil"))
+        assert torch.equal(fast["input_ids"], pil["input_ids"])
+        assert fast["pixel_values"].shape == pil["pixel_values"].shape
+        diff = (fast["pixel_values"] - pil["pixel_values"]).abs()
+        assert diff.max() <= 3 / 255 / std and diff.mean() <= 1e-4, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_video_processor_treats_a_frame_like_the_image_processor(family, tiny_models):
+    """One frame, as a video and as an image, reaches the tower with the same pixels: the tiny folders'
+    video processors share the image processors' size, resampling, mean and std."""
+    import transformers as tf
+
+    proc = tf.AutoProcessor.from_pretrained(tiny_models[family])
+    image = tiny_image()
+    as_image = _processed(proc, "image", image)
+    if family == "llava_onevision":  # the video frame is the anyres base image (the whole image resized)
+        as_video = _processed(proc, "video", [image])
+        frame, base = as_video["pixel_values_videos"][0, 0], as_image["pixel_values"][0, 0]
+    else:  # two identical frames fill one temporal patch, as the image processor repeats one image
+        as_video = _processed(proc, "video", [image, image])
+        assert as_video["video_grid_thw"].tolist() == as_image["image_grid_thw"].tolist()
+        frame, base = as_video["pixel_values_videos"], as_image["pixel_values"]
+    torch.testing.assert_close(frame, base, atol=3 / 255 / 0.5, rtol=0)
+    assert (frame - base).abs().mean() <= 1e-4

@@ -37,6 +37,10 @@ def adapter(request, tmp_path_factory):
     return get_adapter(name).load(str(out), dtype="float32", device="cpu")
 
 
+def _video(frames: int, h: int, w: int, seed: int = 0) -> list[Image.Image]:
+    return [_image(h, w, seed * 100 + i) for i in range(frames)]
+
+
 def _attn_impl(adapter) -> str:
     return adapter.model.config._attn_implementation
 
@@ -247,3 +251,90 @@ def test_two_predictors_on_one_context_keep_their_own_scores():
         sel = m.select(ctx, 4)
         torch.testing.assert_close(sel.scores, m.scores(ctx).float())
     assert not torch.allclose(methods[0].select(ctx, 4).scores, methods[1].select(ctx, 4).scores)
+
+
+# ---- video: the same guarantees as images, M-RoPE's temporal axis included ----
+
+def test_video_layer0_matches_full_eager_attention(adapter):
+    p = adapter.prepare(None, "what shape is the red object", video=_video(4, 56, 84, 8), fps=2.0)
+    ctx = make_context(adapter, p)
+    heads, _ = instruction_attention(adapter, ctx.embeds, ctx.position_ids, p.instruction_positions,
+                                     p.visual_positions)
+    adapter.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = adapter.model(inputs_embeds=ctx.embeds, position_ids=ctx.position_ids, output_attentions=True)
+    finally:
+        adapter.model.set_attn_implementation(ATTN_IMPL)
+    ref = out.attentions[0][0].float()[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
+    torch.testing.assert_close(heads, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_video_keep_one_is_exactly_unpruned(adapter):
+    # 0.25 fps: Qwen2.5-VL's last frame sits on a temporal id beyond the text after it
+    p = adapter.prepare(None, "what colour is the circle", video=_video(4, 56, 56, 9), fps=0.25)
+    full_ids, _ = adapter.generate(p, max_new_tokens=8)
+    for name in ("attention", "random"):
+        outs = pruned_generate(adapter, p, make_method(name), keep=1.0, max_new_tokens=8)
+        assert outs[0].num_kept == outs[0].num_visual == p.num_visual
+        assert outs[0].answer_ids.tolist() == full_ids.tolist()
+
+
+def test_kept_video_tokens_keep_their_original_positions(adapter):
+    p = adapter.prepare(None, "what shape is the blue object", video=_video(6, 56, 84, 10), fps=1.0)
+    ctx = make_context(adapter, p)
+    pp, sel = prune_context(ctx, make_method("random", seed=3), keep=0.25)
+    keep = torch.ones(p.seq_len, dtype=torch.bool)
+    keep[p.visual_positions[~sel.kept]] = False
+    pos = ctx.position_ids
+    orig = pos[..., 0, :] if pos.ndim == 3 else pos[0]
+    assert torch.equal(pp.position_ids, orig[..., keep])
+    if pos.ndim == 3:  # M-RoPE: the kept video tokens sit on several frames' temporal ids, unchanged
+        kept_pos = orig[:, p.visual_positions[sel.kept]]  # (3, n_kept)
+        assert kept_pos[0].unique().numel() > 1
+        assert torch.equal(pp.position_ids[:, keep[:].cumsum(0)[p.visual_positions[sel.kept]] - 1], kept_pos)
+    # the pruned prompt generates as that prompt would: keep=0.25 with a fixed selection, run twice
+    e, m, ps = left_pad([pp])
+    assert adapter.generate_from_embeds(e, m, ps, max_new_tokens=3)[0].tolist() == \
+        adapter.generate_from_embeds(e, m, ps, max_new_tokens=3)[0].tolist()
+
+
+def test_mixed_image_and_video_batch_matches_one_by_one(adapter):
+    ps = [adapter.prepare(None, "what shape is the red object", video=_video(4, 84, 112, 11), fps=2.0),
+          adapter.prepare(_image(56, 56, 12), "how many objects"),
+          adapter.prepare(None, "what colour is the circle", video=_video(2, 56, 56, 13))]
+    assert [p.modality for p in ps] == ["video", "image", "video"]
+    for keep in (1.0, 0.5):
+        method = make_method("attention")
+        batch = pruned_generate(adapter, ps, method, keep=keep, max_new_tokens=6)
+        single = [pruned_generate(adapter, p, method, keep=keep, max_new_tokens=6)[0] for p in ps]
+        assert len({b.seq_len for b in batch}) == 3
+        for b, s in zip(batch, single):
+            assert b.answer_ids.tolist() == s.answer_ids.tolist()
+            assert torch.equal(b.kept_visual, s.kept_visual)
+    unpruned = [adapter.generate(p, max_new_tokens=6)[0].tolist() for p in ps]
+    assert [b.answer_ids.tolist() for b in pruned_generate(adapter, ps, method, keep=1.0, max_new_tokens=6)] == unpruned
+
+
+def test_answer_positions_survive_pruning_the_last_frames(adapter, monkeypatch):
+    """Generation continues from the last prompt token's position whichever video tokens are dropped (the
+    last frame's, holding Qwen2.5-VL's largest temporal id at 0.25 fps, included), as in the unpruned model."""
+    from predictor.runtime.scorers import Selection
+
+    class FirstHalf:
+        def select(self, ctx, k):
+            kept = torch.zeros(ctx.prepared.num_visual, dtype=torch.bool)
+            kept[:k] = True
+            return Selection(kept=kept)
+
+    p = adapter.prepare(None, "what shape is the red object", video=_video(4, 56, 56, 14), fps=0.25)
+    rotary = adapter.language_model().rotary_emb
+    seen = []
+    inner = rotary.forward
+    monkeypatch.setattr(rotary, "forward", lambda x, pos: seen.append(pos[..., -1].flatten().tolist()) or inner(x, pos))
+    adapter.generate(p, max_new_tokens=4)
+    unpruned, seen[:] = list(seen), []
+    out = pruned_generate(adapter, p, FirstHalf(), keep=0.5, max_new_tokens=4)[0]
+    assert out.num_kept < out.num_visual
+    steps = min(len(unpruned), len(seen))
+    assert steps > 1 and seen[:steps] == unpruned[:steps]  # prefill's last token, then each decoding step

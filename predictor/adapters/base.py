@@ -74,8 +74,11 @@ class Adapter(ABC):
         """Model and processor from a local folder through transformers' own classes."""
 
     @abstractmethod
-    def prepare(self, image: Any, instruction: str, video: Any = None) -> Prepared:
-        """Apply the chat template and processor to one image (PIL) or video (list of PIL frames)."""
+    def prepare(self, image: Any, instruction: str, video: Any = None, fps: float | None = None) -> Prepared:
+        """Apply the chat template and processor to one image (PIL) or video (frames: PIL images, HWC
+        arrays or tensors, already sampled). fps: the frames' rate (sampled frames per second of the
+        clip) where the family's positions depend on time (Qwen2.5-VL); None lets the processor assume
+        its default (24 fps)."""
 
     @abstractmethod
     def generate(self, prepared: Prepared, max_new_tokens: int = 32) -> tuple[torch.Tensor, str]:

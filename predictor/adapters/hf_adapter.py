@@ -108,7 +108,7 @@ class HFAdapter(Adapter):
         msgs = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
         return msgs + [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": instruction}]}]
 
-    def prepare(self, image: Any, instruction: str, video: Any = None) -> Prepared:
+    def prepare(self, image: Any, instruction: str, video: Any = None, fps: float | None = None) -> Prepared:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"empty instruction {instruction!r}: every item needs a non-empty instruction")
         if (image is None) == (video is None):
@@ -116,7 +116,9 @@ class HFAdapter(Adapter):
         modality = "image" if video is None else "video"
         text = self.processor.apply_chat_template(self._messages(instruction, modality), add_generation_prompt=True,
                                                   tokenize=False)
-        media = {"images": [image]} if video is None else {"videos": [video]}
+        if video is None and fps is not None:
+            raise ValueError(f"fps={fps} was given with an image; fps describes video frames: pass video= or drop fps")
+        media = {"images": [image]} if video is None else self._video_kwargs(video, fps)
         inputs = self.processor(text=[text], return_tensors="pt", **media, **self._processor_kwargs())
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         ids = inputs["input_ids"][0].cpu()
@@ -126,6 +128,30 @@ class HFAdapter(Adapter):
         grid, segments = self._visual_layout(inputs, visual)
         return Prepared(inputs=inputs, visual_positions=visual, instruction_positions=instr, grid=grid,
                         modality=modality, segments=segments, extra={"prompt_text": text})
+
+    @staticmethod
+    def _video_kwargs(video: Any, fps: float | None) -> dict:
+        """Processor arguments for one clip of already sampled frames: the processor samples none
+        (frame sampling is the source's job), and the true fps travels as video metadata, which is
+        where Qwen2.5-VL reads its frame timing (second_per_grid_ts) from."""
+        if isinstance(video, (str, os.PathLike)):  # the metadata below would count characters, not frames
+            raise ValueError(f"video={str(video)!r} is a path; prepare() takes decoded frames: decode and sample "
+                             f"the file first (the video sources do, with torchcodec)")
+        if isinstance(video, (list, tuple)) and all(hasattr(f, "convert") for f in video):  # PIL frames
+            # transformers takes a grayscale or RGBA frame for something to decode (and asks for torchcodec)
+            video = [f.convert("RGB") for f in video]
+            sizes = sorted({f.size for f in video})
+            if len(sizes) > 1:
+                raise ValueError(f"video frames differ in size: (width, height) {sizes}; resize every frame of a "
+                                 f"clip to one size before prepare()")
+        n = len(video) if hasattr(video, "__len__") else 0
+        if n == 0:
+            raise ValueError(f"video has no frames ({type(video).__name__} of length 0); pass a list of PIL "
+                             f"images, HWC arrays or a (T, H, W, C) array with at least one frame")
+        if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
+            raise ValueError(f"fps={fps!r}: expected the frames' rate in frames per second, a number > 0")
+        meta = {"total_num_frames": n, "fps": fps, "frames_indices": list(range(n))}
+        return {"videos": [video], "videos_kwargs": {"do_sample_frames": False, "video_metadata": [meta]}}
 
     def _instruction_positions(self, text: str, instruction: str, ids: torch.Tensor, token_id: int,
                                modality: str) -> torch.Tensor:

@@ -4,10 +4,16 @@ Visual tokens of one image ("anyres"), in sequence order:
     base   the whole image resized to the tower's size: s x s tokens, row-major (s = image_size / patch)
     crops  the high-resolution crops stitched into one unpadded h' x w' map, row-major, with one
            `image_newline` token after each row: h' rows of (w' + 1) tokens
-These are written into `segments` (schema meta.segments); since base and crops do not form one
-grid, `grid` is (1, 1, N_v). Positions are plain 1-D (0..S-1).
+Visual tokens of one video (`<video>`), in sequence order (transformers' `get_video_features`):
+    frames   each frame through the tower alone, its s x s map pooled bilinearly to ceil(s/2) x
+             ceil(s/2): t x p x p tokens, frame by frame, row-major within a frame
+    newline  one `image_newline` token after the last frame
+These are written into `segments` (schema meta.segments); since the parts do not form one grid,
+`grid` is (1, 1, N_v) for images and videos alike. Positions are plain 1-D (0..S-1).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -27,17 +33,20 @@ class LlavaOnevisionAdapter(HFAdapter):
         return int(self.model.config.vision_config.patch_size)
 
     def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
-        if "pixel_values" not in inputs:
-            raise ValueError("llava_onevision adapter: only images are supported so far (video layout not written)")
         from transformers.image_processing_utils import select_best_resolution
 
         n_v = int(visual_positions.numel())
         vcfg = self.model.config.vision_config
         s = vcfg.image_size // vcfg.patch_size
-        segments = [{"kind": "base", "start": 0, "grid": [1, s, s]}]
-        if n_v == s * s + 1:  # no crops: base then one newline token
-            segments.append({"kind": "newline", "start": s * s, "grid": [1, 1, 1]})
+        if "pixel_values" not in inputs:
+            t, p = int(inputs["pixel_values_videos"].shape[1]), math.ceil(s / 2)  # the model's apply_pooling
+            segments = [{"kind": "frames", "start": 0, "grid": [t, p, p]},
+                        {"kind": "newline", "start": t * p * p, "grid": [1, 1, 1]}]
+        elif n_v == s * s + 1:  # no crops: base then one newline token
+            segments = [{"kind": "base", "start": 0, "grid": [1, s, s]},
+                        {"kind": "newline", "start": s * s, "grid": [1, 1, 1]}]
         else:
+            segments = [{"kind": "base", "start": 0, "grid": [1, s, s]}]
             orig_h, orig_w = (int(v) for v in inputs["image_sizes"][0].tolist())
             height, width = inputs["pixel_values"].shape[-2:]
             best_h, best_w = select_best_resolution([orig_h, orig_w], self.processor.image_processor.image_grid_pinpoints)
@@ -45,7 +54,7 @@ class LlavaOnevisionAdapter(HFAdapter):
                                                                     best_w // width)
             segments.append({"kind": "crops_with_newline", "start": s * s, "grid": [1, rows, unpadded // rows + 1],
                              "newline_column": True})
-        if sum(seg["grid"][1] * seg["grid"][2] for seg in segments) != n_v:
+        if sum(math.prod(seg["grid"]) for seg in segments) != n_v:
             raise ValueError(f"LLaVA-OneVision layout {segments} does not add up to {n_v} visual tokens")
         return (1, 1, n_v), segments
 
@@ -54,10 +63,16 @@ class LlavaOnevisionAdapter(HFAdapter):
         return torch.arange(prepared.seq_len + answer_len, device=self.device)[None]
 
     def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
+        cfg = self.model.config
+        if "pixel_values" not in inputs:
+            feats = self.model.model.get_video_features(
+                pixel_values_videos=inputs["pixel_values_videos"], vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+            return feats.pooler_output.flatten(0, 1), self.video_token_id
         feats = self.model.model.get_image_features(
             pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
-            vision_feature_layer=self.model.config.vision_feature_layer,
-            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
-            vision_aspect_ratio=self.model.config.vision_aspect_ratio,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            vision_aspect_ratio=cfg.vision_aspect_ratio,
             batch_num_images=inputs.get("batch_num_images"))
         return torch.cat(list(feats.pooler_output), dim=0), self.image_token_id

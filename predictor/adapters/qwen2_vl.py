@@ -1,8 +1,10 @@
 """Qwen2-VL and Qwen2.5-VL (transformers' own classes).
 
 Visual tokens: one `<|image_pad|>` per merged 2x2 patch group, in row-major order over the merged
-grid (t, h, w) = image_grid_thw / (1, merge, merge). Positions: 3-D M-RoPE from the model's own
-`get_rope_index` (text tokens advance all three axes together).
+grid (t, h, w) = image_grid_thw / (1, merge, merge). A video: one `<|video_pad|>` per token of
+video_grid_thw / (1, merge, merge), frame group by frame group (t = frames / temporal_patch_size,
+2 frames per step). Positions: 3-D M-RoPE from the model's own `get_rope_index` (text tokens advance
+all three axes together; Qwen2.5-VL spaces video steps by seconds, from `prepare(fps=...)`).
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ class Qwen2VLAdapter(HFAdapter):
         return (t, h, w), None
 
     def position_ids(self, prepared: Prepared, answer_len: int = 0) -> torch.Tensor:
-        """(3, 1, S + answer_len) M-RoPE ids; answer tokens continue after the prompt's largest id."""
+        """(3, 1, S + answer_len) M-RoPE ids; answer tokens continue after the last prompt token's id, as the
+        model's own forward and generate place them (not after the largest id: at a low fps Qwen2.5-VL's
+        last frame has a temporal id beyond the text that follows it)."""
         inputs = prepared.inputs
         ids = inputs["input_ids"]
         kw = {"image_grid_thw": inputs.get("image_grid_thw"), "video_grid_thw": inputs.get("video_grid_thw")}
@@ -53,7 +57,7 @@ class Qwen2VLAdapter(HFAdapter):
             mm = (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
         pos, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=mm, **kw)  # (3, 1, S)
         if answer_len:
-            nxt = pos.amax() + 1
+            nxt = pos[..., -1].amax() + 1  # the last prompt token is text: its three ids are equal
             extra = torch.arange(answer_len, device=pos.device) + nxt
             pos = torch.cat([pos, extra.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
         return pos
