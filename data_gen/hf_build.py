@@ -16,14 +16,12 @@ chat templates), every digit and punctuation mark is one token; anything else is
 """
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from predictor.adapters.hf_compat import allow_missing_video_processor
 
 # --- tokenizer ---------------------------------------------------------------------------------
 
@@ -183,21 +181,12 @@ def make_qwen2_vl(words: list[str], *, variant: str = "qwen2_vl", text: dict | N
     image_processor = tf.Qwen2VLImageProcessorPil(
         min_pixels=min_pixels, max_pixels=max_pixels, patch_size=vis["patch_size"],
         temporal_patch_size=vis["temporal_patch_size"], merge_size=vis["spatial_merge_size"])
-    video_processor = _maybe_video(
-        tf, "Qwen2VLVideoProcessor", min_pixels=min_pixels, max_pixels=max_pixels, patch_size=vis["patch_size"],
+    video_processor = tf.Qwen2VLVideoProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=vis["patch_size"],
         temporal_patch_size=vis["temporal_patch_size"], merge_size=vis["spatial_merge_size"])
-    with allow_missing_video_processor():
-        processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                             chat_template=tokenizer.chat_template)
+    processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                         chat_template=tokenizer.chat_template)
     return model, processor
-
-
-def _maybe_video(tf, cls_name: str, **kwargs):
-    """The family's video processor, or None where its backend (torchvision) is not installed."""
-    try:
-        return getattr(tf, cls_name)(**kwargs)
-    except ImportError:  # video processors need torchvision; images work without it
-        return None
 
 
 def build_qwen2_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
@@ -245,14 +234,14 @@ def make_llava_onevision(words: list[str], *, text: dict | None = None, vision: 
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     num_image_tokens = (size // vis["patch_size"]) ** 2
     # the video processor's own defaults are CLIP's mean/std: frames would reach the tower scaled unlike images
-    video_processor = _maybe_video(tf, "LlavaOnevisionVideoProcessor", size={"height": size, "width": size},
-                                   image_mean=image_processor.image_mean, image_std=image_processor.image_std,
-                                   resample=image_processor.resample)
-    with allow_missing_video_processor():
-        processor = tf.LlavaOnevisionProcessor(
-            image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-            num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
-            chat_template=tokenizer.chat_template, vision_aspect_ratio="anyres_max_9")
+    video_processor = tf.LlavaOnevisionVideoProcessor(size={"height": size, "width": size},
+                                                      image_mean=image_processor.image_mean,
+                                                      image_std=image_processor.image_std,
+                                                      resample=image_processor.resample)
+    processor = tf.LlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+        num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
+        chat_template=tokenizer.chat_template, vision_aspect_ratio="anyres_max_9")
     return model, processor
 
 
@@ -272,31 +261,8 @@ def save_model(model: Any, processor: Any, out_dir: str | Path) -> Path:
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
-    with allow_missing_video_processor():
-        processor.save_pretrained(out)
-    if getattr(processor, "video_processor", None) is None:
-        _write_video_processor_config(out, processor)
+    processor.save_pretrained(out)
     return out
-
-
-# the family's video processor class, written into processor_config.json where it could not be built
-_VIDEO_PROCESSOR_TYPES = {"Qwen2VLProcessor": "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
-                          "LlavaOnevisionProcessor": "LlavaOnevisionVideoProcessor"}
-
-
-def _write_video_processor_config(out: Path, processor: Any) -> None:
-    """Without torchvision no video processor can be built, so save_pretrained leaves it out; a machine
-    with torchvision expects one. Write its config from the image processor's settings."""
-    path = out / "processor_config.json"
-    cfg = json.loads(path.read_text())
-    image_cfg = dict(cfg.get("image_processor", {}))
-    image_cfg.pop("image_processor_type", None)
-    keep = ("do_convert_rgb", "do_normalize", "do_rescale", "do_resize", "image_mean", "image_std", "resample",
-            "rescale_factor", "size", "patch_size", "temporal_patch_size", "merge_size")
-    video_cfg = {k: v for k, v in image_cfg.items() if k in keep}
-    video_cfg["video_processor_type"] = _VIDEO_PROCESSOR_TYPES[type(processor).__name__]
-    cfg["video_processor"] = video_cfg
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 DEFAULT_WORDS = ("what is in the image describe this picture red green blue yellow circle square triangle "

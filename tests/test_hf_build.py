@@ -40,8 +40,6 @@ def test_chat_templates_match_the_real_models(tiny_models):
 def test_folder_loads_like_a_checkpoint(family, tiny_models):
     import transformers as tf
 
-    from predictor.adapters.hf_compat import allow_missing_video_processor
-
     path = tiny_models[family]
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja"):
         assert (path / name).exists(), name
@@ -49,8 +47,7 @@ def test_folder_loads_like_a_checkpoint(family, tiny_models):
            "llava_onevision": tf.LlavaOnevisionForConditionalGeneration}[family]
     model = tf.AutoModelForImageTextToText.from_pretrained(path)
     assert type(model) is cls
-    with allow_missing_video_processor():
-        proc = tf.AutoProcessor.from_pretrained(path)
+    proc = tf.AutoProcessor.from_pretrained(path)
     text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what"}]}],
                                     add_generation_prompt=True, tokenize=False)
     inputs = proc(text=[text], images=[tiny_image()], return_tensors="pt")

@@ -16,7 +16,6 @@ import torch
 
 from predictor.adapters.attention import ATTN_IMPL, capture, register
 from predictor.adapters.base import Adapter, Prepared, _strip_answer
-from predictor.adapters.hf_compat import allow_missing_video_processor
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -66,8 +65,7 @@ class HFAdapter(Adapter):
         model_cls = getattr(tf, cls.MODEL_TYPES[config.model_type])
         model = model_cls.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
                                           **kw).to(device).eval()
-        with allow_missing_video_processor():
-            processor = tf.AutoProcessor.from_pretrained(path, **kw)
+        processor = tf.AutoProcessor.from_pretrained(path, **kw)
         return cls(model, processor, model_id=str(path), max_pixels=max_pixels)
 
     @property
