@@ -11,6 +11,7 @@ its files 0644 whatever the umask, so other users of a shared cluster can load i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.schema import SCHEMA_VERSION, SUPPORTED_VERSIONS
+from predictor.schema import MODALITIES, SCHEMA_VERSION, SUPPORTED_VERSIONS
+
+log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "relevance-predictor"
 EXPORT_VERSION = 1
@@ -34,17 +37,21 @@ def save_predictor(
     trained_on: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     training: dict[str, Any] | None = None,
+    modality: str | None = None,
 ) -> Path:
     """Write the export folder atomically (a temp folder renamed into place); returns its path.
 
     trained_on: what the shards were (model id, adapter, explainer, modality, sample counts, N_v range)
     metrics: validation metrics at export time; training: the recipe (target keep, epochs, ...)
+    modality: "image" or "video", the prompts it scores (the runtime refuses the other); None: trained_on's,
+    else the model's `modality` (set by load_predictor), else "image"
     """
     path = Path(path)
     config = {
         "format": EXPORT_FORMAT,
         "export_version": EXPORT_VERSION,
         "schema_version": SCHEMA_VERSION,
+        "modality": _modality_to_save(modality, trained_on or {}, getattr(model, "modality", None)),
         "predictor": model.config.to_dict(),
         "trained_on": trained_on or {},
         "training": training or {},
@@ -71,6 +78,20 @@ def save_predictor(
     return path
 
 
+def _modality_to_save(modality: str | None, trained_on: dict[str, Any], model_modality: str | None) -> str:
+    recorded = trained_on.get("modality")
+    if isinstance(recorded, dict):  # summarise's per-value counts: the shards mixed modalities
+        raise ValueError(f"trained_on.modality={recorded}: the training data mixes modalities; a predictor is "
+                         "for one of them: retrain with data.modality=image or data.modality=video")
+    if modality is not None and recorded is not None and modality != recorded:
+        raise ValueError(f"save_predictor(modality={modality!r}) contradicts trained_on.modality={recorded!r}; "
+                         "pass the modality of the training data, or none")
+    chosen = modality or recorded or model_modality or "image"
+    if chosen not in MODALITIES:
+        raise ValueError(f"modality: expected 'image' or 'video', found {chosen!r}")
+    return chosen
+
+
 def _rmtree(p: Path) -> None:
     import shutil
 
@@ -78,7 +99,7 @@ def _rmtree(p: Path) -> None:
 
 
 def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RelevancePredictor:
-    """Rebuild an exported predictor (eval mode) from its folder."""
+    """Rebuild an exported predictor (eval mode) from its folder; `.modality` is what it was trained on."""
     path = Path(path)
     cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not cfg_file.is_file() or not weights.is_file():
@@ -86,15 +107,18 @@ def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "
             f"{path} is not a predictor export (expected {CONFIG_NAME} and {WEIGHTS_NAME}); "
             "create one with: python train.py export_dir=<dir>, or python train.py export_from=<run.ckpt>"
         )
-    cfg = PredictorConfig.from_dict(read_export_config(path)["predictor"])
+    config = read_export_config(path)
+    cfg = PredictorConfig.from_dict(config["predictor"])
     check_weights(path, cfg)
     model = RelevancePredictor(cfg)
     model.load_state_dict(load_file(str(weights), device=str(map_location)))
+    model.modality = config["modality"]
     return model.eval()
 
 
 def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
-    """config.json of an export, with its format, versions and predictor section validated."""
+    """config.json of an export, with its format, versions, modality and predictor section validated.
+    `modality` is always set: exports older than the field get trained_on's, else "image" (with a warning)."""
     file = Path(path) / CONFIG_NAME
     try:
         config = json.loads(file.read_text())
@@ -115,7 +139,23 @@ def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
         PredictorConfig.from_dict(config.get("predictor"))
     except ValueError as e:
         raise ValueError(f"{file}: {e}; re-export it, or restore the file") from None
+    config["modality"] = _read_modality(config, file)
     return config
+
+
+def _read_modality(config: dict[str, Any], file: Path) -> str:
+    if "modality" in config:
+        if config["modality"] not in MODALITIES:
+            raise ValueError(f"{file}: field 'modality': expected 'image' or 'video', found {config['modality']!r}; "
+                             "set it to what the predictor was trained on, or re-export it")
+        return config["modality"]
+    trained = config.get("trained_on")
+    recorded = trained.get("modality") if isinstance(trained, dict) else None
+    if recorded in MODALITIES:
+        return recorded
+    log.warning("%s has no 'modality' field and trained_on.modality is %r: assuming 'image'; add "
+                '"modality": "video" to it if it was trained on video', file, recorded)
+    return "image"
 
 
 def check_weights(path: str | os.PathLike, cfg: PredictorConfig) -> None:
@@ -148,12 +188,12 @@ def check_weights(path: str | os.PathLike, cfg: PredictorConfig) -> None:
 def model_card(config: dict[str, Any]) -> str:
     p, t, m = config["predictor"], config["trained_on"], config["metrics"]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(m.items())) or "| (none recorded) | |"
-    trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items())) or "- (not recorded)"
+    trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items()) if k != "modality")
     return f"""---
 library_name: relevance-predictor
 tags: [token-pruning, multimodal, visual-token-compression]
 ---
-# Visual-token relevance predictor
+# Visual-token relevance predictor ({config['modality']})
 
 Scores the visual tokens of a multimodal LLM from its first layer's attention, so that the
 least relevant tokens can be dropped before the LLM runs (Lei et al., arXiv 2506.01097).
@@ -163,6 +203,7 @@ It is specific to the MLLM and modality it was trained on (below): do not use it
 `{p['arch']}`, widths {p['widths']}, kernel {p['kernel_size']}, norm `{p['norm']}`, inputs {p['inputs']}.
 
 ## Trained on
+- modality: {config['modality']}
 {trained}
 
 ## Validation metrics

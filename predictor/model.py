@@ -4,12 +4,14 @@
 convolutions over the visual tokens in their sequence order, widths 32-64-128-256-512, then a
 pointwise head to one score per token and a softmax over the valid tokens. `arch="conv2d"` is the
 grid-aware variant: the same blocks as 2-D convolutions over each frame's (h, w) grid, so that a
-token's neighbours above and below are neighbours to the net too.
+token's neighbours above and below are neighbours to the net too. `arch="conv3d"` convolves the
+whole (t, h, w) clip, so that the same place in the previous and next frames is a neighbour as well
+(for video; on an image, t=1, it is conv2d with kernels whose outer temporal taps read zeros).
 
 Convolutions see a token's neighbours; norm, activation and dropout see each valid token alone,
 as a (M, C) matrix of the batch's M valid tokens. So `norm="batch"` takes its statistics (and its
-running statistics) from the valid tokens of the whole batch only: padding, and how conv2d groups
-samples by grid, change nothing.
+running statistics) from the valid tokens of the whole batch only: padding, and how conv2d and
+conv3d group samples by grid, change nothing.
 
 Plain nn.Module: no Lightning, no transformers. Everything needed to rebuild it is in
 `PredictorConfig`, which the export stores as config.json.
@@ -25,7 +27,8 @@ import torch.nn as nn
 
 from predictor.features import INPUTS, num_channels
 
-ARCHS = ("conv1d", "conv2d")
+ARCHS = ("conv1d", "conv2d", "conv3d")
+DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}  # convolution dims per arch
 NORMS = ("none", "layer", "batch")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -66,7 +69,7 @@ class PredictorConfig:
 
     @property
     def needs_grid(self) -> bool:
-        return self.arch == "conv2d" or "coords" in self.inputs
+        return self.arch != "conv1d" or "coords" in self.inputs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +108,9 @@ class _ChannelNorm(nn.Module):
         return self.ln(x)
 
 
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
 def _norm(kind: str, c: int) -> nn.Module:
     """A norm over (M, C) tokens; BatchNorm1d there has BatchNorm2d's state-dict keys (older exports load)."""
     if kind == "layer":
@@ -115,11 +121,11 @@ def _norm(kind: str, c: int) -> nn.Module:
 
 
 class SeparableBlock(nn.Module):
-    """depthwise conv (k) -> pointwise conv (1) -> norm -> activation -> dropout, in 1-D or 2-D."""
+    """depthwise conv (k) -> pointwise conv (1) -> norm -> activation -> dropout, in 1-D, 2-D or 3-D."""
 
     def __init__(self, c_in: int, c_out: int, cfg: PredictorConfig, dims: int):
         super().__init__()
-        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        conv = _CONVS[dims]
         k = cfg.kernel_size
         self.depthwise = conv(c_in, c_in, k, padding=k // 2, groups=c_in)
         self.pointwise = conv(c_in, c_out, 1)
@@ -150,17 +156,19 @@ class RelevancePredictor(nn.Module):
 
     x:    (B, C, N_v) float, C = config.in_channels; padded positions may hold anything
     mask: (B, N_v) bool, True on valid tokens (every row needs at least one)
-    grid: (B, 3) long (t, h, w) per sample, needed by arch="conv2d" (t*h*w == valid count)
+    grid: (B, 3) long (t, h, w) per sample, needed by arch conv2d and conv3d (t*h*w == valid count)
     Returns probabilities: 0 on padded positions, each row sums to 1 over its valid tokens.
     """
+
+    modality: str | None = None  # "image" | "video" once loaded from an export (load_predictor); None: unknown
 
     def __init__(self, config: PredictorConfig):
         super().__init__()
         self.config = config
-        dims = 1 if config.arch == "conv1d" else 2
+        dims = DIMS[config.arch]
         chans = [config.in_channels, *config.widths]
         self.blocks = nn.ModuleList(SeparableBlock(a, b, config, dims) for a, b in zip(chans[:-1], chans[1:]))
-        self.head = (nn.Conv1d if dims == 1 else nn.Conv2d)(chans[-1], 1, 1)
+        self.head = _CONVS[dims](chans[-1], 1, 1)
 
     def logits(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N_v) scores before the softmax; padded positions are -inf."""
@@ -173,8 +181,8 @@ class RelevancePredictor(nn.Module):
             out = self._logits_1d(x, mask)
         else:
             if grid is None:
-                raise ValueError("arch='conv2d' needs the (B, 3) visual grid (t, h, w) of each sample")
-            out = self._logits_2d(x, mask, grid)
+                raise ValueError(f"arch={self.config.arch!r} needs the (B, 3) visual grid (t, h, w) of each sample")
+            out = self._logits_grid(x, mask, grid)
         return out.masked_fill(~mask, float("-inf"))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,8 +194,9 @@ class RelevancePredictor(nn.Module):
             h = block(h, mask)
         return self.head(h)[:, 0]  # (B, N)
 
-    def _logits_2d(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """Each sample's valid tokens as (t, C, h, w) frames; samples with equal grids share a batch."""
+    def _logits_grid(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Each sample's valid tokens as (t, C, h, w) frames (conv2d) or one (C, t, h, w) clip (conv3d);
+        samples with equal grids share a batch."""
         B, C, N = x.shape
         out = x.new_zeros(B, N)
         grid = torch.as_tensor(grid).long().reshape(B, 3)
@@ -199,8 +208,10 @@ class RelevancePredictor(nn.Module):
                 raise ValueError(f"sample {b}: grid {(t, h, w)} does not match its {int(counts[b])} "
                                  "valid tokens (valid tokens must come first, in raster order)")
             groups.setdefault((t, h, w), []).append(b)
-        hids = [x[idx, :, : t * h * w].reshape(len(idx), C, t, h, w).permute(0, 2, 1, 3, 4).reshape(-1, C, h, w)
-                for (t, h, w), idx in groups.items()]  # (b * t, C, h, w) frames per grid
+        clips = [x[idx, :, : t * h * w].reshape(len(idx), C, t, h, w) for (t, h, w), idx in groups.items()]
+        if self.config.arch == "conv2d":  # (b * t, C, h, w) frames per grid; conv3d keeps (b, C, t, h, w)
+            clips = [c.transpose(1, 2).reshape(-1, C, *c.shape[3:]) for c in clips]
+        hids = clips
         for block in self.blocks:
             mixed = [block.mix(hid) for hid in hids]
             # every valid token of every group in one (M, C) matrix: one set of batch-norm statistics
@@ -209,6 +220,6 @@ class RelevancePredictor(nn.Module):
             tokens = block.per_token(tokens).split([m[:, 0].numel() for m in mixed])
             hids = [tk.reshape(m.shape[0], *m.shape[2:], -1).movedim(-1, 1) for tk, m in zip(tokens, mixed)]
         for ((t, h, w), idx), hid in zip(groups.items(), hids):
-            s = self.head(hid).reshape(len(idx), t * h * w)  # (b, t, 1, h, w) -> raster order
+            s = self.head(hid).reshape(len(idx), t * h * w)  # (b*t, 1, h, w) or (b, 1, t, h, w) -> raster order
             out[idx, : t * h * w] = s.to(out.dtype)  # bf16 under autocast
         return out

@@ -186,3 +186,14 @@ def test_export_is_world_readable_under_umask_077(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {
         "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}
+
+
+@pytest.mark.parametrize("arch", ["conv2d", "conv3d"])
+def test_grid_arch_export_round_trip(tmp_path, arch):
+    torch.manual_seed(0)
+    model = RelevancePredictor(PredictorConfig(arch=arch, widths=[8, 16], kernel_size=3)).eval()
+    out = save_predictor(model, tmp_path / "exp", trained_on={"modality": "video"})
+    loaded = load_predictor(out)
+    assert loaded.config == model.config and loaded.modality == "video"
+    x, mask, grid = torch.randn(2, 1, 24), torch.ones(2, 24, dtype=torch.bool), torch.tensor([[2, 3, 4], [3, 2, 4]])
+    torch.testing.assert_close(loaded(x, mask, grid), model(x, mask, grid))

@@ -1,4 +1,4 @@
-"""RelevancePredictor: any N_v, padded batches, conv2d variant, coords input, config errors."""
+"""RelevancePredictor: any N_v, padded batches, conv2d and conv3d variants, coords input, config errors."""
 import pytest
 import torch
 
@@ -63,6 +63,41 @@ def test_conv2d_uses_grid_and_pads():
         m(x, mask, torch.tensor([[1, 4, 4], [1, 3, 5], [1, 1, 1]]))
 
 
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_conv3d_grids_of_different_sizes_match_one_by_one(norm):
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig(arch="conv3d", widths=SMALL, kernel_size=3, norm=norm)).eval()
+    grids = [(4, 3, 3), (2, 4, 5), (1, 1, 1), (4, 3, 3)]
+    xs = [torch.randn(1, t * h * w) for t, h, w in grids]
+    x, mask = _padded(xs, 2)
+    with torch.no_grad():
+        p = m(x, mask, torch.tensor(grids))
+        assert (p[~mask] == 0).all()
+        torch.testing.assert_close(p.sum(-1), torch.ones(len(grids)))
+        for b, (xi, g) in enumerate(zip(xs, grids)):
+            alone = m(xi[None], torch.ones(1, xi.shape[-1], dtype=torch.bool), torch.tensor([g]))[0]
+            torch.testing.assert_close(p[b, : xi.shape[-1]], alone, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="conv3d.*grid"):
+        m(x, mask)
+    with pytest.raises(ValueError, match="does not match"):
+        m(x, mask, torch.tensor([[4, 3, 3], [1, 4, 5], [1, 1, 1], [4, 3, 3]]))
+
+
+@pytest.mark.parametrize("arch,temporal", [("conv2d", False), ("conv3d", True)])
+def test_conv3d_sees_the_neighbouring_frame(arch, temporal):
+    """A change in frame 0 reaches frame 1's scores through conv3d's temporal kernel, never through conv2d's."""
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig(arch=arch, widths=SMALL, kernel_size=3)).eval()
+    grid, n = torch.tensor([[3, 4, 4]]), 48
+    x, mask = torch.randn(1, 1, n), torch.ones(1, n, dtype=torch.bool)
+    x2 = x.clone()
+    x2[0, 0, 5] += 3.0  # frame 0, row 1, column 1
+    with torch.no_grad():
+        a, b = m.logits(x, mask, grid), m.logits(x2, mask, grid)
+    assert not torch.equal(a[0, :16], b[0, :16])
+    assert temporal == (not torch.equal(a[0, 16:], b[0, 16:]))
+
+
 def test_coords_input_channels():
     cfg = PredictorConfig(widths=SMALL, inputs=["attn", "coords"])
     assert cfg.in_channels == 4 and cfg.needs_grid
@@ -85,7 +120,7 @@ def test_attention_normalisation_is_scale_free():
 
 def test_config_errors_and_round_trip():
     with pytest.raises(ValueError, match="available"):
-        PredictorConfig(arch="conv3d")
+        PredictorConfig(arch="conv4d")
     with pytest.raises(ValueError, match="odd"):
         PredictorConfig(kernel_size=4)
     with pytest.raises(ValueError, match="num_heads"):
@@ -119,8 +154,12 @@ def _first_block_mean(m: RelevancePredictor, xs: list[torch.Tensor], grids=None)
             outs.append(blk.pointwise(blk.depthwise(xi[None]))[0].flatten(1))
         else:
             t, h, w = grids[b]
-            frames = xi.reshape(xi.shape[0], t, h, w).movedim(1, 0)  # (t, C, h, w)
-            outs.append(blk.pointwise(blk.depthwise(frames)).movedim(1, 0).flatten(1))
+            if m.config.arch == "conv3d":
+                clip = xi.reshape(1, xi.shape[0], t, h, w)  # (1, C, t, h, w)
+                outs.append(blk.pointwise(blk.depthwise(clip))[0].flatten(1))
+            else:
+                frames = xi.reshape(xi.shape[0], t, h, w).movedim(1, 0)  # (t, C, h, w)
+                outs.append(blk.pointwise(blk.depthwise(frames)).movedim(1, 0).flatten(1))
     return torch.cat(outs, 1).mean(1)
 
 
@@ -147,9 +186,10 @@ def test_batch_norm_statistics_ignore_padding():
     torch.testing.assert_close(stats[0][0][0], expected, atol=1e-6, rtol=1e-5)
 
 
-def test_conv2d_batch_norm_uses_the_whole_batch_once():
+@pytest.mark.parametrize("arch", ["conv2d", "conv3d"])
+def test_grid_batch_norm_uses_the_whole_batch_once(arch):
     torch.manual_seed(0)
-    m = RelevancePredictor(PredictorConfig(arch="conv2d", widths=SMALL, kernel_size=3, norm="batch")).train()
+    m = RelevancePredictor(PredictorConfig(arch=arch, widths=SMALL, kernel_size=3, norm="batch")).train()
     grids = [(1, 4, 4), (2, 3, 5), (1, 2, 2)]  # three grid groups, each run through the blocks on its own
     xs = [torch.randn(1, t * h * w) for t, h, w in grids]
     x, mask = _padded(xs, 3)
@@ -160,7 +200,7 @@ def test_conv2d_batch_norm_uses_the_whole_batch_once():
     assert int(m.blocks[0].norm.num_batches_tracked) == 1
 
 
-@pytest.mark.parametrize("arch", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("arch", ["conv1d", "conv2d", "conv3d"])
 @pytest.mark.parametrize("norm", ["layer", "batch"])
 def test_trains_under_bf16_autocast(arch, norm):  # trainer=gpu runs precision=bf16-mixed
     m = RelevancePredictor(PredictorConfig(arch=arch, widths=SMALL, norm=norm)).train()

@@ -215,3 +215,23 @@ def test_per_head_input_refuses_shards_without_heads_or_with_other_counts(shards
     out = train(_compose(*common, f"data.shards={bare}", "model=conv1d", "model.widths=[8,16]",
                          "trainer.max_epochs=1", "trainer.enable_progress_bar=false"))
     assert read_export_config(out)["predictor"]["inputs"] == ["attn"]  # the mean-only net needs no heads
+
+
+def test_temporal_clip_ground_truth(tmp_path):
+    """The object's frames carry the relevance; layer 0 sees the drifting distractor in every frame as strongly."""
+    from predictor.training.synthetic import planted_clip
+
+    s = planted_clip("k", (8, 6, 6), np.random.default_rng(0))
+    assert s.meta["modality"] == "video" and s.meta["grid"] == [8, 6, 6]
+    rel, attn = s.relevance.reshape(8, 36), s.attn.reshape(8, 36)
+    with_object = (rel.max(-1).values > 0.5).nonzero().flatten().tolist()
+    assert len(with_object) == 2 and with_object[1] == with_object[0] + 1  # t // 4 consecutive frames
+    assert rel.sum(-1)[[f for f in range(8) if f not in with_object]].max() < 0.5  # noise elsewhere
+    torch.testing.assert_close(s.attn.sum(), torch.tensor(1.0))
+    assert (attn.max(-1).values > 1.4 * attn.mean(-1)).all()  # a peak in every frame: the distractor
+    paths = write_synthetic_shards(tmp_path, 6, grids=[(4, 4, 4)], temporal=True)
+    dm = ShardDataModule([str(p) for p in paths], ["attn"], val_fraction=0.0)
+    dm.setup()
+    assert dm.summary["modality"] == "video" and {it.grid for it in dm.train_set.items} == {(4, 4, 4)}
+    with pytest.raises(ValueError, match=r"temporal=True needs video grids.*\(1, 8, 8\)"):
+        write_synthetic_shards(tmp_path / "x", 2, grids=[(1, 8, 8)], temporal=True)

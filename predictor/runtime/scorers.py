@@ -115,15 +115,28 @@ class AttentionScores(ScoreMethod):
 
 
 class PredictorScores(ScoreMethod):
-    """An export from `predictor.load_predictor`, fed exactly the features it was trained on."""
+    """An export from `predictor.load_predictor`, fed exactly the features it was trained on. A prompt of
+    the other modality than the export's (`model.modality`) is refused: a predictor is per modality (the
+    paper's method), and an image net on video tokens ranks them without error, only badly.
+    allow_modality_mismatch=True scores it anyway (e.g. to measure that transfer)."""
 
     name = "predictor"
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, allow_modality_mismatch: bool = False):
         self.model = model.eval()
+        self.allow_modality_mismatch = allow_modality_mismatch
+
+    def check_modality(self, prompt_modality: str) -> None:
+        trained = getattr(self.model, "modality", None)  # None: built in code, not loaded from an export
+        if trained is not None and prompt_modality != trained and not self.allow_modality_mismatch:
+            raise ValueError(f"the predictor was trained on {trained!r} prompts, this prompt is {prompt_modality!r}: "
+                             f"use a predictor trained on {prompt_modality} shards (python train.py "
+                             f"data.modality={prompt_modality}), or score anyway with "
+                             "make_method('predictor', ..., allow_modality_mismatch=True)")
 
     @torch.no_grad()
     def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        self.check_modality(getattr(ctx.prepared, "modality", "image"))
         heads, mean = ctx.layer0()
         grid = tuple(int(g) for g in ctx.prepared.grid)
         cfg = self.model.config

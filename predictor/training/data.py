@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from predictor.features import build_features
-from predictor.schema import Sample
+from predictor.schema import MODALITIES, Sample
 from predictor.split import is_val_key
 from predictor.training.shards import ReadStats, read_shards, resolve_shards
 
@@ -73,6 +73,24 @@ def _heads(samples: list[Sample], shards) -> int:
         raise ValueError(f"data.shards={shards} mixes per-head attention of {sorted(counts)} heads (shards of "
                          f"different models); train on one model's shards")
     return counts.pop()
+
+
+def _one_modality(samples: list[Sample], modality: str | None, shards) -> list[Sample]:
+    """The samples of `modality` (None: all, refused if they mix image and video: a predictor is per modality)."""
+    counts = Counter(s.meta["modality"] for s in samples)
+    found = ", ".join(f"{n} {m}" for m, n in sorted(counts.items()))
+    if modality is None:
+        if len(counts) > 1:
+            raise ValueError(f"data.shards={shards} mixes modalities ({found} samples); a predictor is for one "
+                             f"modality: train one per modality with data.modality=image or data.modality=video")
+        return samples
+    kept = [s for s in samples if s.meta["modality"] == modality]
+    if not kept:
+        raise ValueError(f"data.modality={modality} but data.shards={shards} has no {modality} samples (found "
+                         f"{found}); set data.modality to one of those, or null")
+    if len(kept) < len(samples):
+        log.info("data.modality=%s: training on %d of %d samples (%s)", modality, len(kept), len(samples), found)
+    return kept
 
 
 def make_example(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -> Example:
@@ -141,15 +159,20 @@ class ShardDataModule(pl.LightningDataModule):
     """Reads shards (a folder, glob or list), splits train/val by a stable hash of each sample's key,
     builds predictor inputs once, and serves padded batches (see `collate`).
 
-    inputs: predictor input channels (PredictorConfig.inputs); val_fraction: share of keys held out.
+    inputs: predictor input channels (PredictorConfig.inputs); val_fraction: share of keys held out;
+    modality: "image" or "video" keeps only those samples; None refuses shards that mix the two.
     """
 
     def __init__(self, shards: str | list[str], inputs: list[str], batch_size: int = 128,
                  val_fraction: float = 0.1, num_workers: int = 0, strict: bool = False,
-                 seed: int = 0, figure_samples: int = 4):
+                 seed: int = 0, figure_samples: int = 4, modality: str | None = None):
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if modality is not None and modality not in MODALITIES:
+            raise ValueError(f"data.modality={modality!r}: expected 'image' or 'video' (keep only those samples), "
+                             "or null (all samples, refused if they mix modalities)")
+        self.modality = modality
         self.shards, self.inputs = shards, list(inputs)
         self.batch_size, self.val_fraction, self.num_workers = batch_size, val_fraction, num_workers
         self.strict, self.seed, self.figure_samples = strict, seed, figure_samples
@@ -168,6 +191,7 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"no valid samples in {len(paths)} shard(s) of data.shards={self.shards} "
                              f"({len(self.stats.corrupt_shards)} corrupt shards, {self.stats.skipped_samples} "
                              f"invalid samples: {self.stats.skip_reasons[:2]}); regenerate with python -m data_gen")
+        samples = _one_modality(samples, self.modality, self.shards)
         if "attn_heads" in self.inputs:
             self.num_heads = _heads(samples, self.shards)
         train, val = [], []

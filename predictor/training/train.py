@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> Path:
     PredictorConfig.from_dict({**model_cfg, "num_heads": model_cfg.get("num_heads") or int(heads)})
     dm = ShardDataModule(shards, model_cfg.get("inputs", ["attn"]), batch_size=d.batch_size,
                          val_fraction=d.val_fraction, num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
-                         figure_samples=d.figure_samples)
+                         figure_samples=d.figure_samples, modality=d.get("modality"))
     dm.setup("fit")  # read shards before anything else: a missing or empty dataset fails fast
     if heads:
         model_cfg["num_heads"] = _num_heads(model_cfg.get("num_heads") or 0, dm.num_heads, shards)
