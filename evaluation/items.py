@@ -27,9 +27,49 @@ class ItemSettings:
     correctness: str = "auto"
     timing: bool = True  # prefill time and KV-cache size per method and keep
     swap_keep: float | None = None  # the instruction-swap check at this keep ratio (items with `extra.swap`)
-    max_pixels: int | None = DEFAULT_MAX_PIXELS  # images downscaled first, as data_gen does
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # images (and each video frame) downscaled first, as data_gen does
+    max_video_pixels: int | None = 2 * DEFAULT_MAX_PIXELS  # a clip's frames together (data_gen's default)
     figures: int = 0  # the first N items get an image with the kept tokens (keep 0.25) in figures_dir
     figures_dir: Path | None = None
+
+
+@dataclass
+class Media:
+    """One item's picture: an image, or a clip's frames and their rate."""
+
+    image: Any = None
+    frames: list | None = None
+    fps: float | None = None
+
+    def prepare(self, adapter, instruction: str):
+        if self.frames is None:
+            return adapter.prepare(self.image, instruction)
+        return adapter.prepare(None, instruction, video=self.frames, fps=self.fps)
+
+    def downsampled(self, keep: float) -> "Media":
+        """The downsampling baseline: a smaller image, or a clip with fewer and smaller frames."""
+        from predictor.runtime import downsample_image, downsample_video
+
+        if self.frames is None:
+            return Media(image=downsample_image(self.image, keep))
+        return Media(None, *downsample_video(self.frames, self.fps, keep))
+
+    @property
+    def first(self):
+        """The image, or the first frame (figures)."""
+        return self.image if self.frames is None else self.frames[0]
+
+
+def load_media(item, s: ItemSettings) -> Media:
+    """An item's image or video, capped as data_gen caps it (so pruning runs at the labels' token count)."""
+    from data_gen.images import cap_pixels, load_image
+    from data_gen.sources.video import load_video
+
+    if item.modality == "video":
+        rate = item.fps if item.fps is not None else (item.extra or {}).get("video_fps")
+        frames, fps = load_video(item.video, rate, s.max_pixels, s.max_video_pixels)
+        return Media(frames=frames, fps=fps)
+    return Media(image=cap_pixels(load_image(item.image), s.max_pixels))
 
 
 class ItemEvaluator:
@@ -44,12 +84,12 @@ class ItemEvaluator:
         self.keeps = [k for k in sorted({float(k) for k in keeps}, reverse=True) if k < 1.0]
 
     # --- pieces -------------------------------------------------------------------------------------
-    def _context(self, image, instruction: str, gt_extra: dict[str, Any], i: int):
+    def _context(self, media: Media, instruction: str, gt_extra: dict[str, Any], i: int):
         """-> (score context, the ground truth's main token in gt_extra or None)"""
         from data_gen.explainers.ground_truth import attach_ground_truth
         from predictor.runtime import make_context
 
-        prepared = self.adapter.prepare(image, instruction)
+        prepared = media.prepare(self.adapter, instruction)
         attach_ground_truth(prepared, gt_extra)  # the oracle may be explainer=ground_truth
         ctx = make_context(self.adapter, prepared)
         ctx.item = i
@@ -75,12 +115,12 @@ class ItemEvaluator:
                 "object_kept": bool(kept[main]) if kept is not None and main is not None else None,
                 "prefill_s": pre[0] if pre else None, "kv_bytes": pre[1] if pre else None}
 
-    def _swap(self, ctx, main: int, image, other: dict[str, Any], i: int) -> dict[str, Any] | None:
+    def _swap(self, ctx, main: int, media: Media, other: dict[str, Any], i: int) -> dict[str, Any] | None:
         """The same image, another object named: does each method's kept set follow the question?"""
         from predictor.metrics import instruction_swap
         from predictor.runtime import prune_context
 
-        ctx_b, main_b = self._context(image, other["instruction"], other, i)
+        ctx_b, main_b = self._context(media, other["instruction"], other, i)
         if main_b is None:
             return None
         out = {}
@@ -95,8 +135,7 @@ class ItemEvaluator:
     # --- one item -----------------------------------------------------------------------------------
     def evaluate(self, i: int) -> dict[str, Any]:
         """Item i -> its record (see the module docstring)."""
-        from data_gen.images import cap_pixels, load_image
-        from predictor.runtime import downsample_image, make_context
+        from predictor.runtime import make_context
         from predictor.runtime.report import kept_overlay
 
         try:
@@ -104,11 +143,11 @@ class ItemEvaluator:
         except Exception as e:  # a record the source cannot read
             return skipped_record(i, f"index-{i:09d}", e)
         try:
-            image = cap_pixels(load_image(item.image), self.s.max_pixels)
+            media = load_media(item, self.s)
         except ImageError as e:
             return skipped_record(i, item.id, e)
         extra = item.extra if isinstance(item.extra, dict) else {}
-        ctx, main = self._context(image, item.instruction, extra, i)
+        ctx, main = self._context(media, item.instruction, extra, i)
         n_v = ctx.prepared.num_visual
         full_ids, _, pre = self._generate(ctx, None, 1.0)
         ctx.answer_ids = full_ids
@@ -118,8 +157,8 @@ class ItemEvaluator:
         for name, method in self.methods.items():
             rows[name] = {"1": self._row(item, full_ids, n_v, pre, torch.ones(n_v, dtype=torch.bool), main)}
             for keep in self.keeps:
-                if method is None:  # downsampling: a smaller image, the model unpruned
-                    p_ds = self.adapter.prepare(downsample_image(image, keep), item.instruction)
+                if method is None:  # downsampling: a smaller image (fewer, smaller frames), the model unpruned
+                    p_ds = media.downsampled(keep).prepare(self.adapter, item.instruction)
                     ids, _, pre_k = self._generate(make_context(self.adapter, p_ds), None, 1.0)
                     n_kept, kept = p_ds.num_visual, None
                 else:
@@ -130,12 +169,12 @@ class ItemEvaluator:
                 rows[name][f"{keep:g}"] = self._row(item, ids, n_kept, pre_k, kept, main)
         if self.s.figures_dir is not None and i < self.s.figures and kept_fig:
             self.s.figures_dir.mkdir(parents=True, exist_ok=True)
-            kept_overlay(image, ctx.prepared.grid, kept_fig, self.s.figures_dir / f"{self.desc}-{i:03d}.png",
+            kept_overlay(media.first, ctx.prepared.grid, kept_fig, self.s.figures_dir / f"{self.desc}-{i:03d}.png",
                          title=f"{item.instruction} -> {item.answer} (keep 0.25)", token_px=self.adapter.token_px)
         rec = {"i": i, "id": item.id, "num_visual": n_v, "rows": rows}
         other = extra.get("swap")
         if self.s.swap_keep is not None and other is not None and main is not None:
-            swap = self._swap(ctx, main, image, other, i)
+            swap = self._swap(ctx, main, media, other, i)
             if swap is not None:
                 rec["swap"] = swap
         return rec

@@ -39,11 +39,13 @@ class EvalSettings:
     max_items: int = 200
     max_new_tokens: int = 16
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_video_pixels: int | None = 2 * DEFAULT_MAX_PIXELS
     correctness: str = "auto"
     timing: bool = True
     figures: int = 6
     seed: int = 0
     swap_keep: float | None = 0.125
+    allow_modality_mismatch: bool = False  # score prompts of the modality the predictor was not trained on
     progress: bool = True
     fidelity: dict[str, Any] = field(default_factory=dict)  # {shards, val_only, val_fraction}
     generalisation: dict[str, Any] = field(default_factory=dict)  # {max_items, scales}
@@ -58,7 +60,8 @@ class EvalSettings:
 
     def item_settings(self, figures_dir: Path | None = None) -> ItemSettings:
         return ItemSettings(max_new_tokens=self.max_new_tokens, correctness=self.correctness, timing=self.timing,
-                            swap_keep=self.swap_keep, max_pixels=self.max_pixels, figures=self.figures,
+                            swap_keep=self.swap_keep, max_pixels=self.max_pixels,
+                            max_video_pixels=self.max_video_pixels, figures=self.figures,
                             figures_dir=figures_dir)
 
 
@@ -89,7 +92,8 @@ def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[
         "explainer": s.explainer if "oracle" in s.methods else None, "source": s.source, "generalisation": scales,
         "methods": list(s.methods), "keeps": sorted(float(k) for k in s.keeps), "max_new_tokens": s.max_new_tokens,
         "correctness": s.correctness, "timing": s.timing, "seed": s.seed, "swap_keep": s.swap_keep,
-        "max_pixels": s.max_pixels},
+        "max_pixels": s.max_pixels, "max_video_pixels": s.max_video_pixels,
+        "allow_modality_mismatch": s.allow_modality_mismatch},
         why="Its per-item results (items-*.jsonl) would be mixed with results made another way.")
 
 
@@ -113,7 +117,8 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     expl = build_explainer(s.explainer)[0] if "oracle" in s.methods else None
 
     def methods():  # fresh per run: random pruning restarts from its seed
-        return {m: make_method(m, predictor=pred_model, explainer=expl, seed=s.seed, max_new_tokens=s.max_new_tokens)
+        return {m: make_method(m, predictor=pred_model, explainer=expl, seed=s.seed, max_new_tokens=s.max_new_tokens,
+                               allow_modality_mismatch=s.allow_modality_mismatch)
                 for m in s.methods}
 
     out_dir = Path(s.out)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from predictor.adapters.layer0 import instruction_attention
 from predictor.registry import Registry
-from predictor.runtime.baselines import ClusterAggregation, downsample_image, kmeans
+from predictor.runtime.baselines import ClusterAggregation, downsample_image, downsample_video, kmeans
 from predictor.runtime.generate import (PrunedOutput, budget_for, cache_bytes, make_context, prefill,
                                         prune_context, pruned_generate)
 from predictor.runtime.prune import PrunedPrompt, left_pad, prune_prompt
@@ -18,10 +18,15 @@ from predictor.runtime.scorers import (AttentionScores, OracleScores, PredictorS
 METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
 
 
-def make_method(name: str, predictor=None, explainer=None, seed: int = 0, max_new_tokens: int = 32):
+def make_method(name: str, predictor=None, explainer=None, seed: int = 0, max_new_tokens: int = 32,
+                allow_modality_mismatch: bool = False):
     """The selection method `name` (see METHODS; "downsample" re-prepares the image instead and has
-    no selector: returns None). `predictor`: a loaded export; `explainer`: the oracle's callable."""
-    return METHODS.get(name)(predictor, explainer, seed, max_new_tokens)
+    no selector: returns None). `predictor`: a loaded export; `explainer`: the oracle's callable;
+    `allow_modality_mismatch`: let the predictor score prompts of the other modality than its export's."""
+    method = METHODS.get(name)(predictor, explainer, seed, max_new_tokens)
+    if isinstance(method, PredictorScores):  # set here, not per builder: the other methods have no modality
+        method.allow_modality_mismatch = allow_modality_mismatch
+    return method
 
 
 @METHODS.register("random")
@@ -58,7 +63,7 @@ def _downsample(predictor, explainer, seed: int, max_new_tokens: int) -> None:
     return None  # eval re-prepares a smaller image instead of selecting tokens
 
 
-__all__ = ["METHODS", "make_method", "ClusterAggregation", "downsample_image", "kmeans", "PrunedOutput",
+__all__ = ["METHODS", "make_method", "ClusterAggregation", "downsample_image", "downsample_video", "kmeans", "PrunedOutput",
            "budget_for", "cache_bytes", "make_context", "prefill", "prune_context", "pruned_generate",
            "instruction_attention", "PrunedPrompt", "left_pad", "prune_prompt", "AttentionScores", "OracleScores",
            "PredictorScores", "RandomScores", "ScoreContext", "Selection"]

@@ -88,3 +88,22 @@ def downsample_image(image, keep: float):
     from PIL import Image
 
     return image.resize(downsample_size(*image.size, keep), Image.BICUBIC)
+
+
+def downsample_video(frames: list, fps: float | None, keep: float, temporal_patch: int = 2) -> tuple[list, float | None]:
+    """A clip with about `keep` times the visual tokens, fewer frames first, then smaller ones: (frames, fps).
+
+    Time: every k-th frame, keeping at least one frame group (`temporal_patch` frames, as Qwen2-VL merges
+    frame pairs), so that the kept frames still span the clip and their rate is fps / k. Space: whatever
+    ratio time cannot reach, each remaining frame takes as `downsample_image` does.
+    """
+    if keep >= 1:
+        return list(frames), fps
+    groups = max(1, len(frames) // temporal_patch)
+    keep_groups = max(1, min(groups, round(groups * keep)))
+    step = groups / keep_groups
+    picked = [frames[min(len(frames) - 1, int((g + 0.5) * step) * temporal_patch + j)]  # centred in each stretch
+              for g in range(keep_groups) for j in range(temporal_patch)]
+    space = keep * groups / keep_groups
+    return ([downsample_image(f, space) for f in picked] if space < 1 else picked,
+            fps / step if fps is not None else None)
