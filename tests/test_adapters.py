@@ -10,6 +10,16 @@ from predictor.schema import _validate_segments
 INSTRUCTION = "What shape is the red object?"
 
 
+def _assert_eager_layer0(per_head, mean, adapter_cls, path, p):
+    """(per_head, mean) equal the instruction-to-visual block of layer 0 of an eager forward of the model."""
+    eager = adapter_cls.load(str(path), attn_implementation="eager")
+    with torch.no_grad():
+        att = eager.model(**p.inputs, output_attentions=True).attentions[0][0]  # (H, S, S)
+    expect = att[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
+    torch.testing.assert_close(per_head, expect, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def loaded(tiny_models):
     """family -> (adapter, prepared) for the tiny models."""
@@ -116,12 +126,7 @@ def test_video_layer0_and_teacher_forced_match_the_model(family, loaded_video, t
     """The video prompt's features, positions (M-RoPE's temporal axis) and layer 0 are the model's own."""
     adapter, p = loaded_video[family]
     per_head, mean = adapter.layer0_attention(p)
-    eager = type(adapter).load(str(tiny_models[family]), attn_implementation="eager")
-    with torch.no_grad():
-        att = eager.model(**p.inputs, output_attentions=True).attentions[0][0]  # (H, S, S)
-    expect = att[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
-    torch.testing.assert_close(per_head, expect, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)
+    _assert_eager_layer0(per_head, mean, type(adapter), tiny_models[family], p)
     ans = torch.tensor([5, 7, 9])
     torch.testing.assert_close(adapter.teacher_forced(p, ans, output_attentions=False).logits,
                                _model_logits(adapter, p, ans), atol=1e-5, rtol=1e-4)
@@ -232,12 +237,7 @@ def test_layer0_attention_matches_plain_eager_forward(family, loaded, tiny_model
     per_head, mean = adapter.layer0_attention(p)
     n_heads = adapter.model.config.text_config.num_attention_heads
     assert per_head.shape == (n_heads, p.num_visual) and mean.shape == (p.num_visual,)
-    eager = type(adapter).load(str(tiny_models[family]), attn_implementation="eager")
-    with torch.no_grad():
-        att = eager.model(**p.inputs, output_attentions=True).attentions[0][0]  # (H, S, S)
-    expect = att[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
-    torch.testing.assert_close(per_head, expect, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)
+    _assert_eager_layer0(per_head, mean, type(adapter), tiny_models[family], p)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -30,6 +30,18 @@ def _gt(scene: scenes.Scene, index: int) -> list[float]:
     return [round(float(v), 6) for v in scenes.object_relevance(scene, index)]
 
 
+def checked_sizes(split: str, sizes: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """A generated source's split and [[height, width], ...] checked (ValueError naming the option)."""
+    if split not in SPLITS:
+        raise ValueError(f"source.split={split!r}: expected one of {', '.join(SPLITS)}")
+    out = [tuple(int(v) for v in s) for s in sizes]
+    if not out or any(len(s) != 2 for s in out):
+        raise ValueError(f"source.sizes={sizes!r}: expected a non-empty list of [height, width]")
+    for h, w in out:
+        scenes.check_size(h, w)
+    return out
+
+
 # Items are drawn on demand, so the stream is long: a run takes its first `max_items` (data_gen's and
 # eval's one knob for how many items to use); num_items only matters to code that wants a short stream.
 STREAM_LENGTH = 1_000_000
@@ -48,15 +60,9 @@ class SyntheticScenes(Source):
         """sizes: [[height, width], ...] in px, multiples of 28; item i draws one of them at random.
         The rest is `data_gen.scenes.SceneConfig` (objects per scene, their size, question types,
         clutter, placement)."""
-        if split not in SPLITS:
-            raise ValueError(f"source.split={split!r}: expected one of {', '.join(SPLITS)}")
         if num_items < 0:
             raise ValueError(f"source.num_items={num_items}: expected >= 0")
-        self.sizes = [tuple(int(v) for v in s) for s in sizes]
-        if not self.sizes or any(len(s) != 2 for s in self.sizes):
-            raise ValueError(f"source.sizes={sizes!r}: expected a non-empty list of [height, width]")
-        for h, w in self.sizes:
-            scenes.check_size(h, w)
+        self.sizes = checked_sizes(split, sizes)
         self.num_items, self.seed, self.split = int(num_items), int(seed), split
         self.config = scenes.SceneConfig(num_objects=tuple(num_objects), radius=tuple(radius),
                                          question_types=tuple(question_types), clutter=int(clutter),

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from data_gen import scenes, video_scenes
+from data_gen import video_scenes
 from data_gen.sources.base import SOURCES, Item, Source
-from data_gen.sources.synthetic_scenes import SPLITS, STREAM_LENGTH
+from data_gen.sources.synthetic_scenes import SPLITS, STREAM_LENGTH, checked_sizes
 
 _DEFAULT = video_scenes.ClipConfig()
 FPS = 2.0  # the clips' nominal frame rate: 8 frames = 4 seconds
@@ -36,13 +36,7 @@ class SyntheticVideo(Source):
                  num_objects: Sequence[int] = _DEFAULT.num_objects, target_frames: int = _DEFAULT.target_frames,
                  radius: Sequence[int] = _DEFAULT.radius):
         """sizes: [[height, width], ...] per frame in px, multiples of 28; the rest is `ClipConfig`."""
-        if split not in SPLITS:
-            raise ValueError(f"source.split={split!r}: expected one of {', '.join(SPLITS)}")
-        self.sizes = [tuple(int(v) for v in s) for s in sizes]
-        if not self.sizes or any(len(s) != 2 for s in self.sizes):
-            raise ValueError(f"source.sizes={sizes!r}: expected a non-empty list of [height, width]")
-        for h, w in self.sizes:
-            scenes.check_size(h, w)
+        self.sizes = checked_sizes(split, sizes)
         self.num_items, self.seed, self.split = int(num_items), int(seed), split
         self.config = video_scenes.ClipConfig(num_frames=int(num_frames), num_objects=tuple(num_objects),
                                               target_frames=int(target_frames), radius=tuple(radius))
