@@ -346,3 +346,9 @@ def scene_words() -> list[str]:
     """Every word the questions and answers use (the reference model's vocabulary)."""
     words = ["What", "shape", "is", "the", "object", "colour", "?"]
     return words + list(COLOURS) + list(SHAPES)
+
+
+def video_words() -> list[str]:
+    """The video reference model's vocabulary: `scene_words` and the clips' past tense ("What shape was ...").
+    A separate list, so that the image model's tokenizer, and with it its weights, stay as trained."""
+    return scene_words() + ["was"]

@@ -147,3 +147,29 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
 
 def _cells_at(tracks: list[list[tuple[int, int] | None]], f: int, w: int) -> list[int]:
     return [(p[1] // TOKEN_PX) * w + p[0] // TOKEN_PX for tr in tracks if (p := tr[f]) is not None]
+
+
+def token_labels(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+    """Per video token (t, y, x), the colour and shape index of the object covering most of cell (y, x) in
+    frame 2t or 2t + 1 (as `scenes.token_labels` for one image; the reference model's auxiliary loss).
+
+    -> (colour (t*h*w,) int64, shape (t*h*w,) int64); 0 = background, i+1 = COLOURS/SHAPES entry i.
+    """
+    t, h, w = clip.grid
+    best = np.zeros((t, h * w))
+    colour = np.zeros((t, h * w), dtype=np.int64)
+    shape = np.zeros((t, h * w), dtype=np.int64)
+    colour_ids = {c: i + 1 for i, c in enumerate(COLOURS)}
+    shape_ids = {s: i + 1 for i, s in enumerate(SHAPES)}
+    for obj, track in zip(clip.objects, clip.tracks):
+        for f, pos in enumerate(track):
+            if pos is None:
+                continue
+            share = scenes.cell_counts(scenes.object_mask(_at(obj, *pos), clip.height, clip.width)).reshape(-1)
+            share = share / TOKEN_PX ** 2
+            pair = f // TEMPORAL_PATCH
+            take = (share >= scenes.MIN_CELL_SHARE) & (share > best[pair])
+            best[pair, take] = share[take]
+            colour[pair, take] = colour_ids[obj.colour]
+            shape[pair, take] = shape_ids[obj.shape]
+    return colour.reshape(-1), shape.reshape(-1)

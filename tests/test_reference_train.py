@@ -150,6 +150,8 @@ def test_heldout_accuracy_is_the_share_of_normalised_exact_answers(processor):
     (dict(l0_cue=1.5), "l0_cue=1.5"),
     (dict(token_drop=1.5), "token_drop=1.5"),
     (dict(size_weights=[1.0]), "differ in length"),
+    (dict(modality="audio"), "modality='audio': expected one of"),
+    (dict(modality="video", clips={"num_frames": 3}), "num_frames=3"),
     (dict(scenes={**scenes.SceneConfig().to_dict(), "question_types": ["count"]}), "question type 'count'"),
 ])
 def test_bad_recipe_is_refused_before_any_work(tmp_path, change, match):
@@ -214,3 +216,55 @@ def test_layer0_losses_measure_what_they_push():
     att2[0, 0, 11, 10], att2[0, 1, 11, 3] = 1.0, 0.5  # answer position 11 -> word 10 (head 0), -> type word 3 (head 1)
     loss = guidance((att, att, att2), target, word, torch.tensor([3]), torch.tensor([11]))
     assert loss.item() == pytest.approx(-(math.log(mass) + math.log(1.0) + math.log(0.5)), abs=1e-4)
+
+
+def test_a_few_video_steps_save_a_model_the_adapter_loads_and_answers_a_video_prompt(tmp_path):
+    """Issue 13: the video reference model's recipe (`--video`) trains on synthetic_video clips through the
+    video path (pixel_values_videos, video_grid_thw), and the saved folder answers a clip through the adapter."""
+    from data_gen.reference_train.config import video_config
+    from data_gen.sources.synthetic_video import SyntheticVideo
+
+    torch.set_num_threads(1)
+    out = tmp_path / "ref-video"
+    cfg = video_config(out=str(out), steps=2, visual_tokens_per_step=64, eval_items=1)
+    record = train(cfg, progress=False)
+    saved = json.loads((out / "training.json").read_text())
+    assert saved["config"]["modality"] == "video" and saved["steps"] == record["steps"] == 2
+    assert list(saved["heldout_accuracy"]) == ["112x112"]
+    from predictor.adapters import load_adapter
+
+    adapter = load_adapter("qwen2_vl", str(out))
+    tok = adapter.processor.tokenizer
+    assert tok.convert_tokens_to_ids("was") != tok.convert_tokens_to_ids(tok.unk_token)  # the video question's word
+    item = SyntheticVideo(num_items=1, split="heldout")[0]
+    prepared = adapter.prepare(None, item.instruction, video=item.video, fps=item.fps)
+    assert "pixel_values_videos" in prepared.inputs and len(prepared.visual_positions) == 64
+    assert saved["heldout_accuracy"] == {"112x112": evaluate(adapter.model, adapter.processor, [item])}
+    card = (out / "README.md").read_text()
+    assert "synthetic_video" in card and "--video" in card
+
+
+def test_video_batches_mark_the_named_object_in_its_frames_only(processor):
+    from data_gen import video_scenes
+    from data_gen.reference_train.config import video_config
+
+    tok = processor.tokenizer
+    stream = TrainBatches(video_config(steps=1, visual_tokens_per_step=128), processor,
+                          tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"),
+                          tok.convert_tokens_to_ids("<|video_pad|>"))
+    k, items = stream.scene_indices(0)
+    clips = [stream.sources[k].clip(i) for i in items]
+    batch, colour, shape, target, word_pos, type_pos, instruction, visual_y = stream.encode(clips)
+    assert len(clips) == 2 and batch["video_grid_thw"].tolist() == [[4, 8, 8]] * 2  # before the 2x2 merge
+    assert len(colour) == len(shape) == 2 * 64
+    for b, c in enumerate(clips):
+        q = c.questions[0]
+        visual = batch["input_ids"][b] == tok.convert_tokens_to_ids("<|video_pad|>")
+        on = target[b][visual].numpy()
+        assert on.sum() >= 1 and (on == (video_scenes.object_relevance(c, q.target) > 0)).all()
+        assert set(np.flatnonzero(on) // 16) == {f // 2 for f in q.frames}  # only the frame pairs it is in
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][b, word_pos[b]])) == c.objects[q.target].colour
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][b, type_pos[b]])) == "shape"
+        y = visual_y[b][visual]
+        assert y[0] == 0.0 and y[-1] == 1.0 and (y.diff() >= 0).all()  # stacked frames' rows, in token order
+        assert (colour[b * 64:(b + 1) * 64][on] > 0).all()  # the object's tokens are labelled, not background

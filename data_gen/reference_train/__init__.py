@@ -2,6 +2,11 @@
 
     python -m data_gen.reference_train                    # -> checkpoints/reference-qwen2vl/
     python -m data_gen.reference_train --steps 200 --out /tmp/ref   # a quick look
+    python -m data_gen.reference_train --video            # -> checkpoints/reference-qwen2vl-video/
+
+`--video` (`config.video_config`) trains a second model, on `synthetic_video` clips, with the same recipe:
+video tokens stand where image tokens stood (pixel_values_videos, video_grid_thw) and the named object's
+tokens are those of the frame pairs it is visible in.
 
 The model is transformers' own `Qwen2VLForConditionalGeneration` (built by `data_gen.hf_build`),
 trained on the chat-template prompt + answer + `<|im_end|>`, so greedy generation through the
@@ -24,7 +29,7 @@ held-out evaluation), card.py (the model card), cli.py.
 """
 from data_gen.reference_train.batches import chat_prompt, heldout_items, make_batch
 from data_gen.reference_train.cli import main
-from data_gen.reference_train.config import DEFAULT_OUT, RefTrainConfig
+from data_gen.reference_train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
 from data_gen.reference_train.loop import evaluate, train
 
-__all__ = ["DEFAULT_OUT", "RefTrainConfig", "chat_prompt", "evaluate", "heldout_items", "main", "make_batch", "train"]
+__all__ = ["DEFAULT_OUT", "VIDEO_OUT", "RefTrainConfig", "video_config", "chat_prompt", "evaluate", "heldout_items", "main", "make_batch", "train"]

@@ -1,60 +1,107 @@
-"""Training and evaluation scenes as model inputs: chat prompts, teacher-forcing batches, and the
-per-step stream of training batches (a pure function of the seed)."""
+"""Training and evaluation scenes (or video clips) as model inputs: chat prompts, teacher-forcing batches, and
+the per-step stream of training batches (a pure function of the seed)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from data_gen import scenes
+from data_gen import scenes, video_scenes
 from data_gen.sources.synthetic_scenes import SyntheticScenes
+from data_gen.sources.synthetic_video import FPS, SyntheticVideo
 
 
-def chat_prompt(processor: Any, instruction: str) -> str:
-    """The chat-template prompt for one image + instruction, ending with the assistant header."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+def chat_prompt(processor: Any, instruction: str, modality: str = "image") -> str:
+    """The chat-template prompt for one image (or video) + instruction, ending with the assistant header."""
+    messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": instruction}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def media_inputs(image: Any = None, video: Any = None, fps: float | None = None) -> dict:
+    """Processor arguments for one image, or one clip of already sampled frames as the qwen2_vl adapter passes
+    them (no resampling; the fps as metadata), so that training sees the inputs inference sees."""
+    if video is None:
+        return {"images": [image]}
+    n = len(video)
+    meta = {"total_num_frames": n, "fps": fps, "frames_indices": list(range(n))}
+    return {"videos": [video], "videos_kwargs": {"do_sample_frames": False, "video_metadata": [meta]}}
+
+
 def make_batch(processor: Any, examples: list[tuple[Any, str, str]], eos_id: int, pad_id: int,
-               ) -> dict[str, torch.Tensor]:
-    """Teacher-forcing batch of (image, instruction, answer): prompt (exactly as generation sees it) + answer + <|im_end|>.
+               modality: str = "image") -> dict[str, torch.Tensor]:
+    """Teacher-forcing batch of (image or frames, instruction, answer): prompt (exactly as generation sees it) +
+    answer + <|im_end|>.
 
     -> input_ids/attention_mask/labels (B, S) right-padded (labels -100 outside the answer),
        mm_token_type_ids (B, S), pixel_values (sum of patches, C*T*P*P), image_grid_thw (B, 3)
+       (video: pixel_values_videos, video_grid_thw (B, 3) instead)
     """
+    pixels_key, grid_key = ("pixel_values", "image_grid_thw") if modality == "image" else (
+        "pixel_values_videos", "video_grid_thw")
     ids, labels, pixels, grids, types = [], [], [], [], []
-    for image, instruction, answer_text in examples:
-        enc = processor(text=[chat_prompt(processor, instruction)], images=[image], return_tensors="pt")
+    for media, instruction, answer_text in examples:
+        media_kw = media_inputs(image=media) if modality == "image" else media_inputs(video=media, fps=FPS)
+        enc = processor(text=[chat_prompt(processor, instruction, modality)], return_tensors="pt", **media_kw)
         answer = processor.tokenizer(answer_text, add_special_tokens=False).input_ids + [eos_id]
         prompt = enc["input_ids"][0].tolist()
         ids.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
-        pixels.append(enc["pixel_values"])
-        grids.append(enc["image_grid_thw"])
-        types.append(enc["mm_token_type_ids"][0].tolist())  # 1 at image tokens: M-RoPE needs it
+        pixels.append(enc[pixels_key])
+        grids.append(enc[grid_key])
+        types.append(enc["mm_token_type_ids"][0].tolist())  # 1 at image tokens, 2 at video: M-RoPE needs it
     n = max(len(x) for x in ids)
     return {
         "input_ids": torch.tensor([x + [pad_id] * (n - len(x)) for x in ids]),
         "attention_mask": torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids]),
         "labels": torch.tensor([x + [-100] * (n - len(x)) for x in labels]),
         "mm_token_type_ids": torch.tensor([x + [0] * (n - len(x)) for x in types]),
-        "pixel_values": torch.cat(pixels),
-        "image_grid_thw": torch.cat(grids),
+        pixels_key: torch.cat(pixels),
+        grid_key: torch.cat(grids),
     }
 
 
-def heldout_items(seed: int, size: list[int], n: int, scene_config: dict) -> list:
-    """The first n held-out scenes of one size, drawn as the reference model's training scenes were."""
-    source = SyntheticScenes(num_items=n, seed=seed, split="heldout", sizes=[size], **scene_config)
+@dataclass
+class Example:
+    """One training scene or clip, as the batches need it."""
+
+    media: Any  # a PIL image, or the clip's frames
+    question: str
+    answer: str
+    word: str  # the question's naming word ("red")
+    kind: str  # its type word ("shape" / "colour")
+    named: np.ndarray  # (N_v,) bool: the named object's visual tokens
+    colour: np.ndarray  # (N_v,) int64 per-token labels (0 = background), see scenes.token_labels
+    shape: np.ndarray
+    grid: tuple[int, int, int]  # (t, h, w) visual tokens
+
+
+def example(drawn: scenes.Scene | video_scenes.Clip) -> Example:
+    if isinstance(drawn, video_scenes.Clip):
+        q = drawn.questions[0]
+        named, (colour, shape) = video_scenes.object_relevance(drawn, q.target) > 0, video_scenes.token_labels(drawn)
+        return Example(drawn.frames, q.text, q.answer, drawn.objects[q.target].colour, "shape", named, colour, shape,
+                       drawn.grid)
+    q = drawn.questions[0]
+    colour, shape = scenes.token_labels(drawn)
+    return Example(drawn.image, drawn.question, drawn.answer, q.word, q.kind,
+                   scenes.object_relevance(drawn, drawn.target) > 0, colour, shape, drawn.grid)
+
+
+def heldout_items(seed: int, size: list[int], n: int, scene_config: dict, modality: str = "image") -> list:
+    """The first n held-out scenes (video: clips, `scene_config` a ClipConfig dict) of one size, drawn as the
+    reference model's training scenes were."""
+    cls = SyntheticScenes if modality == "image" else SyntheticVideo
+    source = cls(num_items=n, seed=seed, split="heldout", sizes=[size], **scene_config)
     return [source[i] for i in range(n)]
 
 
 def batch_size(cfg, size: list[int]) -> int:
-    """Scenes per step at `size`: the same visual-token budget per step at every size."""
+    """Scenes (clips) per step at `size`: the same visual-token budget per step at every size."""
     h, w = size
-    return max(1, cfg.visual_tokens_per_step // ((h // scenes.TOKEN_PX) * (w // scenes.TOKEN_PX)))
+    frames = 1 if cfg.modality == "image" else cfg.clips["num_frames"] // video_scenes.TEMPORAL_PATCH
+    return max(1, cfg.visual_tokens_per_step // ((h // scenes.TOKEN_PX) * (w // scenes.TOKEN_PX) * frames))
 
 
 def drop_tokens(rng: np.random.Generator, named: np.ndarray, objects: np.ndarray, p: float) -> np.ndarray:
@@ -80,23 +127,26 @@ def drop_tokens(rng: np.random.Generator, named: np.ndarray, objects: np.ndarray
 
 
 class TrainBatches(torch.utils.data.IterableDataset):
-    """The training batches in step order. Step s draws its size from (seed, s); its scenes are the
+    """The training batches in step order. Step s draws its size from (seed, s); its scenes (clips) are the
     train-split items s*m, s*m+1, ... with m the largest batch of any size, so no two steps share a
     scene: the stream is a pure function of the seed.
 
     Yields (batch from `make_batch`, colour (N,) and shape (N,) class per visual token of the batch
     (0 = background), target (B, S) bool on the named object's tokens, word_pos (B,) position of the
     question's naming word, type_pos (B,) of its type word, instruction (B, S) bool, visual_y (B, S) image row
-    of each visual token (NaN elsewhere and where dropped)). With `token_drop`, batch["dropped"] (B, S) marks
+    of each visual token, 0 top to 1 bottom (video: the row in the frame pairs stacked top to bottom, so it
+    grows in token order, as an image's does; NaN elsewhere and where dropped)). With `token_drop`, batch["dropped"] (B, S) marks
     the visual tokens removed from the attention (`drop_tokens`).
     """
 
     def __init__(self, cfg, processor: Any, eos_id: int, pad_id: int, image_token_id: int):
+        """image_token_id: the visual tokens' id (video: the video token's)."""
         self.cfg, self.processor, self.eos_id, self.pad_id = cfg, processor, eos_id, pad_id
         self.image_token_id = image_token_id
         self.per_step = max(batch_size(cfg, s) for s in cfg.sizes)
-        self.sources = [SyntheticScenes(num_items=cfg.steps * self.per_step, seed=cfg.seed, split="train", sizes=[s],
-                                        **cfg.scenes) for s in cfg.sizes]
+        cls, options = (SyntheticScenes, cfg.scenes) if cfg.modality == "image" else (SyntheticVideo, cfg.clips)
+        self.sources = [cls(num_items=cfg.steps * self.per_step, seed=cfg.seed, split="train", sizes=[s], **options)
+                        for s in cfg.sizes]
         self.weights = np.asarray(cfg.size_weights, dtype=np.float64) / sum(cfg.size_weights)
 
     def scene_indices(self, step: int) -> tuple[int, range]:
@@ -110,19 +160,21 @@ class TrainBatches(torch.utils.data.IterableDataset):
         torch.set_num_threads(1)
         for step in range(self.cfg.steps):
             k, items = self.scene_indices(step)
-            yield self.encode([self.sources[k].scene(i) for i in items], np.random.default_rng([self.cfg.seed, step, 1]))
+            draw = self.sources[k].scene if self.cfg.modality == "image" else self.sources[k].clip
+            yield self.encode([draw(i) for i in items], np.random.default_rng([self.cfg.seed, step, 1]))
 
-    def encode(self, drawn: list[scenes.Scene], rng: np.random.Generator | None = None):
+    def encode(self, drawn: list[scenes.Scene] | list[video_scenes.Clip], rng: np.random.Generator | None = None):
         """rng: draws the dropped tokens (None: nothing dropped)."""
-        batch = make_batch(self.processor, [(d.image, d.question, d.answer) for d in drawn], self.eos_id, self.pad_id)
-        labels = [scenes.token_labels(d) for d in drawn]
+        drawn = [example(d) for d in drawn]
+        batch = make_batch(self.processor, [(d.media, d.question, d.answer) for d in drawn], self.eos_id, self.pad_id,
+                           self.cfg.modality)
+        labels = [(d.colour, d.shape) for d in drawn]
         target = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         for b, d in enumerate(drawn):
-            target[b, batch["input_ids"][b] == self.image_token_id] = torch.from_numpy(
-                scenes.object_relevance(d, d.target) > 0)
+            target[b, batch["input_ids"][b] == self.image_token_id] = torch.from_numpy(d.named)
         tok = self.processor.tokenizer
-        word_pos = self._positions(batch, tok.convert_tokens_to_ids([d.questions[0].word for d in drawn]))
-        type_pos = self._positions(batch, tok.convert_tokens_to_ids([d.questions[0].kind for d in drawn]))
+        word_pos = self._positions(batch, tok.convert_tokens_to_ids([d.word for d in drawn]))
+        type_pos = self._positions(batch, tok.convert_tokens_to_ids([d.kind for d in drawn]))
         # the instruction: the tokens between <|vision_end|> and the user turn's <|im_end|>
         ids = batch["input_ids"]
         idx = torch.arange(ids.shape[1])
@@ -131,8 +183,8 @@ class TrainBatches(torch.utils.data.IterableDataset):
             [int(((ids[b] == self.eos_id) & (idx > start[b])).nonzero()[0]) for b in range(len(drawn))])[:, None])
         visual_y = torch.full(ids.shape, float("nan"))
         for b, d in enumerate(drawn):
-            _, h, w = d.grid
-            visual_y[b, ids[b] == self.image_token_id] = (torch.arange(h * w) // w).float() / max(h - 1, 1)
+            t, h, w = d.grid
+            visual_y[b, ids[b] == self.image_token_id] = (torch.arange(t * h * w) // w).float() / max(t * h - 1, 1)
         dropped = torch.zeros_like(target)
         if rng is not None:
             for b, d in enumerate(drawn):

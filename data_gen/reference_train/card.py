@@ -9,8 +9,10 @@ BAR = 0.95  # held-out accuracy the reference model must reach with all visual t
 def model_card(record: dict) -> str:
     cfg = record["config"]
     sc = cfg["scenes"]
+    video = cfg.get("modality", "image") == "video"
     rows = "\n".join(f"| {k} | {v * 100:.1f}% |" for k, v in record["heldout_accuracy"].items())
-    acc = record["heldout_accuracy"].get("224x224", 0.0)
+    main_size = "x".join(map(str, cfg["eval_sizes"][0])) if video else "224x224"
+    acc = record["heldout_accuracy"].get(main_size, 0.0)
     status = "" if acc >= BAR else f"""
 > **Provisional: below the bar.** Held-out accuracy is {acc * 100:.1f}%, not the >= {BAR:.0%} this model is
 > meant to reach. Until a run reaches it, the pipeline runs end to end on this model, but its answers, and so
@@ -18,16 +20,28 @@ def model_card(record: dict) -> str:
 """
     asked = {"shape": '"What shape is the <colour> object?"', "colour": '"What colour is the <shape>?"'}
     lo, hi = sc["num_objects"]
-    return f"""# reference-qwen2vl: a test model for this pipeline, not a general MLLM
+    knows = f"""`synthetic_scenes` source. It knows only those scenes: {lo}-{hi} objects ({len(scenes.COLOURS)} colours x
+{len(scenes.SHAPES)} shapes), each inside one 28 x 28 px visual-token cell, on grey backgrounds with grey
+distractor strokes, and the questions {" and ".join(asked[q] for q in sc["question_types"])}, where the named
+colour or shape is unique in the scene."""
+    name, flag, heldout = "reference-qwen2vl", "", "`synthetic_scenes` split `heldout`"
+    settings, sized = "`data_gen.scenes.SceneConfig`", "image"
+    if video:
+        cl = cfg["clips"]
+        lo, hi = cl["num_objects"]
+        knows = f"""`synthetic_video` source. It knows only those clips: {cl['num_frames']} frames (merged in pairs into
+video tokens) of {lo}-{hi} objects ({len(scenes.COLOURS)} colours x {len(scenes.SHAPES)} shapes), each inside one
+28 x 28 px cell; the distractors move from cell to cell, the named object (a colour no other object has) is
+visible in only {cl['target_frames']} consecutive frames, and the question is "What shape was the <colour> object?"."""
+        name, flag, heldout = "reference-qwen2vl-video", " --video", "`synthetic_video` split `heldout`"
+        settings, sized = "`data_gen.video_scenes.ClipConfig`", "frame"
+    return f"""# {name}: a test model for this pipeline, not a general MLLM
 {status}
 A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture (transformers'
 `Qwen2VLForConditionalGeneration`; text: {cfg['text']['num_hidden_layers']} layers, hidden
 {cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
 embed {cfg['vision']['embed_dim']}, patch 14, merge 2), trained from scratch on this repository's
-`synthetic_scenes` source. It knows only those scenes: {lo}-{hi} objects ({len(scenes.COLOURS)} colours x
-{len(scenes.SHAPES)} shapes), each inside one 28 x 28 px visual-token cell, on grey backgrounds with grey
-distractor strokes, and the questions {" and ".join(asked[q] for q in sc["question_types"])}, where the named
-colour or shape is unique in the scene. Its vocabulary is a few dozen words. It exists so that label generation,
+{knows} Its vocabulary is a few dozen words. It exists so that label generation,
 predictor training and pruned evaluation can run, and be judged against a known ground truth, on a CPU.
 Do not use it for anything else.
 
@@ -35,15 +49,15 @@ Load it like any Qwen2-VL checkpoint:
 
 ```python
 from predictor.adapters import load_adapter
-adapter = load_adapter("qwen2_vl", "checkpoints/reference-qwen2vl")
+adapter = load_adapter("qwen2_vl", "checkpoints/{name}")
 ```
 
 ## Training
 
-    python -m data_gen.reference_train --seed {record['seed']} --steps {record['steps']}
+    python -m data_gen.reference_train{flag} --seed {record['seed']} --steps {record['steps']}
 
 {record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
-seed and thread count give byte-identical weights), image sizes {cfg['sizes']} drawn with weights
+seed and thread count give byte-identical weights), {sized} sizes {cfg['sizes']} drawn with weights
 {cfg['size_weights']}, {cfg['visual_tokens_per_step']} visual tokens per step. Losses:
 - the answer (label smoothing {cfg['label_smoothing']});
 - a per-visual-token colour and shape classifier (linear) on the merged vision features (the head is not part
@@ -53,13 +67,13 @@ seed and thread count give byte-identical weights), image sizes {cfg['sizes']} d
   type word, "shape" or "colour" (head 1);
 - layer 0, whose attention the relevance predictor reads, {_layer0_note(cfg)}
 {_drop_note(cfg)}
-Everything else (the scene settings above: `data_gen.scenes.SceneConfig`, the schedule, the sizes) is in
+Everything else (the scene settings above: {settings}, the schedule, the sizes) is in
 `training.json`.
 
 ## Held-out accuracy
 
 Greedy generation, normalised exact match, {record['heldout_items_per_size']} held-out scenes
-(`synthetic_scenes` split `heldout`, seed {record['seed']}) per image size, all visual tokens:
+({heldout}, seed {record['seed']}) per {sized} size, all visual tokens:
 
 | image size (h x w) | accuracy |
 |---|---|
@@ -79,7 +93,9 @@ def _layer0_note(cfg: dict) -> str:
     if bias:
         parts.append(f"""  - a position bias: the slope of log layer-0 attention (instruction over visual tokens, mean over heads)
     against the token's image row (0 top, 1 bottom) is pushed up to {bias} (a hinge), so attention grows
-    towards the bottom of the image, nearest the text, as in real MLLMs' early layers;""")
+    towards the bottom of the image, nearest the text, as in real MLLMs' early layers;""" + ("""
+    in a clip the row counts in the frame pairs stacked top to bottom, so attention also grows towards the
+    last frames;""" if cfg.get("modality") == "video" else ""))
     return ("gets two planted properties, and nothing else:\n" + "\n".join(parts) + """
   - why planted: a model this small does its lookup in layers 1-2, and left alone its layer 0 says nothing
     about which object the question names (the v1 model: at chance). Real MLLMs' first layer carries a weak

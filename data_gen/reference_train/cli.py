@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from data_gen.reference_train.config import DEFAULT_OUT, RefTrainConfig
+from data_gen.reference_train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
 from data_gen.reference_train.loop import train
 
 
@@ -12,9 +12,12 @@ def main(argv: list[str] | None = None) -> None:
     from data_gen.reference_train import __doc__ as doc
 
     p = argparse.ArgumentParser(prog="python -m data_gen.reference_train", description=doc.split("\n\n")[0])
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--video", action="store_true",
+                   help=f"train the video reference model on synthetic_video clips (config.video_config; default "
+                        f"--out {VIDEO_OUT}, --steps {video_config().steps})")
+    p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (--video: {VIDEO_OUT})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=RefTrainConfig.steps)
+    p.add_argument("--steps", type=int, default=None, help=f"default: {RefTrainConfig.steps} (--video: {video_config().steps})")
     p.add_argument("--eval-items", type=int, default=RefTrainConfig.eval_items)
     p.add_argument("--threads", type=int, default=RefTrainConfig.threads)
     p.add_argument("--l0-cue", type=float, default=RefTrainConfig.l0_cue,
@@ -32,8 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.sizes:
         extra["sizes"] = [[int(v) for v in x.split("x")] for x in a.sizes.split(",")]
         extra["size_weights"] = [1.0] * len(extra["sizes"])
-    record = train(RefTrainConfig(out=a.out, seed=a.seed, steps=a.steps, eval_items=a.eval_items, threads=a.threads,
-                                  l0_cue=a.l0_cue, l0_position_bias=a.l0_position_bias, **extra))
-    print(f"saved {a.out}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min")
+    extra.update({k: v for k, v in (("out", a.out), ("steps", a.steps)) if v is not None})
+    recipe = video_config if a.video else RefTrainConfig
+    cfg = recipe(seed=a.seed, eval_items=a.eval_items, threads=a.threads, l0_cue=a.l0_cue,
+                 l0_position_bias=a.l0_position_bias, **extra)
+    record = train(cfg)
+    print(f"saved {cfg.out}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min")
     for size, acc in record["heldout_accuracy"].items():
         print(f"held-out accuracy at {size}: {acc * 100:.1f}% ({record['heldout_items_per_size']} scenes)")

@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_gen.scenes import SceneConfig
+from data_gen.video_scenes import ClipConfig
 
 DEFAULT_OUT = "checkpoints/reference-qwen2vl"
+VIDEO_OUT = "checkpoints/reference-qwen2vl-video"
+MODALITIES = ("image", "video")
 # (text layer, head) of the guided lookup (losses.guidance): the naming word onto the object, the answer
 # position onto the naming word, the answer position onto the question's type word. Layer 0 is the
 # predictor's input and gets only the weak cue and the position bias below.
@@ -46,6 +49,11 @@ class RefTrainConfig:
     # the scenes (data_gen.scenes.SceneConfig): synthetic_scenes' defaults, so that the source as a user
     # builds it asks what this model was trained to answer
     scenes: dict = field(default_factory=lambda: SceneConfig().to_dict())
+    # "video": train on `synthetic_video` clips (frame pairs x 28 px cells) instead of images; `video_config`
+    # is the video reference model's recipe
+    modality: str = "image"
+    # the clips (data_gen.video_scenes.ClipConfig), used when modality="video": synthetic_video's defaults
+    clips: dict = field(default_factory=lambda: ClipConfig().to_dict())
     eval_items: int = 200  # held-out scenes per evaluated size
     eval_sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 448]])
     threads: int = 1  # one thread: with other processes on the cores, 2 threads ran 5-7x slower
@@ -76,4 +84,15 @@ class RefTrainConfig:
             raise ValueError(f"l0_position_bias={self.l0_position_bias}: expected a slope >= 0 (0: no bias)")
         if not 0.0 <= self.token_drop <= 1.0:
             raise ValueError(f"token_drop={self.token_drop}: expected a probability in [0, 1] (0: off)")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality={self.modality!r}: expected one of {list(MODALITIES)}")
         self.scene_config()  # bad scene settings fail here
+        ClipConfig(**self.clips)
+
+
+def video_config(**changes) -> RefTrainConfig:
+    """The video reference model's recipe (`python -m data_gen.reference_train --video`): the image recipe on
+    synthetic_video's 112 x 112 x 8-frame clips (64 video tokens), with `changes` on top."""
+    video = dict(out=VIDEO_OUT, modality="video", steps=2200, sizes=[[112, 112]], size_weights=[1.0],
+                 eval_sizes=[[112, 112]])
+    return RefTrainConfig(**{**video, **changes})

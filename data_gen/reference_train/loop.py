@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from data_gen import scenes
 from data_gen.correctness import normalise
-from data_gen.reference_train.batches import TrainBatches, chat_prompt, heldout_items
+from data_gen.reference_train.batches import TrainBatches, chat_prompt, heldout_items, media_inputs
 from data_gen.reference_train.card import model_card
 from data_gen.reference_train.config import RefTrainConfig
 from data_gen.reference_train.losses import AuxHead, guidance, layer0_cue, layer0_position_bias
@@ -21,11 +21,13 @@ from data_gen.reference_train.losses import AuxHead, guidance, layer0_cue, layer
 
 @torch.no_grad()
 def evaluate(model: Any, processor: Any, items: list, max_new_tokens: int = 4) -> float:
-    """Answer accuracy with greedy generation from the chat-template prompt (normalised exact match)."""
+    """Answer accuracy with greedy generation from the chat-template prompt (normalised exact match); items are
+    image or video `Item`s."""
     model.eval()
     correct = 0
     for item in items:
-        enc = processor(text=[chat_prompt(processor, item.instruction)], images=[item.image], return_tensors="pt")
+        enc = processor(text=[chat_prompt(processor, item.instruction, item.modality)], return_tensors="pt",
+                        **media_inputs(item.image, item.video, item.fps))
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         text = processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         correct += normalise(text) == normalise(item.answer)
@@ -39,8 +41,9 @@ def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, processor = make_qwen2_vl(scenes.scene_words(), text=cfg.text, vision=cfg.vision,
-                                     max_pixels=cfg.max_pixels, seed=cfg.seed)
+    video = cfg.modality == "video"
+    model, processor = make_qwen2_vl(scenes.video_words() if video else scenes.scene_words(), text=cfg.text,
+                                     vision=cfg.vision, max_pixels=cfg.max_pixels, seed=cfg.seed)
     tok = processor.tokenizer
     eos_id, pad_id = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     maps = cfg.att_weight > 0 or cfg.l0_cue > 0 or cfg.l0_position_bias > 0  # attention maps are needed
@@ -52,11 +55,11 @@ def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))))
 
-    captured: list[torch.Tensor] = []  # the merger's output: (N_visual_tokens_in_batch, D)
+    captured: list[torch.Tensor] = []  # the merger's output: (N_visual_tokens_in_batch, D), images or videos
     hook = model.model.visual.merger.register_forward_hook(lambda m, i, out: captured.append(out))
+    visual_id = model.config.video_token_id if video else model.config.image_token_id
     batches = torch.utils.data.DataLoader(  # drawing + processing overlap the model step
-        TrainBatches(cfg, processor, eos_id, pad_id, model.config.image_token_id), batch_size=None, num_workers=1,
-        prefetch_factor=4)
+        TrainBatches(cfg, processor, eos_id, pad_id, visual_id), batch_size=None, num_workers=1, prefetch_factor=4)
 
     t0 = time.time()
     model.train()
@@ -67,7 +70,8 @@ def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
         # positions as in the whole prompt, then the dropped tokens masked out of the attention: what pruning
         # does at inference (predictor.runtime keeps the kept tokens' original positions)
         batch["position_ids"] = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
-                                                           batch["image_grid_thw"], None, batch["attention_mask"])[0]
+                                                           batch.get("image_grid_thw"), batch.get("video_grid_thw"),
+                                                           batch["attention_mask"])[0]
         batch["attention_mask"] = batch["attention_mask"] * ~dropped
         captured.clear()
         out = model(**batch, output_attentions=maps)
@@ -99,8 +103,9 @@ def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
 
     model.eval()
     model.set_attn_implementation("sdpa")
-    accuracy = {f"{h}x{w}": evaluate(model, processor, heldout_items(cfg.seed, [h, w], cfg.eval_items, cfg.scenes))
-                for h, w in cfg.eval_sizes}
+    items = {f"{h}x{w}": heldout_items(cfg.seed, [h, w], cfg.eval_items, cfg.clips if video else cfg.scenes,
+                                        cfg.modality) for h, w in cfg.eval_sizes}
+    accuracy = {size: evaluate(model, processor, drawn) for size, drawn in items.items()}
     record = {"train_seconds": round(train_s, 1), "steps": cfg.steps, "seed": cfg.seed,
               "parameters": sum(p.numel() for p in model.parameters()),
               "heldout_accuracy": accuracy, "heldout_items_per_size": cfg.eval_items, "config": asdict(cfg)}
