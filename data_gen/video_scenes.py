@@ -120,11 +120,14 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
     for k in range(2):
         pos = _cell_centre(rng, home[k], w, radii[k])
         tracks.append([pos if f in visible[k] else None for f in range(config.num_frames)])
-    # distractors: a free cell per frame (never one a visible named object holds), so they move
+    pairs = [{f // TEMPORAL_PATCH for f in v} for v in visible]
+    # distractors: a free cell per frame (never a named object's cell in its frame pairs), so they move
     for k in range(2, n):
         track = []
         for f in range(config.num_frames):
-            taken = {home[j] for j in range(2) if f in visible[j]} | {c for c in _cells_at(tracks[2:k], f, w)}
+            # a named object's cell stays clear in both frames of each pair it shows in: a video token
+            # merges a frame pair, and a distractor there would mix two objects in the named one's token
+            taken = {home[j] for j in range(2) if f // TEMPORAL_PATCH in pairs[j]} | set(_cells_at(tracks[2:k], f, w))
             cells = [c for c in range(h * w) if c not in taken]
             track.append(_cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k]) if cells else None)
         tracks.append(track)

@@ -86,3 +86,21 @@ def test_the_processor_lays_the_clip_out_as_the_ground_truth_does():
 def test_bad_clip_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         ClipConfig(**kw)
+
+
+def test_no_distractor_shares_a_named_objects_token():
+    """A video token merges a frame pair: in the pairs a named object shows in, its cell holds no other object
+    in either frame, so its tokens never mix it with a distractor."""
+    from data_gen.video_scenes import make_clip
+
+    for seed in range(30):
+        clip = make_clip(np.random.default_rng(seed), 112, 112, ClipConfig(num_objects=(10, 10)))
+        for q in clip.questions:
+            cell = next(p for p in clip.tracks[q.target] if p is not None)
+            cell = (cell[1] // TOKEN, cell[0] // TOKEN)
+            for f in range(len(clip.frames)):
+                if f // TEMPORAL_PATCH not in {v // TEMPORAL_PATCH for v in q.frames}:
+                    continue
+                for k, track in enumerate(clip.tracks):
+                    if k != q.target and track[f] is not None:
+                        assert (track[f][1] // TOKEN, track[f][0] // TOKEN) != cell, (seed, f, k)
