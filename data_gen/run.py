@@ -153,8 +153,7 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
         raise SkipItem("empty_instruction", "the instruction is empty")
     video_meta = None
     if item.modality == "video":
-        rate = item.fps if item.fps is not None else item.extra.get("video_fps")  # generated sources use extra
-        frames, fps = load_video(item.video, rate, cfg.max_pixels, cfg.max_video_pixels)
+        frames, fps = load_video(item.video, item.fps, cfg.max_pixels, cfg.max_video_pixels)
         video_meta = {"num_frames": len(frames), "fps": fps}
         # the frames' rate times them (Qwen2.5-VL); adapters written before prepare(fps=) are called without it
         timed = fps is not None and _takes_fps(adapter.prepare)

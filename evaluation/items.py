@@ -66,8 +66,7 @@ def load_media(item, s: ItemSettings) -> Media:
     from data_gen.sources.video import load_video
 
     if item.modality == "video":
-        rate = item.fps if item.fps is not None else (item.extra or {}).get("video_fps")
-        frames, fps = load_video(item.video, rate, s.max_pixels, s.max_video_pixels)
+        frames, fps = load_video(item.video, item.fps, s.max_pixels, s.max_video_pixels)
         return Media(frames=frames, fps=fps)
     return Media(image=cap_pixels(load_image(item.image), s.max_pixels))
 

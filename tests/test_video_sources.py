@@ -246,8 +246,7 @@ def test_data_gen_writes_video_samples(tmp_path):
              Item(id="tensor", instruction="what moves", answer="yes", video=torch.full((2, 3, 28, 56), 50, dtype=torch.uint8),
                   modality="video"),
              Item(id="empty", instruction="what moves", answer="yes", video=[], modality="video"),
-             Item(id="extra", instruction="what moves", answer="yes", video=pil, modality="video",
-                  extra={"video_fps": 3.0})]  # generated sources (synthetic_video) give the rate in extra
+             Item(id="given_fps", instruction="what moves", answer="yes", video=pil, modality="video", fps=3.0)]
     # 4 frames of 56x56 px would be 16 tokens; a clip budget of 8 cells leaves each frame 2 cells' pixels
     cfg = DataGenConfig(out=str(tmp_path / "out"), progress=False, thumbnails=True, max_video_pixels=8 * 28 * 28)
     adapter = VideoFakeAdapter()
@@ -260,7 +259,7 @@ def test_data_gen_writes_video_samples(tmp_path):
     assert s.meta["grid"][0] == 4 and s.relevance.shape[0] == 4 * s.meta["grid"][1] * s.meta["grid"][2] <= 8
     assert by_id["pil"].meta["video"] == {"num_frames": 3, "fps": 2.0}
     assert by_id["tensor"].meta["video"] == {"num_frames": 2, "fps": None}
-    assert by_id["extra"].meta["video"] == {"num_frames": 3, "fps": 3.0}
+    assert by_id["given_fps"].meta["video"] == {"num_frames": 3, "fps": 3.0}
     assert adapter.fps_seen == [pytest.approx(24 / 7), 2.0, None, 3.0]  # "gone" fails before prepare
     assert "video frame 2 of 3: no file" in done["gone"]["detail"]
     # an adapter whose prepare takes no fps is called without it
