@@ -33,7 +33,7 @@ from data_gen.build import (build_adapter, build_explainer, build_source, dist_e
 from data_gen.guard import check_same_settings
 from data_gen.sources.base import Item, Source
 from data_gen.sources.video import load_video
-from data_gen.writer import ShardWriter, safe_key
+from data_gen.writer import ShardWriter, index_key, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
 from predictor.schema import Sample, make_meta
 
@@ -245,7 +245,7 @@ def identify(source: Source, i: int, dups: dict[int, int]) -> tuple[str, Item | 
         item = source[i]
         key = safe_key(item.id)
     except Exception as e:
-        return f"index-{i:09d}", None, "bad_item", f"{type(e).__name__}: {e}"
+        return index_key(i), None, "bad_item", f"{type(e).__name__}: {e}"
     if i in dups:
         return (f"{key}#{i}", None, "duplicate_id",
                 f"id {item.id!r} is also item {dups[i]}'s, which is the one labelled; give every item its own id")

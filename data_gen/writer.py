@@ -46,6 +46,11 @@ def safe_key(item_id: str) -> str:
     return key
 
 
+def index_key(i: int) -> str:
+    """The key of source item i when its record cannot be read (no id): stable for the source."""
+    return f"index-{i:09d}"
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -16,6 +16,7 @@ import torch
 
 from data_gen.images import DEFAULT_MAX_PIXELS, ImageError
 from evaluation.aggregate import aggregate
+from data_gen.writer import index_key
 from evaluation.records import append_record, resume, skipped_record
 
 
@@ -140,7 +141,7 @@ class ItemEvaluator:
         try:
             item = self.source[i]
         except Exception as e:  # a record the source cannot read
-            return skipped_record(i, f"index-{i:09d}", e)
+            return skipped_record(i, index_key(i), e)
         try:
             media = load_media(item, self.s)
         except ImageError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.images import ImageError
+from data_gen.writer import index_key
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def item_id(source, i: int) -> str:
     try:
         return source[i].id
     except Exception:
-        return f"index-{i:09d}"
+        return index_key(i)
 
 
 def skipped_record(i: int, key: str, e: Exception) -> dict[str, Any]:
