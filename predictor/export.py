@@ -62,7 +62,7 @@ def save_predictor(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (tmp / CARD_NAME).write_text(model_card(config))
+    (tmp / CARD_NAME).write_text(model_card(config, location=str(path)))
     tmp.chmod(0o755)  # mkdtemp makes 0700, and a umask of 077 would make the files 0600
     for f in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
         (tmp / f).chmod(0o644)
@@ -98,9 +98,15 @@ def _rmtree(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
-def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RelevancePredictor:
-    """Rebuild an exported predictor (eval mode) from its folder; `.modality` is what it was trained on."""
-    path = Path(path)
+def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                   revision: str | None = None, cache_dir: str | None = None,
+                   token: str | bool | None = None) -> RelevancePredictor:
+    """Rebuild an exported predictor (eval mode) from its folder or a hub repo id ("org/name", resolved
+    through the local HF cache, downloaded if missing unless HF_HUB_OFFLINE=1; `revision`: a branch, tag or
+    commit). `.modality` is what it was trained on; `.export_config` the whole config.json."""
+    from predictor.hub import resolve_export
+
+    path = resolve_export(path, revision=revision, cache_dir=cache_dir, token=token)
     cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(
@@ -113,6 +119,7 @@ def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "
     model = RelevancePredictor(cfg)
     model.load_state_dict(load_file(str(weights), device=str(map_location)))
     model.modality = config["modality"]
+    model.export_config = config
     return model.eval()
 
 
@@ -185,36 +192,58 @@ def check_weights(path: str | os.PathLike, cfg: PredictorConfig) -> None:
             "config.json")
 
 
-def model_card(config: dict[str, Any]) -> str:
+def model_card(config: dict[str, Any], repo_id: str | None = None, base_model: str | None = None,
+               license: str = "apache-2.0", location: str | None = None) -> str:
+    """The export's README.md: hub metadata (library_name, base_model, tags, license, modality) and a
+    "how to use" block that runs as written once the MLLM and an image are at hand.
+    repo_id / location: what the snippet loads (the hub id, else the folder); base_model: the MLLM's hub id."""
     p, t, m = config["predictor"], config["trained_on"], config["metrics"]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(m.items())) or "| (none recorded) | |"
     trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items()) if k != "modality")
+    modality = config["modality"]
+    mllm = base_model or t.get("model_id") or "<path of the MLLM>"
+    meta = {"library_name": "relevance-predictor", "license": license, "modality": modality,
+            "tags": ["token-pruning", "visual-token-pruning", "multimodal", modality]}
+    if base_model:
+        meta["base_model"] = base_model
+    header = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items())  # JSON scalars/lists are YAML
+    media = ('image = Image.open("example.jpg").convert("RGB")   # any image\n'
+             'prompt = adapter.prepare(image, "What is in the picture?")') if modality == "image" else (
+            'frames = [Image.open(f"frame{i}.jpg").convert("RGB") for i in range(8)]   # sampled frames\n'
+            'prompt = adapter.prepare(None, "What happens in the video?", video=frames, fps=1.0)')
     return f"""---
-library_name: relevance-predictor
-tags: [token-pruning, multimodal, visual-token-compression]
+{header}
 ---
-# Visual-token relevance predictor ({config['modality']})
+# Visual-token relevance predictor ({modality})
 
 Scores the visual tokens of a multimodal LLM from its first layer's attention, so that the
 least relevant tokens can be dropped before the LLM runs (Lei et al., arXiv 2506.01097).
 It is specific to the MLLM and modality it was trained on (below): do not use it with another.
 
+## How to use
+`pip install "relevance-predictor[data_gen]"` (the project's repository), then:
+```python
+from PIL import Image
+from predictor import load_predictor
+from predictor.adapters import load_adapter
+from predictor.runtime import make_method, pruned_generate
+
+predictor = load_predictor("{repo_id or location or 'path/to/this/folder'}")   # torch + safetensors only
+adapter = load_adapter("{t.get('adapter', 'qwen2_vl')}", "{mllm}")   # the MLLM it was trained for
+{media}
+out = pruned_generate(adapter, [prompt], make_method("predictor", predictor=predictor), keep=0.25)[0]
+print(out.text, f"({{out.num_kept}} of {{out.num_visual}} visual tokens)")
+```
+
 ## Architecture
 `{p['arch']}`, widths {p['widths']}, kernel {p['kernel_size']}, norm `{p['norm']}`, inputs {p['inputs']}.
 
 ## Trained on
-- modality: {config['modality']}
+- modality: {modality}
 {trained}
 
 ## Validation metrics
 | metric | value |
 |---|---|
 {rows}
-
-## Use
-```python
-from predictor import load_predictor
-model = load_predictor("path/to/this/folder")   # torch + safetensors only
-```
-See the project README for pruned generation with `predictor.runtime`.
 """

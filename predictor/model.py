@@ -21,6 +21,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -161,6 +162,34 @@ class RelevancePredictor(nn.Module):
     """
 
     modality: str | None = None  # "image" | "video" once loaded from an export (load_predictor); None: unknown
+    export_config: dict | None = None  # the export's config.json once loaded (trained_on, metrics, training)
+
+    # The hub trio (what PyTorchModelHubMixin offers), on the export layout: config.json + model.safetensors.
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, map_location: str = "cpu",
+                        cache_dir: str | None = None, token: str | bool | None = None) -> "RelevancePredictor":
+        """An export folder or a hub repo id (see predictor.load_predictor)."""
+        from predictor.export import load_predictor
+
+        return load_predictor(name_or_path, map_location, revision=revision, cache_dir=cache_dir, token=token)
+
+    def save_pretrained(self, save_directory: str, **export_fields) -> "Path":
+        """Write an export folder; trained_on / metrics / training default to those it was loaded with."""
+        from predictor.export import save_predictor
+
+        loaded = self.export_config or {}
+        for k in ("trained_on", "metrics", "training"):
+            export_fields.setdefault(k, loaded.get(k))
+        return save_predictor(self, save_directory, **export_fields)
+
+    def push_to_hub(self, repo_id: str, **push_kwargs):
+        """Save to a temporary export folder and upload it (see predictor.hub.push_export for the options)."""
+        import tempfile
+
+        from predictor.hub import push_export
+
+        with tempfile.TemporaryDirectory(prefix="predictor-") as tmp:
+            return push_export(self.save_pretrained(f"{tmp}/export"), repo_id, **push_kwargs)
 
     def __init__(self, config: PredictorConfig):
         super().__init__()

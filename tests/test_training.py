@@ -235,3 +235,34 @@ def test_temporal_clip_ground_truth(tmp_path):
     assert dm.summary["modality"] == "video" and {it.grid for it in dm.train_set.items} == {(4, 4, 4)}
     with pytest.raises(ValueError, match=r"temporal=True needs video grids.*\(1, 8, 8\)"):
         write_synthetic_shards(tmp_path / "x", 2, grids=[(1, 8, 8)], temporal=True)
+
+
+def test_same_seed_same_shards_same_thread_count_give_byte_identical_weights(shards, tmp_path):
+    # README "Reproducibility": the export's weights depend on seed, shards, torch and the thread count only
+    from predictor.training.train import train
+
+    torch.set_num_threads(2)  # the CI machine's count; intra-op reductions must not make the bytes vary
+    common = [f"data.shards={shards}", "model.widths=[8,16]", "logger=none", "data.batch_size=64",
+              "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    a = train(_compose(*common, f"run_dir={tmp_path}/ra", f"export_dir={tmp_path}/a"))
+    b = train(_compose(*common, f"run_dir={tmp_path}/rb", f"export_dir={tmp_path}/b"))
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    rec = read_export_config(a)["training"]
+    assert rec["seed"] == 0 and rec["threads"] == 2 and rec["torch"] == torch.__version__.split("+")[0]
+    c = train(_compose(*common, "seed=1", f"run_dir={tmp_path}/rc", f"export_dir={tmp_path}/c"))
+    assert (c / "model.safetensors").read_bytes() != (a / "model.safetensors").read_bytes()  # the seed matters
+
+
+def test_export_records_the_labeller_beside_the_shards(tmp_path):
+    # what made the labels (the MLLM's weight fingerprint, the explainer) travels into the export
+    import json
+
+    from predictor.training.train import train
+
+    write_synthetic_shards(tmp_path / "s", 40, grids=[(1, 8, 8)], samples_per_shard=20, num_heads=2)
+    labeller = {"adapter": "qwen2_vl", "model_fingerprint": "f98df96ba2ef6318", "explainer": {"name": "gae"}}
+    (tmp_path / "s" / "labeller.json").write_text(json.dumps(labeller))
+    out = train(_compose(f"data.shards={tmp_path / 's'}", "model.widths=[8,16]", "logger=none", "trainer.max_epochs=1",
+                         "trainer.enable_progress_bar=false", f"run_dir={tmp_path}/r", f"export_dir={tmp_path}/e"))
+    assert read_export_config(out)["trained_on"]["labeller"] == labeller

@@ -1,0 +1,190 @@
+"""Predictor exports on the Hugging Face Hub: resolve a repo id to a local folder, and publish one.
+
+    python -m predictor.hub push checkpoints/predictor-reference my-org/my-predictor --base-model Qwen/Qwen2-VL-7B-Instruct
+    python -m predictor.hub download my-org/my-predictor [--revision v1]
+
+A hub repo holds exactly an export folder (config.json + model.safetensors + README.md), so a
+downloaded snapshot is loaded by the same checks as a local folder. With `HF_HUB_OFFLINE=1` the id
+is resolved through the local HF cache only. huggingface_hub is imported only when an id is used.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from predictor.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_weights, model_card, read_export_config
+
+EXPORT_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+# org/name: what the hub accepts (huggingface_hub.utils.validate_repo_id has the full rules)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+def looks_like_repo_id(name: str) -> bool:
+    """True for "org/name" that is not a path on this machine (absolute, ./ ../ or ~ paths never are)."""
+    return bool(_REPO_ID.match(name)) and not name.startswith((".", "~")) and ".." not in name
+
+
+def resolve_export(name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None,
+                   token: str | bool | None = None) -> Path:
+    """A local export folder as given, or a hub repo id's snapshot folder (downloaded if needed and allowed).
+
+    Raises FileNotFoundError for a path that is neither, and for an id that cannot be had, saying what to run.
+    """
+    path = Path(name_or_path).expanduser()
+    name = str(name_or_path)
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} was given for the local folder {name}; revisions are for "
+                             "hub repo ids: drop it, or pass the repo id")
+        return path
+    if not looks_like_repo_id(name):
+        raise FileNotFoundError(
+            f"predictor {name!r}: no such folder, and not a hub repo id (org/name); pass an export folder "
+            "(python train.py writes one) or a repo id such as my-org/my-predictor")
+    folder = _snapshot(name, revision, cache_dir, token)
+    missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"predictor {name!r}{_at(revision)}: the cached snapshot {folder} lacks {', '.join(missing)} (an "
+            f"interrupted download, or a repo that is not a predictor export); run: {_download_cmd(name, revision)}")
+    return folder
+
+
+def _at(revision: str | None) -> str:
+    return f" (revision {revision!r})" if revision else ""
+
+
+def _download_cmd(repo_id: str, revision: str | None) -> str:
+    return f"python -m predictor.hub download {repo_id}" + (f" --revision {revision}" if revision else "")
+
+
+def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, token: str | bool | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    offline = constants.is_offline_mode()
+    where = f"predictor {repo_id!r}{_at(revision)}"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                      allow_patterns=EXPORT_FILES, local_files_only=offline))
+    except HFValidationError as e:
+        raise FileNotFoundError(f"{where}: not a valid hub repo id ({e}); pass org/name or an export folder") from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"{where}: the repo exists but has no such revision; pass a branch, tag or commit "
+                                f"of it (see https://huggingface.co/{repo_id}/tree/main)") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{where}: no such repo on the hub, or it is private or gated; check the id, and "
+                                "for a private repo log in first (hf auth login, or pass token=)") from None
+    except LocalEntryNotFoundError:
+        if offline:
+            cached = _cached_revisions(repo_id, cache_dir)
+            have = f" (the cache has revisions: {', '.join(cached)})" if cached else " (the cache has none of it)"
+            raise FileNotFoundError(
+                f"{where}: not in the local HF cache{have} and HF_HUB_OFFLINE=1 forbids downloading; on a machine "
+                f"with internet run: {_download_cmd(repo_id, revision)} (or unset HF_HUB_OFFLINE)") from None
+        raise FileNotFoundError(f"{where}: the hub cannot be reached and the files are not cached; check the "
+                                f"connection, then run: {_download_cmd(repo_id, revision)}") from None
+
+
+def _cached_revisions(repo_id: str, cache_dir: str | None) -> list[str]:
+    from huggingface_hub import constants
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    refs = sorted(p.name for p in (root / "refs").glob("*")) if (root / "refs").is_dir() else []
+    snaps = sorted(p.name[:12] for p in (root / "snapshots").glob("*")) if (root / "snapshots").is_dir() else []
+    return refs + snaps
+
+
+def push_export(export_dir: str | os.PathLike, repo_id: str, *, base_model: str | None = None,
+                license: str = "apache-2.0", private: bool = False, revision: str | None = None,
+                token: str | bool | None = None, commit_message: str | None = None, api: Any = None) -> Any:
+    """Upload an export folder, with a model card written for `repo_id`, to a hub model repo.
+
+    base_model: the hub id of the MLLM the predictor belongs to (the card's `base_model`); needed when the
+    export's trained_on.model_id is a local path. Returns huggingface_hub's CommitInfo.
+    """
+    export_dir = Path(export_dir)
+    if not (export_dir / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{export_dir}: not a predictor export (no {CONFIG_NAME}); pass the folder "
+                                "train.py printed last, or export one with python train.py export_from=<ckpt>")
+    config = read_export_config(export_dir)
+    from predictor.model import PredictorConfig
+
+    check_weights(export_dir, PredictorConfig.from_dict(config["predictor"]))  # never publish a broken export
+    if not looks_like_repo_id(repo_id):
+        raise ValueError(f"repo id {repo_id!r}: expected org/name (e.g. my-org/qwen2vl-7b-relevance)")
+    base_model = base_model or hub_base_model(config)
+    if base_model is None:
+        raise ValueError(
+            f"{export_dir}: trained_on.model_id={config.get('trained_on', {}).get('model_id')!r} is a local path, so "
+            "the card cannot name the MLLM this predictor belongs to; pass --base-model <hub id of that MLLM> "
+            "(e.g. Qwen/Qwen2-VL-7B-Instruct)")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="predictor-push-") as tmp:
+        for f in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copy2(export_dir / f, Path(tmp) / f)
+        (Path(tmp) / CARD_NAME).write_text(model_card(config, repo_id=repo_id, base_model=base_model,
+                                                      license=license))
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, allow_patterns=EXPORT_FILES,
+                                 commit_message=commit_message or f"Upload relevance predictor ({config['modality']})")
+
+
+def hub_base_model(config: dict[str, Any]) -> str | None:
+    """trained_on.model_id when it names a hub repo: an org/name that is not a folder here or in the project
+    (data_gen records model.path as given: a hub id, or a folder on the machine that labelled)."""
+    model_id = str((config.get("trained_on") or {}).get("model_id") or "")
+    project = Path(__file__).resolve().parent.parent
+    if not looks_like_repo_id(model_id) or Path(model_id).exists() or (project / model_id).exists():
+        return None
+    return model_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m predictor.hub", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    push = sub.add_parser("push", help="upload an export folder with its model card")
+    push.add_argument("export", help="export folder (config.json + model.safetensors)")
+    push.add_argument("repo_id", help="org/name of the hub model repo (created if missing)")
+    push.add_argument("--base-model", help="hub id of the MLLM it belongs to (default: the export's model_id "
+                                           "when that is a hub id)")
+    push.add_argument("--license", default="apache-2.0")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", help="branch to push to (created if missing; default main)")
+    push.add_argument("--message", help="commit message")
+    get = sub.add_parser("download", help="fetch an export into the local HF cache (for offline use later)")
+    get.add_argument("repo_id")
+    get.add_argument("--revision")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "push":
+            info = push_export(args.export, args.repo_id, base_model=args.base_model, license=args.license,
+                               private=args.private, revision=args.revision, commit_message=args.message)
+            print(getattr(info, "commit_url", info))
+        else:
+            from huggingface_hub import constants
+
+            if constants.is_offline_mode():
+                raise FileNotFoundError("HF_HUB_OFFLINE=1 is set: downloading is off; unset it to download")
+            print(resolve_export(args.repo_id, revision=args.revision))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
