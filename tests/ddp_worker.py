@@ -1,5 +1,5 @@
 """Run by tests/test_ddp.py under torch.distributed.run: 2 CPU ranks (gloo), records the keys each
-rank trains and validates on per epoch."""
+rank trains and validates on per epoch (mode "memory": ShardDataModule, "stream": StreamingDataModule)."""
 import json
 import sys
 
@@ -8,6 +8,7 @@ import torch
 
 from predictor.model import PredictorConfig, RelevancePredictor
 from predictor.training import PredictorModule, ShardDataModule
+from predictor.training.streaming import StreamingDataModule
 
 
 class Recording(PredictorModule):
@@ -25,9 +26,12 @@ class Recording(PredictorModule):
         return super().validation_step(batch, i)
 
 
-def main(shards: str, out: str) -> None:
+def main(shards: str, out: str, mode: str = "memory") -> None:
     torch.set_num_threads(1)
-    dm = ShardDataModule(shards, ["attn"], batch_size=16, val_fraction=0.2)
+    if mode == "stream":
+        dm = StreamingDataModule(shards, ["attn"], batch_size=16, val_fraction=0.2, buffer=20)
+    else:
+        dm = ShardDataModule(shards, ["attn"], batch_size=16, val_fraction=0.2)
     module = Recording(RelevancePredictor(PredictorConfig(widths=[8, 16])))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -35,8 +39,9 @@ def main(shards: str, out: str) -> None:
     trainer.fit(module, datamodule=dm)
     with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
         json.dump({"seen": module.seen, "metrics": module.last_val_metrics, "world": trainer.world_size,
-                   "train": [it.key for it in dm.train_set.items], "val": [it.key for it in dm.val_set.items]}, f)
+                   **({} if mode == "stream" else {"train": [it.key for it in dm.train_set.items],
+                                                    "val": [it.key for it in dm.val_set.items]})}, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from predictor.features import build_features
 from predictor.schema import MODALITIES, Sample
 from predictor.split import is_val_key
-from predictor.training.shards import ReadStats, read_shards, resolve_shards
+from predictor.training.shards import ReadStats, expand_specs, is_url, read_shards, resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Example:
     attn: torch.Tensor  # (N_v,)
     grid: tuple[int, int, int]
     thumbnail: bytes | None = None
+    instruction: str = ""  # figure samples only (their figures show the question)
 
 
 class ExampleDataset(Dataset):
@@ -96,7 +98,8 @@ def _one_modality(samples: list[Sample], modality: str | None, shards) -> list[S
 def make_example(sample: Sample, inputs: list[str], keep_thumbnail: bool = False) -> Example:
     x = build_features(inputs, sample.attn, sample.grid, sample.attn_heads)
     return Example(sample.key, x, sample.relevance, sample.attn, sample.grid,
-                sample.thumbnail if keep_thumbnail else None)
+                   sample.thumbnail if keep_thumbnail else None,
+                   str(sample.meta.get("instruction", "")) if keep_thumbnail else "")
 
 
 def collate(items: list[Example]) -> dict[str, Any]:
@@ -163,6 +166,8 @@ class ShardDataModule(pl.LightningDataModule):
     modality: "image" or "video" keeps only those samples; None refuses shards that mix the two.
     """
 
+    streaming = False
+
     def __init__(self, shards: str | list[str], inputs: list[str], batch_size: int = 128,
                  val_fraction: float = 0.1, num_workers: int = 0, strict: bool = False,
                  seed: int = 0, figure_samples: int = 4, modality: str | None = None):
@@ -228,6 +233,10 @@ class ShardDataModule(pl.LightningDataModule):
             return []
         return self._loader(self.val_set, shuffle=False)
 
+    @property
+    def has_val(self) -> bool:
+        return bool(self.val_set and len(self.val_set))
+
     def figure_batch(self) -> dict[str, Any] | None:
         """The first few validation samples (fixed across epochs), with thumbnails, for figures."""
         if not self.val_set or not len(self.val_set):
@@ -235,27 +244,32 @@ class ShardDataModule(pl.LightningDataModule):
         items = self.val_set.items[: self.figure_samples]
         batch = collate(items)
         batch["thumbnails"] = [it.thumbnail for it in items]
+        batch["instructions"] = [it.instruction for it in items]
         return batch
+
+
+def one_or_all(counts: Counter, name: str) -> Any:
+    """The one value of a metadata field, or {value: count} (warned) when the shards mix several."""
+    if len(counts) > 1:
+        log.warning("shards mix several %s values %s: a predictor is meant for one MLLM and modality",
+                    name, dict(counts))
+    return next(iter(counts)) if len(counts) == 1 else {str(k): v for k, v in counts.items()}
 
 
 def summarise(samples: list[Sample], train: list[Sample], val: list[Sample], paths: list,
               stats: ReadStats, val_fraction: float) -> dict[str, Any]:
     """What the predictor is trained on, for the export's config.json (`trained_on`). `val_fraction`
     is recorded so that later fidelity checks (eval.py) score the same held-out keys."""
-    def one_or_all(name: str) -> Any:
-        c = Counter(s.meta.get(name) for s in samples)  # str or int values: hashable
-        if len(c) > 1:
-            log.warning("shards mix several %s values %s: a predictor is meant for one MLLM and modality",
-                        name, dict(c))
-        return next(iter(c)) if len(c) == 1 else {str(k): v for k, v in c.items()}
+    def meta(name: str) -> Any:
+        return one_or_all(Counter(s.meta.get(name) for s in samples), name)  # str or int values: hashable
 
     n_v = [s.num_visual for s in samples]
     return {
-        "model_id": one_or_all("model_id"),
-        "adapter": one_or_all("adapter"),
-        "explainer": one_or_all("explainer"),
-        "modality": one_or_all("modality"),
-        "schema_version": one_or_all("schema_version"),
+        "model_id": meta("model_id"),
+        "adapter": meta("adapter"),
+        "explainer": meta("explainer"),
+        "modality": meta("modality"),
+        "schema_version": meta("schema_version"),
         "num_samples": len(samples),
         "num_train": len(train),
         "num_val": len(val),
@@ -267,3 +281,29 @@ def summarise(samples: list[Sample], train: list[Sample], val: list[Sample], pat
         "n_v_max": max(n_v),
         "n_v_mean": float(np.mean(n_v)),
     }
+
+
+def make_datamodule(shards, inputs: list[str], streaming: bool | str = "auto", stream_above_gb: float = 4.0,
+                    val_shards=None, shuffle_buffer: int = 1000, **kw) -> pl.LightningDataModule:
+    """ShardDataModule (decoded into memory) or StreamingDataModule, per data.streaming: true, false, or
+    "auto": streaming for URLs, `pipe:` commands, data.val_shards, or local shards above `stream_above_gb`
+    (the choice and the size are printed). kw: the arguments both modules share."""
+    if streaming not in (True, False, "auto"):
+        raise ValueError(f"data.streaming={streaming!r}: expected true, false or auto")
+    specs = expand_specs(shards)
+    urls = [u for u in specs if is_url(u)]
+    if streaming is False and (urls or val_shards):
+        why = f"URLs or pipe: commands ({urls[0]})" if urls else "data.val_shards"
+        raise ValueError(f"data.streaming=false but data.shards has {why}, which only the streaming mode reads; "
+                         "set data.streaming=true (or auto)")
+    if streaming == "auto":
+        gb = sum(os.path.getsize(p) for p in specs if not is_url(p)) / 1e9
+        streaming = bool(urls or val_shards) or gb > stream_above_gb
+        why = "URLs or pipe: commands" if urls else "data.val_shards" if val_shards else (
+            f"{gb:.2f} GB of shards {'>' if streaming else '<='} data.stream_above_gb={stream_above_gb}")
+        print(f"data: {'streaming' if streaming else 'decoded into memory'} ({why})")
+    if streaming:
+        from predictor.training.streaming import StreamingDataModule
+
+        return StreamingDataModule(shards, inputs, val_shards=val_shards, buffer=shuffle_buffer, **kw)
+    return ShardDataModule(shards, inputs, **kw)

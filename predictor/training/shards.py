@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from braceexpand import braceexpand
 from webdataset.tariterators import tar_file_iterator
 
 from predictor.schema import Sample, SampleError, decode
@@ -25,12 +26,43 @@ log = logging.getLogger(__name__)
 MAKE_SHARDS_HINT = "create them with: python -m data_gen out={out}"
 
 
+def is_url(spec: str) -> bool:
+    """A `pipe:` command or a URL (http://, s3://, file://, ...): read as a stream, never listed."""
+    return spec.startswith("pipe:") or "://" in spec
+
+
+def _specs(shards: str | os.PathLike | list | tuple) -> list[str]:
+    """One spec per shard pattern; brace patterns (`shard-{000..009}.tar`) expanded as webdataset does."""
+    specs = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    return [e for spec in specs for e in braceexpand(str(spec))]
+
+
+def expand_specs(shards: str | os.PathLike | list | tuple) -> list[str]:
+    """Shard specs -> shard URLs and local paths, in order: URLs and `pipe:` commands as given (after
+    brace expansion), local folders, globs and files through `resolve_shards`. A brace pattern must name
+    existing files (a missing one is an error naming it)."""
+    specs = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    out: list[str] = []
+    for spec in (str(s) for s in specs):
+        expanded = list(braceexpand(spec))
+        if is_url(spec):
+            out += expanded
+            continue
+        missing = [e for e in expanded if not any(c in e for c in "*?[") and not Path(e).exists()]
+        if "{" in spec and missing:
+            raise FileNotFoundError(f"data.shards={spec} names {len(missing)} missing shard(s), e.g. {missing[:3]}; "
+                                    "fix the brace pattern, or " + MAKE_SHARDS_HINT.format(out=Path(missing[0]).parent))
+        out += [str(p) for p in resolve_shards(expanded)]
+    return list(dict.fromkeys(out))
+
+
 def resolve_shards(shards: str | os.PathLike | list | tuple) -> list[Path]:
-    """A folder (its `*.tar`, recursively), a glob, a file, or a list of these -> sorted shard paths.
+    """A folder (its `*.tar`, recursively), a glob, a file, a brace pattern, or a list of these -> sorted
+    local shard paths.
 
     Raises FileNotFoundError naming what was looked for and the command that creates shards.
     """
-    specs = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    specs = _specs(shards)
     found: list[Path] = []
     looked: list[str] = []
     for spec in specs:

@@ -61,20 +61,38 @@ def _num_heads(configured: int, in_shards: int, shards) -> int:
     return in_shards
 
 
+def _labellers(shards) -> dict:
+    """{"labeller": ...}: data_gen's labeller.json beside local shards (the MLLM's weight fingerprint, the
+    explainer and its options), one dict, or a list when shard folders differ; {} for remote shards."""
+    import json
+
+    from predictor.training.shards import resolve_shards
+
+    try:
+        folders = sorted({p.parent for p in resolve_shards(shards)})
+    except (FileNotFoundError, OSError, ValueError):  # URLs and pipe: commands have no folder to look in
+        return {}
+    found = [json.loads(f.read_text()) for f in (d / "labeller.json" for d in folders) if f.is_file()]
+    unique = [x for i, x in enumerate(found) if x not in found[:i]]
+    return {"labeller": unique[0] if len(unique) == 1 else unique} if unique else {}
+
+
 def train(cfg: DictConfig) -> Path:
     """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
-    from predictor.training.shards import resolve_shards
+    from predictor.training.shards import expand_specs
 
     d = cfg.data
     shards = OmegaConf.to_container(d.shards) if OmegaConf.is_list(d.shards) else str(d.shards)
     if not cfg.get("export_from"):
-        resolve_shards(shards)  # fail fast, before the slow imports, when there is nothing to train on
+        expand_specs(shards)  # fail fast, before the slow imports, when there is nothing to train on
 
     import pytorch_lightning as pl
+    import torch
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from predictor.model import PredictorConfig, RelevancePredictor
-    from predictor.training import PredictorModule, RelevanceFigureCallback, ShardDataModule
+    from predictor.training import PredictorModule, RelevanceFigureCallback
+    from predictor.training.data import make_datamodule
     from predictor.training.export import export_checkpoint, export_module
 
     if cfg.get("export_from"):
@@ -87,20 +105,25 @@ def train(cfg: DictConfig) -> Path:
     heads = "attn_heads" in model_cfg.get("inputs", [])
     # bad settings fail before the shards are read; num_heads 0 with per-head input: taken from the shards
     PredictorConfig.from_dict({**model_cfg, "num_heads": model_cfg.get("num_heads") or int(heads)})
-    dm = ShardDataModule(shards, model_cfg.get("inputs", ["attn"]), batch_size=d.batch_size,
+    val_shards = d.get("val_shards")
+    dm = make_datamodule(shards, model_cfg.get("inputs", ["attn"]), streaming=d.get("streaming", "auto"),
+                         stream_above_gb=d.get("stream_above_gb", 4.0), shuffle_buffer=d.get("shuffle_buffer", 1000),
+                         val_shards=OmegaConf.to_container(val_shards) if OmegaConf.is_list(val_shards) else val_shards,
+                         batch_size=d.batch_size,
                          val_fraction=d.val_fraction, num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
                          figure_samples=d.figure_samples, modality=d.get("modality"))
     dm.setup("fit")  # read shards before anything else: a missing or empty dataset fails fast
+    labeller = _labellers(shards)
     if heads:
         model_cfg["num_heads"] = _num_heads(model_cfg.get("num_heads") or 0, dm.num_heads, shards)
     pcfg = PredictorConfig.from_dict(model_cfg)
     o = cfg.optim
     module = PredictorModule(RelevancePredictor(pcfg), lr=o.lr, weight_decay=o.weight_decay, optimizer=o.name,
                              schedule=o.schedule, warmup_frac=o.warmup_frac, min_lr_frac=o.min_lr_frac,
-                             target_keep=cfg.target_keep, trained_on=dm.summary)
+                             target_keep=cfg.target_keep, trained_on={**dm.summary, **labeller})
     logger = LOGGERS.get(cfg.logger.name)(cfg.logger, run_dir)
     cb = cfg.callbacks
-    ckpt_dir, has_val = str(run_dir / "checkpoints"), bool(dm.val_set and len(dm.val_set))
+    ckpt_dir, has_val = str(run_dir / "checkpoints"), dm.has_val
     callbacks = [RelevanceFigureCallback(every_n_epochs=cb.figures.every_n_epochs, out_dir=str(run_dir))]
     if has_val and cb.checkpoint.save_top_k:  # the best epochs by val/kl
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=cb.checkpoint.save_top_k, monitor="val/kl",
@@ -115,13 +138,18 @@ def train(cfg: DictConfig) -> Path:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
                          callbacks=callbacks, default_root_dir=str(run_dir),
-                         use_distributed_sampler=False)  # ShardDataModule shards batches per rank itself
+                         use_distributed_sampler=False,  # both data modules shard batches per rank themselves
+                         # a streamed epoch's batch count depends on how its shards were dealt to the ranks
+                         reload_dataloaders_every_n_epochs=int(dm.streaming))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
     export_dir = Path(cfg.export_dir)
     if trainer.is_global_zero:
+        module.hparams["trained_on"] = {**dm.summary, **labeller}  # streaming counts invalid samples as it meets them
+        # seed, threads and torch: what the weights' bytes depend on (README: reproducibility)
         export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
-                                   batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs)
+                                   batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs, seed=cfg.seed,
+                                   threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0])
         if cfg.logger.name == "wandb" and logger:
             import wandb
 
