@@ -1,18 +1,22 @@
-"""Reference (full-matrix) GAE vs ours on the same model and sample: time and peak memory.
+"""gae with batched backward vs gae's per-token loop vs the naive full-matrix reference: time and peak memory.
 
-    python benchmarks/bench_datagen.py                      # CPU: tiny Qwen2-VL, S ~ 256/1024/2048, T = 1/16
-    python benchmarks/bench_datagen.py --lengths 256 --answers 1
+    python benchmarks/bench_datagen.py                      # CPU: 'small' Qwen2-VL LM, S ~ 256/1024/2048, T = 1/16
+    python benchmarks/bench_datagen.py --device cuda --dtype bfloat16 --size 7b --lengths 1300 --answers 16 --item
     python benchmarks/bench_datagen.py --saved --answers 1  # gae before/after issue 11 (fp32 mask per layer)
 
-Each (method, S, T) runs in its own subprocess. Peak memory = that process's peak resident set
-(resource.getrusage ru_maxrss) minus its resident set just before the explainer runs (model
-loaded, sample prepared, one warm-up call at a short length), i.e. the extra memory the method
-needs. On CUDA it is torch.cuda.max_memory_allocated minus the allocation before the call.
+Methods: `batched` = gae with chunk 16 (one backward pass carries up to 16 answer tokens), `loop` = gae with
+chunk 1 (one backward per answer token: gae before issue 16), `reference` = data_gen/explainers/reference.py
+(every layer's (H, S, S) maps kept, full S x S rollout). Random weights at the shapes of --size
+(benchmarks/_sizes.py; speed does not depend on them), or an existing Qwen2-VL folder with --model.
 
---saved compares ours with ours as it was before issue 11 (each layer saved its own fp32 (1, 1, S, S)
-additive mask for backward) instead of with the reference, and adds the bytes saved for backward over
-the pass (distinct storages seen by torch.autograd.graph.saved_tensors_hooks) and the part of them
-in (S, S)-shaped tensors.
+Peak memory is the extra memory a method needs. CPU: each (method, S, T) runs in its own subprocess, and it
+is the process's peak resident set (ru_maxrss) minus its resident set just before the call (model loaded,
+sample prepared, one warm-up call at a short length). CUDA: one process; torch.cuda.max_memory_allocated
+minus the allocation before the call. FLOP/s: the matmul FLOPs of gae (_sizes.gae_flops, the same count for
+every method) per second, against the device's bf16 peak where one is known. --item also times the rest of a
+label-generation item (greedy generate of T tokens, layer-0 attention): samples/s = 1 / (that + method).
+--saved compares gae with gae as it was before issue 11 (each layer saved its own fp32 (1, 1, S, S) additive
+mask) and adds the MB saved for backward (distinct storages seen by saved_tensors_hooks), all and in (S, S).
 """
 from __future__ import annotations
 
@@ -21,8 +25,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
+
+import torch
+
+from _sizes import SIZES, bf16_peak, check_size, flops_text, gae_flops
 
 
 def _rss_bytes() -> int:
@@ -54,15 +61,12 @@ class _SavedBytes:
         self.weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
 
     def __enter__(self):
-        import torch
-
         def pack(t):
             st = t.untyped_storage()
-            if st.data_ptr() in self.weights:
-                return t
-            self.all[st.data_ptr()] = st.nbytes()
-            if t.shape[-2:] == (self.n, self.n):
-                self.square[st.data_ptr()] = st.nbytes()
+            if st.data_ptr() not in self.weights:
+                self.all[st.data_ptr()] = st.nbytes()
+                if t.shape[-2:] == (self.n, self.n):
+                    self.square[st.data_ptr()] = st.nbytes()
             return t
 
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
@@ -73,96 +77,162 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
-def _worker(args) -> dict:
-    import resource
-
-    import torch
-    from PIL import Image
-
+def _method(name: str):
     from data_gen.explainers import get_explainer
     from data_gen.explainers.reference import reference_gae
+
+    if name == "reference":
+        return lambda a, p, ans: reference_gae(a, p, ans, rule="abs")  # gae's default rule
+    if name == "old":
+        _save_mask_per_layer()
+    return get_explainer("gae")(chunk=16 if name == "batched" else 1)
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def _worker(args) -> list[dict]:
+    import resource
+
+    from PIL import Image
+
+    from _sizes import random_qwen2_vl
     from predictor.adapters import load_adapter
 
     torch.manual_seed(0)
-    adapter = load_adapter("qwen2_vl", args.model, device=args.device, dtype="float32", max_pixels=28 * 28 * 2304)
-    side = max(1, round((args.length - 30) ** 0.5))  # visual tokens ~ S - 30 template/instruction tokens
-    image = Image.new("RGB", (28 * side, 28 * side), (90, 120, 200))
-    p = adapter.prepare(image, "what shape is the red object left of the blue circle?")
-    answer = torch.randint(10, 60, (args.answer,))
-    if args.method == "ours_old":
-        _save_mask_per_layer()
-    fn = get_explainer("gae")() if args.method.startswith("ours") else (lambda a, pr, ans: reference_gae(a, pr, ans))
+    dtype = getattr(torch, args.dtype)
+    max_pixels = 28 * 28 * (max(args.lengths) + 64)
+    adapter = (load_adapter("qwen2_vl", args.model, device=args.device, dtype=args.dtype, max_pixels=max_pixels)
+               if args.model else random_qwen2_vl(args.size, args.device, dtype, max_pixels))
+    cuda, peak = args.device.startswith("cuda"), bf16_peak(args.device, dtype)
     small = adapter.prepare(Image.new("RGB", (56, 56)), "what shape?")
-    fn(adapter, small, answer[:1])  # warm-up (first-call costs) at a small size, before the baseline
-    cuda = args.device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    methods = {m: _method(m) for m in args.methods}
+    for fn in methods.values():
+        fn(adapter, small, torch.tensor([12, 13]))  # warm-up (first-call costs) at a small size, before the baseline
+    rows = []
+    for length in args.lengths:
+        side = max(1, round((length - 30) ** 0.5))  # visual tokens ~ S - 30 template/instruction tokens
+        p = adapter.prepare(Image.new("RGB", (28 * side, 28 * side), (90, 120, 200)),
+                            "what shape is the red object left of the blue circle?")
+        for n_t in args.answers:
+            answer = torch.randint(10, 60, (n_t,))
+            item_s = None
+            if args.item:  # the rest of a label-generation item: answer, layer-0 attention
+                _sync(cuda)
+                t0 = time.perf_counter()
+                p.extra.pop("visual_features", None)
+                adapter.model.generation_config.min_new_tokens = n_t  # random weights: no early EOS
+                adapter.generate(p, max_new_tokens=n_t)
+                adapter.layer0_attention(p)
+                _sync(cuda)
+                item_s = time.perf_counter() - t0
+            for name, fn in methods.items():
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                else:
+                    before = _rss_bytes()
+                _sync(cuda)
+                t0 = time.perf_counter()
+                with _SavedBytes(p.seq_len + n_t, adapter.model) as saved:
+                    rel = fn(adapter, p, answer)
+                _sync(cuda)
+                seconds = time.perf_counter() - t0
+                top = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                flops = gae_flops(SIZES[args.size], p.seq_len + n_t, n_t) if not args.model else None
+                rows.append({"method": name, "S": p.seq_len, "N_v": p.num_visual, "T": n_t, "seconds": seconds,
+                             "peak_mb": None if args.one_process and not cuda else (top - before) / 2**20, "rel_sum": float(rel.sum()), "item_s": item_s,
+                             "samples_per_s": 1.0 / (seconds + (item_s or 0.0)),
+                             "tflops": flops / seconds / 1e12 if flops else None,
+                             "flops_text": flops_text(flops, seconds, peak) if flops else "n/a",
+                             "saved_mb": sum(saved.all.values()) / 2**20,
+                             "square_mb": sum(saved.square.values()) / 2**20})
+    return rows
+
+
+def _runs(args) -> list[dict]:
+    """CPU: a subprocess per (method, S, T), for a clean peak resident set; CUDA (or --one-process): one."""
+    base = [sys.executable, __file__, "--worker", "--device", args.device, "--dtype", args.dtype, "--size", args.size]
+    base += ["--model", args.model] if args.model else []
+    base += ["--item"] if args.item else []
+    base += ["--one-process"] if args.one_process else []
+    if args.device.startswith("cuda") or args.one_process:
+        jobs = [base + ["--methods", *args.methods, "--lengths", *map(str, args.lengths),
+                        "--answers", *map(str, args.answers)]]
     else:
-        before = _rss_bytes()
-    t0 = time.perf_counter()
-    with _SavedBytes(p.seq_len + args.answer, adapter.model) as saved:
-        rel = fn(adapter, p, answer)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"method": args.method, "S": p.seq_len, "N_v": p.num_visual, "T": args.answer, "seconds": seconds,
-            "peak_mb": (peak - before) / 2**20, "rel_sum": float(rel.sum()),
-            "saved_mb": sum(saved.all.values()) / 2**20, "square_mb": sum(saved.square.values()) / 2**20}
+        jobs = [base + ["--methods", m, "--lengths", str(s), "--answers", str(t)]
+                for s in args.lengths for t in args.answers for m in args.methods]
+    rows = []
+    for cmd in jobs:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+        rows += json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048])
-    ap.add_argument("--answers", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048], help="prompt tokens S (about)")
+    ap.add_argument("--answers", type=int, nargs="+", default=[1, 16], help="answer tokens T")
+    ap.add_argument("--size", default="small", help=f"random-weight language model: {', '.join(SIZES)}")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--model", default=None, help="existing Qwen2-VL folder (default: build a random tiny one)")
-    ap.add_argument("--saved", action="store_true", help="gae before/after issue 11 instead of reference/ours")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+    ap.add_argument("--model", default=None, help="an existing Qwen2-VL folder instead of random weights")
+    ap.add_argument("--item", action="store_true", help="also time generate + layer-0 attention: samples/s")
+    ap.add_argument("--saved", action="store_true", help="gae before/after issue 11 instead of the three methods")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--one-process", action="store_true",
+                    help="CPU: all runs in one process (quick; no peak memory, the resident peak only grows)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--method", default="ours", help=argparse.SUPPRESS)
-    ap.add_argument("--length", type=int, default=256, help=argparse.SUPPRESS)
-    ap.add_argument("--answer", type=int, default=1, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--methods", nargs="+", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    check_size(args.size)
+    if args.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype {args.dtype!r}; expected float32 or bfloat16")
     if args.worker:
         print(json.dumps(_worker(args)))
-        return
-    tmp = tempfile.mkdtemp(prefix="bench_datagen_")
-    if args.model is None:
-        from data_gen.hf_build import DEFAULT_WORDS, build_qwen2_vl
+        return []
+    args.methods = ["old", "loop"] if args.saved else ["reference", "loop", "batched"]
+    print(f"model {args.model or 'random ' + args.size}; device {args.device} "
+          f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), {args.dtype}, "
+          f"{torch.get_num_threads()} threads; torch {torch.__version__}")
+    rows = _runs(args)
+    table(rows, args.methods, args.dtype)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
 
-        args.model = str(build_qwen2_vl(f"{tmp}/qwen2_vl", list(DEFAULT_WORDS), max_pixels=28 * 28 * 2304,
-                                        text=dict(hidden_size=args.hidden, num_hidden_layers=args.layers,
-                                                  num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                                                  intermediate_size=4 * args.hidden)))
-    print(f"model {args.model}: {args.layers} layers, hidden {args.hidden}, {args.heads} heads; device {args.device}")
-    base, tag = ("ours_old", "old") if args.saved else ("reference", "ref")
-    head = f"{'S':>6} {'T':>3} | {tag + ' s':>8} {'ours s':>8} {'speedup':>8} | {tag + ' MB':>8} {'ours MB':>8} {'mem ratio':>9}"
-    if args.saved:  # MB saved for backward over the pass, and of it in (S, S) tensors
-        head += f" | {'old svd':>8} {'ours svd':>8} | {'old SxS':>8} {'ours SxS':>8}"
-    print(head)
-    for length in args.lengths:
-        for answer in args.answers:
-            res = {}
-            for method in (base, "ours"):
-                cmd = [sys.executable, __file__, "--worker", "--method", method, "--length", str(length),
-                       "--answer", str(answer), "--model", args.model, "--device", args.device]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                res[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            r, o = res[base], res["ours"]
-            assert abs(r["rel_sum"] - o["rel_sum"]) <= 1e-3 * max(abs(r["rel_sum"]), 1e-12), (r, o)
-            assert not args.saved or r["rel_sum"] == o["rel_sum"], (r, o)  # the same arithmetic
-            row = (f"{o['S']:>6} {answer:>3} | {r['seconds']:>8.2f} {o['seconds']:>8.2f} "
-                   f"{r['seconds'] / o['seconds']:>7.1f}x | {r['peak_mb']:>8.0f} {o['peak_mb']:>8.0f} "
-                   f"{o['peak_mb'] / max(r['peak_mb'], 1e-9):>9.3f}")
-            if args.saved:
-                row += (f" | {r['saved_mb']:>8.1f} {o['saved_mb']:>8.1f} | {r['square_mb']:>8.1f} "
-                        f"{o['square_mb']:>8.1f}")
-            print(row, flush=True)
+
+def table(rows: list[dict], methods: list[str], dtype: str = "float32") -> None:
+    first, last = methods[0], methods[-1]
+    print(f"| S | T | {' | '.join(f'{m} s' for m in methods)} | {last} vs {first} | {last} vs {methods[1]} | "
+          f"{' | '.join(f'{m} MB' for m in methods)} | mem {last}/{first} | samples/s {last} | {last} FLOP/s |")
+    print("|" + "---:|" * (2 * len(methods) + 7))
+    for s, t in dict.fromkeys((r["S"], r["T"]) for r in rows):
+        r = {x["method"]: x for x in rows if (x["S"], x["T"]) == (s, t)}
+        sums = [r[m]["rel_sum"] for m in methods]
+        diff = (max(sums) - min(sums)) / max(abs(max(sums)), 1e-12)
+        if dtype == "float32":
+            assert diff <= 1e-3, (s, t, sums)  # the same relevance, whatever the method
+        if methods[0] == "old":
+            assert sums[0] == sums[1], sums  # the same arithmetic
+        secs = " | ".join(f"{r[m]['seconds']:.2f}" for m in methods)
+        mem = [r[m]["peak_mb"] for m in methods]
+        mbs = " | ".join("n/a" if x is None else f"{x:.0f}" for x in mem)
+        ratio = "n/a" if mem[0] is None else f"{mem[-1] / max(mem[0], 1e-9):.3f}"
+        print(f"| {s} | {t} | {secs} | "
+              f"{r[first]['seconds'] / r[last]['seconds']:.1f}x | {r[methods[1]]['seconds'] / r[last]['seconds']:.1f}x | "
+              f"{mbs} | "
+              f"{ratio} | {r[last]['samples_per_s']:.3f} | "
+              f"{r[last]['flops_text']} |", flush=True)
+        if methods[0] == "old":
+            print(f"|   | saved MB old / ours {r['old']['saved_mb']:.1f} / {r['loop']['saved_mb']:.1f}, "
+                  f"of it (S, S): {r['old']['square_mb']:.1f} / {r['loop']['square_mb']:.1f} |")
 
 
 if __name__ == "__main__":

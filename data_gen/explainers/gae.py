@@ -7,8 +7,14 @@ For each answer token y_t (predicted at position p_t = S - 1 + t):
 R_v = mean_t r_t. Only row p_t of R is read, so we carry the row vector v = e_{p_t} through the
 factors last layer first: v <- v + v A_bar_l, which is exactly the order in which the backward pass
 reaches the layers. The attention function (adapters/attention.py, mode "recompute") saves only
-q, k, v in the forward and hands (A_l, dScore/dA_l) to us per layer in the backward; nothing of size
-L x H x S^2 is ever held. One forward, one backward per answer token (graph retained).
+q, k, v in the forward and recomputes A_l in the backward; nothing of size L x H x S^2 is ever held.
+The row vector travels as the gradient of a carrier tensor threaded through the attention layers
+(`capture(rule=..., carry=...)`): the gradient of the carrier before layer 0 is r_t.
+
+One forward; the T backward passes go `chunk` tokens at a time through one batched backward
+(`torch.autograd.grad(..., is_grads_batched=True)`: each token's score gradient and its e_{p_t} as
+one batch row). A chunk holds about chunk x (H, S', S') fp32 tensors in each layer's backward
+(3.1 GB per tensor at Qwen2-VL-7B, S' = 1300, chunk 16), so `chunk` bounds the memory of long answers.
 
 rule="abs" keeps |dScore_t/dA_l * A_l| instead of its positive part. Where a head's attention is
 saturated (one key takes ~all of it) the product is the derivative of the score along that head's own
@@ -24,66 +30,51 @@ import torch
 
 from data_gen.explainers._common import answer_scores, check_score, finish
 from data_gen.explainers.base import EXPLAINERS
-from predictor.adapters.attention import capture
-
-
-RULES = ("positive", "abs")
-
-
-class _RowRollout:
-    """Backward callback: v <- v + v @ A_bar_l for the current answer token's row."""
-
-    def __init__(self, num_layers: int, rule: str = "positive"):
-        self.num_layers = num_layers
-        self.rule = rule
-        self.v: torch.Tensor | None = None
-        self.next_layer = -1
-
-    def start(self, position: int, seq_len: int, device) -> None:
-        self.v = torch.zeros(position + 1, device=device)  # positions > p_t never reach p_t (causal)
-        self.v[position] = 1.0
-        self.next_layer = self.num_layers - 1
-
-    def __call__(self, layer: int, probs: torch.Tensor, grad_probs: torch.Tensor) -> None:
-        assert layer == self.next_layer, f"backward reached layer {layer}, expected {self.next_layer}"
-        n = self.v.numel()
-        prod = grad_probs[0, :, :n, :n] * probs[0, :, :n, :n]
-        a_bar = (prod.clamp_min_(0) if self.rule == "positive" else prod.abs_()).mean(0)  # (n, n)
-        self.v = self.v + self.v @ a_bar
-        self.next_layer -= 1
+from predictor.adapters.attention import RULES, capture
 
 
 class GAE:
-    def __init__(self, score: str = "logit", rule: str = "abs"):
+    def __init__(self, score: str = "logit", rule: str = "abs", chunk: int = 16):
         if rule not in RULES:
             raise ValueError(f"gae rule={rule!r}; expected one of {RULES}")
-        self.score, self.rule = check_score(score), rule
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"gae chunk={chunk!r}; expected a whole number >= 1 of answer tokens per backward pass "
+                             f"(1: one pass per token, the least memory)")
+        self.score, self.rule, self.chunk = check_score(score), rule, chunk
 
     def __call__(self, adapter, prepared, answer_ids: torch.Tensor) -> torch.Tensor:
         answer_ids = answer_ids.reshape(-1)
         if answer_ids.numel() == 0:
             raise ValueError("gae needs at least one answer token")
         s, n_t = prepared.seq_len, answer_ids.numel()
-        rollout = _RowRollout(adapter.num_layers, self.rule)
         with torch.enable_grad():
-            embeds = adapter.embed(prepared, answer_ids).detach().requires_grad_(True)  # (1, S+T, D)
-            with capture(adapter.attention_layers(), mode="recompute", on_backward=rollout):
+            embeds = adapter.embed(prepared, answer_ids).detach()  # (1, S+T, D); the graph starts at `carry`
+            carry = torch.zeros(1, s + n_t, device=embeds.device, requires_grad=True)
+            with capture(adapter.attention_layers(), mode="recompute", rule=self.rule, carry=carry) as cap:
                 out = adapter.teacher_forced(prepared, answer_ids, output_attentions=False, inputs_embeds=embeds,
                                              answer_logits_only=True)
                 scores = answer_scores(out.logits, answer_ids, self.score)[0]  # (T,)
-                visual = prepared.visual_positions.to(embeds.device)
-                rel = torch.zeros(visual.numel(), device=embeds.device)
-                for t in range(n_t):
-                    rollout.start(s - 1 + t, s + n_t, embeds.device)
-                    torch.autograd.grad(scores[t], embeds, retain_graph=t < n_t - 1)
-                    assert rollout.next_layer == -1, "not every layer was reached by the backward pass"
-                    rel += rollout.v[visual]
+            assert cap.carried == list(range(adapter.num_layers)), f"carrier went through layers {cap.carried}"
+            eye = torch.eye(n_t, device=embeds.device)
+            rows = torch.zeros(n_t, 1, s + n_t, device=embeds.device)
+            rows[torch.arange(n_t), 0, s - 1 + torch.arange(n_t)] = 1.0  # e_{p_t}
+            visual = prepared.visual_positions.to(embeds.device)
+            rel = torch.zeros(visual.numel(), device=embeds.device)
+            for a in range(0, n_t, self.chunk):
+                b = min(a + self.chunk, n_t)
+                if b - a == 1:  # a plain backward: no vmap overhead
+                    (r,) = torch.autograd.grad((scores, cap.carry), carry, (eye[a], rows[a]), retain_graph=b < n_t)
+                else:
+                    (r,) = torch.autograd.grad((scores, cap.carry), carry, (eye[a:b], rows[a:b]),
+                                               retain_graph=b < n_t, is_grads_batched=True)
+                rel += r.reshape(-1, s + n_t)[:, visual].sum(0)
         return finish(rel / n_t)
 
 
 @EXPLAINERS.register("gae")
-def make_gae(score: str = "logit", rule: str = "abs") -> GAE:
+def make_gae(score: str = "logit", rule: str = "abs", chunk: int = 16) -> GAE:
     """score: "logit" (Chefer et al., default) or "logprob" of each answer token.
     rule: "abs" (default) keeps |grad x A|; "positive" keeps max(grad x A, 0) as Chefer et al. write it
-    (see the module docstring for why the default differs)."""
-    return GAE(score=score, rule=rule)
+    (see the module docstring for why the default differs).
+    chunk: answer tokens per backward pass (memory grows with it; 1 is the per-token loop)."""
+    return GAE(score=score, rule=rule, chunk=chunk)
