@@ -1,0 +1,1 @@
+"""Bridges to other tools' plugin systems; each subpackage needs its own extra and is imported only by that tool."""
