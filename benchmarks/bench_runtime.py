@@ -10,7 +10,9 @@ Goals (issue 5): overhead < 3% of full prefill; prefill at 25% < 40% of full.
 
 Models: `reference` = checkpoints/reference-qwen2vl (if present); `2b` = a Qwen2-VL-2B-sized language
 model (28 layers, hidden 1536, 12 heads, 2 KV heads, MLP 8960) with random weights and a tiny vision
-tower (speed does not depend on the weights); `7b` = a Qwen2-VL-7B-sized one (GPU only).
+tower (speed does not depend on the weights); `7b` = a Qwen2-VL-7B-sized one (GPU only); `qwen3_8b` = a
+Qwen3-VL-8B-sized one (36 layers, hidden 4096, 32 heads, 8 KV heads, head dim 128, MLP 12288, q/k norms,
+3 DeepStack layers, 32 px visual tokens), `--layers N` keeps its first N layers (fp32 8B needs ~33 GB).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from _sizes import SIZES as LM_SIZES, bf16_peak, flops_text, prefill_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
@@ -47,8 +51,28 @@ def _best(fn, repeats: int, device: str) -> float:
     return min(times)
 
 
-def load(name: str, device: str, dtype: torch.dtype, image_px: int):
+QWEN3_SIZES = {"qwen3_8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                                 intermediate_size=12288)}
+
+
+def random_qwen3_vl(text: dict, device: str, dtype: torch.dtype, image_px: int, name: str):
+    """Qwen3-VL adapter over a random model: language model `text`, a tiny vision tower with 3 DeepStack layers."""
+    from data_gen.hf_build import DEFAULT_WORDS, make_qwen3_vl
     from predictor.adapters import get_adapter
+
+    with torch.device(device):
+        model, processor = make_qwen3_vl(list(DEFAULT_WORDS), text=text, max_pixels=image_px * image_px,
+                                         vision={"depth": 3, "deepstack_visual_indexes": [0, 1, 2]})
+    model.set_attn_implementation("sdpa")
+    return get_adapter("qwen3_vl")(model.to(dtype=dtype).eval(), processor, f"random-{name}")
+
+
+def load(name: str, device: str, dtype: torch.dtype, image_px: int, layers: int | None = None):
+    from predictor.adapters import get_adapter
+
+    if name in QWEN3_SIZES:
+        text = {**QWEN3_SIZES[name], **({"num_hidden_layers": layers} if layers else {})}
+        return random_qwen3_vl(text, device, dtype, image_px, name)
 
     qwen = get_adapter("qwen2_vl")
     if name == "reference":
@@ -56,13 +80,9 @@ def load(name: str, device: str, dtype: torch.dtype, image_px: int):
         if not path.is_dir():
             return None
         return qwen.load(str(path), dtype="float32", device=device, attn_implementation="sdpa")
-    from data_gen.hf_build import DEFAULT_WORDS, make_qwen2_vl
+    from _sizes import random_qwen2_vl  # built on the device: a 7B model never sits in host memory in fp32
 
-    model, processor = make_qwen2_vl(list(DEFAULT_WORDS), text=SIZES[name], max_pixels=image_px * image_px * 4)
-    model.config._attn_implementation = "sdpa"
-    model.set_attn_implementation("sdpa")
-    model = model.to(device=device, dtype=dtype).eval()
-    return qwen(model, processor, f"random-{name}")
+    return random_qwen2_vl(SIZES[name], device, dtype, max_pixels=image_px * image_px * 4, attn="sdpa", name=name)
 
 
 @torch.no_grad()
@@ -101,6 +121,9 @@ def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
         t, kv = prefill(adapter, pp, repeats=repeats)
         row[f"prefill_{keep:g}_ms"], row[f"kv_{keep:g}_kib"], row[f"S_{keep:g}"] = 1e3 * t, kv / 1024, pp.seq_len
     full = row["prefill_1_ms"]
+    if name in LM_SIZES:
+        row["prefill_flops"] = flops_text(prefill_flops(LM_SIZES[name], p.seq_len), full / 1e3,
+                                          bf16_peak(device, adapter.model.dtype))
     row["overhead"] = row["score_ms"] / full
     row["ratio_0.5"], row["ratio_0.25"] = row["prefill_0.5_ms"] / full, row["prefill_0.25_ms"] / full
     return row
@@ -108,11 +131,12 @@ def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="reference,2b", help="comma list of reference, 2b, 7b")
+    ap.add_argument("--sizes", "--size", default="reference,2b", help="comma list of reference, 2b, 7b")
     ap.add_argument("--image", type=int, default=448, help="image side in px (28 px per visual token side)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 (random-weight models)")
+    ap.add_argument("--layers", type=int, default=None, help="qwen3_8b: keep only the first N decoder layers")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
@@ -123,7 +147,7 @@ def main() -> None:
         if name == "7b" and not args.device.startswith("cuda"):
             print("skipping 7b: needs a GPU")
             continue
-        adapter = load(name, args.device, getattr(torch, args.dtype), args.image)
+        adapter = load(name, args.device, getattr(torch, args.dtype), args.image, args.layers)
         if adapter is None:
             print(f"skipping {name}: checkpoints/reference-qwen2vl not found")
             continue
@@ -137,6 +161,9 @@ def main() -> None:
         print(f"| {r['model']} | {r['S']} | {r['N_v']} | {r['prefill_1_ms']:.1f} | {r['prefill_0.5_ms']:.1f} "
               f"({r['ratio_0.5']:.0%}) | {r['prefill_0.25_ms']:.1f} ({r['ratio_0.25']:.0%}) | "
               f"{r['score_ms']:.2f} ({r['overhead']:.2%}) | {r['kv_1_kib']:.0f} / {r['kv_0.25_kib']:.0f} |")
+    for r in rows:
+        if "prefill_flops" in r:
+            print(f"{r['model']}: full prefill {r['prefill_flops']}")
     for r in rows:
         ok_o, ok_p = r["overhead"] < 0.03, r["ratio_0.25"] < 0.40
         print(f"{r['model']}: overhead {r['overhead']:.2%} (goal < 3%: {'met' if ok_o else 'NOT met'}), "

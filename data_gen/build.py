@@ -74,13 +74,21 @@ def model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build_source(spec: dict[str, Any]) -> Source:
-    """{"name": registered source name, **constructor arguments} -> Source."""
+def build_source(spec: dict[str, Any], adapter: Any = None) -> Source:
+    """{"name": registered source name, **constructor arguments} -> Source. With `adapter`, a source that
+    draws per visual-token cell (`cell_sized`: the synthetic ones) draws in the adapter's cells (`token_px`:
+    28 px for Qwen2-VL, 32 for Qwen3-VL) when the adapter's tokens tile the image (`cell_grid`)."""
     spec = dict(spec)
     name = spec.pop("name", None)
     if name is None:
         raise KeyError("source config has no `name`; pick one with source=<jsonl|llava_json|hf_dataset|synthetic_scenes>")
-    return get_source(name)(**spec)
+    cls = get_source(name)
+    if getattr(cls, "cell_sized", False) and getattr(adapter, "cell_grid", False):
+        given = spec.setdefault("token_px", adapter.token_px)
+        if given != adapter.token_px:
+            raise ValueError(f"source.token_px={given}, but a visual token of adapter {adapter.name!r} covers "
+                             f"{adapter.token_px} px; drop source.token_px (the adapter's is used)")
+    return cls(**spec)
 
 
 def build_explainer(spec: dict[str, Any]) -> tuple[Callable, str]:

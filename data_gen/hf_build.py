@@ -2,12 +2,13 @@
 
 No weights can be downloaded here, so tests, benchmarks and the reference MLLM build models with
 transformers' own classes (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`,
-`LlavaOnevisionForConditionalGeneration`), a word-level tokenizer made with the `tokenizers` library
-and the family's processor classes, and save them with `save_pretrained`: the folder then loads
+`Qwen3VLForConditionalGeneration`, `LlavaOnevisionForConditionalGeneration`), a word-level tokenizer made
+with the `tokenizers` library and the family's processor classes, and save them with `save_pretrained`: the folder then loads
 through `from_pretrained` (and our adapters) exactly like a real checkpoint.
 
     build_qwen2_vl(out_dir, words)          -> Path   (Qwen2-VL or, variant="qwen2_5_vl", Qwen2.5-VL)
     build_llava_onevision(out_dir, words)   -> Path
+    build_qwen3_vl(out_dir, words)          -> Path   (Qwen3-VL or, moe=True, Qwen3-VL-MoE; DeepStack, 32 px tokens)
     make_qwen2_vl(words) / make_llava_onevision(words) -> (model, processor) in memory (train, then save)
     save_model(model, processor, out_dir)   -> Path
 
@@ -74,6 +75,10 @@ FAMILIES = {
                             pad="<|endoftext|>", extra={"image_token": "<image>", "video_token": "<video>"}),
 }
 FAMILIES["qwen2_5_vl"] = FAMILIES["qwen2_vl"]
+# Qwen3-VL's template adds no default system prompt
+FAMILIES["qwen3_vl"] = {**FAMILIES["qwen2_vl"], "template": QWEN2_VL_TEMPLATE.replace(
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}",
+    "")}
 
 
 def _family(family: str) -> dict:
@@ -192,6 +197,66 @@ def make_qwen2_vl(words: list[str], *, variant: str = "qwen2_vl", text: dict | N
 def build_qwen2_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
     """Save a random tiny Qwen2-VL (or variant="qwen2_5_vl") to `out_dir`; see `make_qwen2_vl`."""
     model, processor = make_qwen2_vl(words, **kwargs)
+    return save_model(model, processor, out_dir)
+
+
+# --- Qwen3-VL (dense and MoE) ---------------------------------------------------------------------
+
+TINY_QWEN3_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                         spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                         deepstack_visual_indexes=[0, 1])
+TINY_QWEN3_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+
+
+def make_qwen3_vl(words: list[str], *, moe: bool = False, text: dict | None = None, vision: dict | None = None,
+                  min_pixels: int = 64 * 64, max_pixels: int = 256 * 256, seed: int = 0,
+                  tokenizer=None) -> tuple[Any, Any]:
+    """(random Qwen3VLForConditionalGeneration, or moe=True Qwen3VLMoeForConditionalGeneration, with its
+    Qwen3VLProcessor), in memory, fp32. As the real ones: 16 px patches merged 2 x 2 (32 px per visual
+    token), q/k RMS norms, interleaved M-RoPE, DeepStack features from vision blocks
+    `deepstack_visual_indexes` added after the first LLM layers, and video frames separated by timestamps
+    ("<0.5 seconds>", so "seconds" joins the vocabulary). text / vision: overrides of TINY_TEXT /
+    TINY_QWEN3_VISION."""
+    import transformers as tf
+
+    tokenizer = tokenizer or build_tokenizer(list(words) + ["seconds"], "qwen3_vl")
+    text_cfg = {**TINY_TEXT, **(TINY_QWEN3_MOE if moe else {}), **(text or {})}
+    vis = {**TINY_QWEN3_VISION, **(vision or {}), "out_hidden_size": text_cfg["hidden_size"]}
+    head_dim = text_cfg["hidden_size"] // text_cfg["num_attention_heads"]
+    half = head_dim // 2  # interleaved M-RoPE: (t, h, w) sections of the rotary half-dim, as [24, 20, 20] of 64
+    section = [half - 2 * (half // 4), half // 4, half // 4]
+    text_cfg = {**text_cfg, "head_dim": head_dim, "vocab_size": len(tokenizer), "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": section,
+                                    "mrope_interleaved": True},
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    image_id, video_id, vs_id, ve_id = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    cfg_cls, model_cls = ((tf.Qwen3VLMoeConfig, tf.Qwen3VLMoeForConditionalGeneration) if moe
+                          else (tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration))
+    config = cfg_cls(text_config=text_cfg, vision_config=vis, image_token_id=image_id, video_token_id=video_id,
+                     vision_start_token_id=vs_id, vision_end_token_id=ve_id, tie_word_embeddings=False)
+    _seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # trained q/k norms are not all ones: skipping one must show in layer-0 attention
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 2.0)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 2.0)
+    grid = dict(patch_size=vis["patch_size"], temporal_patch_size=vis["temporal_patch_size"],
+                merge_size=vis["spatial_merge_size"])
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels,
+                                                  image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
+    video_processor = tf.Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": 8 * max_pixels},
+                                               image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
+    processor = tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=video_processor, chat_template=tokenizer.chat_template)
+    return model, processor
+
+
+def build_qwen3_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
+    """Save a random tiny Qwen3-VL (moe=True: Qwen3-VL-MoE) to `out_dir`; see `make_qwen3_vl`."""
+    model, processor = make_qwen3_vl(words, **kwargs)
     return save_model(model, processor, out_dir)
 
 

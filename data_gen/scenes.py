@@ -21,8 +21,10 @@ fill no other object in the scene has, and the background and clutter use low-sa
 an object's pixels are exactly the pixels of its fill: the ground truth can be recomputed from the
 drawn image (tests do).
 
-Visual tokens are `TOKEN_PX` x `TOKEN_PX` cells (Qwen2-VL: patch 14 x spatial merge 2 = 28 px),
-in row-major order over the `(h, w)` grid, as the Qwen2-VL processor orders them.
+Visual tokens are `token_px` x `token_px` cells, in row-major order over the `(h, w)` grid, as the
+Qwen-VL processors order them: `TOKEN_PX` = 28 by default (Qwen2-VL: patch 14 x spatial merge 2, what
+the reference MLLMs use); the model's adapter gives its own (Qwen3-VL: 16 x 2 = 32), and data_gen and
+eval pass it to the synthetic sources (`data_gen.build.build_source`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-TOKEN_PX = 28  # Qwen2-VL: patch_size 14 * spatial_merge_size 2
+TOKEN_PX = 28  # the default cell: Qwen2-VL patch_size 14 * spatial_merge_size 2 (the reference MLLMs)
 
 COLOURS: dict[str, tuple[int, int, int]] = {  # saturated, so never confused with the grey background
     "red": (215, 35, 35),
@@ -121,10 +123,11 @@ class Scene:
     objects: list[SceneObject]
     image: Image.Image  # (height, width) RGB
     questions: list[Question] = field(default_factory=list)  # [the item's, the swap check's] (fewer objects: fewer)
+    token_px: int = TOKEN_PX  # side of one visual token's cell
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        return 1, self.height // TOKEN_PX, self.width // TOKEN_PX
+        return 1, self.height // self.token_px, self.width // self.token_px
 
     # the item's question
     @property
@@ -144,12 +147,12 @@ class Scene:
         return self.questions[0].target
 
 
-def check_size(height: int, width: int) -> None:
-    if height % TOKEN_PX or width % TOKEN_PX or height <= 0 or width <= 0:
+def check_size(height: int, width: int, token_px: int = TOKEN_PX) -> None:
+    if height % token_px or width % token_px or height <= 0 or width <= 0:
         raise ValueError(
-            f"scene size {height}x{width}: expected positive multiples of {TOKEN_PX} px (one Qwen2-VL "
-            f"visual token per {TOKEN_PX}x{TOKEN_PX} cell, so the processor does not resize); set e.g. "
-            f"source.sizes=[[224,224]]")
+            f"scene size {height}x{width}: expected positive multiples of {token_px} px (one visual token "
+            f"per {token_px}x{token_px} cell, so the processor does not resize); set e.g. "
+            f"source.sizes=[[{8 * token_px},{8 * token_px}]]")
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, fill) -> None:
@@ -180,21 +183,21 @@ def object_mask(obj: SceneObject, height: int, width: int) -> np.ndarray:
     return np.asarray(m) > 0
 
 
-def cell_counts(mask: np.ndarray) -> np.ndarray:
+def cell_counts(mask: np.ndarray, token_px: int = TOKEN_PX) -> np.ndarray:
     """(H, W) bool -> (h, w) number of mask pixels inside each visual token's cell."""
-    h, w = mask.shape[0] // TOKEN_PX, mask.shape[1] // TOKEN_PX
-    return mask.reshape(h, TOKEN_PX, w, TOKEN_PX).sum(axis=(1, 3))
+    h, w = mask.shape[0] // token_px, mask.shape[1] // token_px
+    return mask.reshape(h, token_px, w, token_px).sum(axis=(1, 3))
 
 
-def relevance_from_mask(mask: np.ndarray) -> np.ndarray:
+def relevance_from_mask(mask: np.ndarray, token_px: int = TOKEN_PX) -> np.ndarray:
     """(H, W) bool -> (h*w,) float32: fraction of the object's pixels inside each token; sums to 1."""
-    counts = cell_counts(mask).astype(np.float64).reshape(-1)
+    counts = cell_counts(mask, token_px).astype(np.float64).reshape(-1)
     return (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
 
 def object_relevance(scene: Scene, index: int) -> np.ndarray:
     """(h*w,) float32 ground-truth relevance of object `index`: the share of its pixels in each token."""
-    return relevance_from_mask(object_mask(scene.objects[index], scene.height, scene.width))
+    return relevance_from_mask(object_mask(scene.objects[index], scene.height, scene.width), scene.token_px)
 
 
 def main_token(scene: Scene, index: int) -> int:
@@ -215,21 +218,21 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _place_in_cells(rng: np.random.Generator, n: int, height: int, width: int, r_range: tuple[int, int],
-                    ) -> list[tuple[int, int, int]]:
+                    token_px: int = TOKEN_PX) -> list[tuple[int, int, int]]:
     """n (cx, cy, r), each inside its own visual-token cell (distinct cells), jittered within it."""
     lo, hi = r_range
-    if not 1 <= lo <= hi <= TOKEN_PX // 2 - 2:
+    if not 1 <= lo <= hi <= token_px // 2 - 2:
         raise ValueError(f"radius={list(r_range)} with placement='cell': an object must fit inside one "
-                         f"{TOKEN_PX} px cell, so expected 1 <= min <= max <= {TOKEN_PX // 2 - 2}; use e.g. "
+                         f"{token_px} px cell, so expected 1 <= min <= max <= {token_px // 2 - 2}; use e.g. "
                          f"radius={list(CELL_RADIUS)}, or placement='free' for larger objects")
-    h, w = height // TOKEN_PX, width // TOKEN_PX
+    h, w = height // token_px, width // token_px
     cells = rng.choice(h * w, size=min(n, h * w), replace=False)
     placed = []
     for c in cells:
         r = int(rng.integers(lo, hi + 1))
-        slack = TOKEN_PX // 2 - 1 - r  # the centre may move this far from the cell's centre
-        cx = int(c % w) * TOKEN_PX + TOKEN_PX // 2 + int(rng.integers(-slack, slack + 1))
-        cy = int(c // w) * TOKEN_PX + TOKEN_PX // 2 + int(rng.integers(-slack, slack + 1))
+        slack = token_px // 2 - 1 - r  # the centre may move this far from the cell's centre
+        cx = int(c % w) * token_px + token_px // 2 + int(rng.integers(-slack, slack + 1))
+        cy = int(c // w) * token_px + token_px // 2 + int(rng.integers(-slack, slack + 1))
         placed.append((cx, cy, r))
     return placed
 
@@ -289,13 +292,15 @@ def ask(obj: SceneObject, target: int, kind: str) -> Question:
 
 
 def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
-               config: SceneConfig = SceneConfig()) -> Scene:
-    """Draw one scene and its questions (see the module docstring)."""
-    check_size(height, width)
+               config: SceneConfig = SceneConfig(), token_px: int = TOKEN_PX) -> Scene:
+    """Draw one scene and its questions (see the module docstring); token_px: the model's visual-token cell."""
+    check_size(height, width, token_px)
     lo, hi = config.num_objects
     n = int(rng.integers(lo, hi + 1))
-    place = _place_in_cells if config.placement == "cell" else _place
-    spots = place(rng, n, height, width, tuple(config.radius))
+    if config.placement == "cell":
+        spots = _place_in_cells(rng, n, height, width, tuple(config.radius), token_px)
+    else:
+        spots = _place(rng, n, height, width, tuple(config.radius))
     n = len(spots)  # fewer than asked when the image has too few cells / too little room
     named = [int(i) for i in rng.choice(n, size=min(QUESTIONS_PER_SCENE, n), replace=False)]
     kinds = [str(config.question_types[int(rng.integers(len(config.question_types)))]) for _ in named]
@@ -318,7 +323,7 @@ def make_scene(rng: np.random.Generator, height: int = 224, width: int = 224,
     for obj in objects:  # objects last and apart: none occludes another, none is occluded
         _draw_shape(draw, obj, obj.fill)
     questions = [ask(objects[i], i, kind) for i, kind in zip(named, kinds)]
-    return Scene(height, width, objects, img, questions)
+    return Scene(height, width, objects, img, questions, token_px)
 
 
 def token_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
@@ -334,7 +339,8 @@ def token_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     colour_ids = {c: i + 1 for i, c in enumerate(COLOURS)}
     shape_ids = {s: i + 1 for i, s in enumerate(SHAPES)}
     for obj in scene.objects:
-        share = cell_counts(object_mask(obj, scene.height, scene.width)).reshape(-1) / TOKEN_PX ** 2
+        share = cell_counts(object_mask(obj, scene.height, scene.width), scene.token_px).reshape(-1)
+        share = share / scene.token_px ** 2
         take = (share >= MIN_CELL_SHARE) & (share > best)
         best[take] = share[take]
         colour[take] = colour_ids[obj.colour]

@@ -8,7 +8,8 @@ the right place at the wrong time, drops it. A second named object, visible in o
 the instruction-swap question. Everything follows from one numpy Generator.
 
 Visual tokens follow Qwen2-VL's video layout: frames are merged in pairs (temporal patch 2), each
-pair into (h, w) cells of 28 px, token order t-major then row-major. The ground truth of a token
+pair into (h, w) cells of `token_px` (28 by default; the adapter's, e.g. 32 for Qwen3-VL), token order
+t-major then row-major. The ground truth of a token
 (t, y, x) is the share of the named object's pixels, over every frame it is visible in, that fall
 in cell (y, x) of frames 2t and 2t + 1. Objects use `data_gen.scenes`' shapes, colours, cell
 placement and rasteriser, so the ground truth can be recomputed from the drawn frames.
@@ -69,10 +70,11 @@ class Clip:
     objects: list[SceneObject]  # every object once, at its first position
     tracks: list[list[tuple[int, int] | None]]  # per object, per frame: its (cx, cy) or None (not visible)
     questions: list[ClipQuestion] = field(default_factory=list)  # [the item's, the swap check's]
+    token_px: int = TOKEN_PX  # side of one visual token's cell
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        return len(self.frames) // TEMPORAL_PATCH, self.height // TOKEN_PX, self.width // TOKEN_PX
+        return len(self.frames) // TEMPORAL_PATCH, self.height // self.token_px, self.width // self.token_px
 
 
 def _at(obj: SceneObject, cx: int, cy: int) -> SceneObject:
@@ -86,21 +88,23 @@ def object_relevance(clip: Clip, index: int) -> np.ndarray:
     obj = clip.objects[index]
     for f, pos in enumerate(clip.tracks[index]):
         if pos is not None:
-            counts[f // TEMPORAL_PATCH] += scenes.cell_counts(scenes.object_mask(_at(obj, *pos), clip.height, clip.width))
+            counts[f // TEMPORAL_PATCH] += scenes.cell_counts(
+                scenes.object_mask(_at(obj, *pos), clip.height, clip.width), clip.token_px)
     counts = counts.reshape(-1)
     return (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
 
-def _cell_centre(rng: np.random.Generator, cell: int, w: int, r: int) -> tuple[int, int]:
-    slack = TOKEN_PX // 2 - 1 - r
-    return (int(cell % w) * TOKEN_PX + TOKEN_PX // 2 + int(rng.integers(-slack, slack + 1)),
-            int(cell // w) * TOKEN_PX + TOKEN_PX // 2 + int(rng.integers(-slack, slack + 1)))
+def _cell_centre(rng: np.random.Generator, cell: int, w: int, r: int, px: int) -> tuple[int, int]:
+    slack = px // 2 - 1 - r
+    return (int(cell % w) * px + px // 2 + int(rng.integers(-slack, slack + 1)),
+            int(cell // w) * px + px // 2 + int(rng.integers(-slack, slack + 1)))
 
 
-def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, config: ClipConfig = ClipConfig()) -> Clip:
-    """Draw one clip and its questions (see the module docstring)."""
-    scenes.check_size(height, width)
-    h, w = height // TOKEN_PX, width // TOKEN_PX
+def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, config: ClipConfig = ClipConfig(),
+              token_px: int = TOKEN_PX) -> Clip:
+    """Draw one clip and its questions (see the module docstring); token_px: the model's visual-token cell."""
+    scenes.check_size(height, width, token_px)
+    h, w = height // token_px, width // token_px
     lo, hi = config.num_objects
     n = min(int(rng.integers(lo, hi + 1)), h * w)
     if n < 2:
@@ -118,7 +122,7 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
     home = [int(c) for c in rng.choice(h * w, size=2, replace=False)]
     tracks: list[list[tuple[int, int] | None]] = []
     for k in range(2):
-        pos = _cell_centre(rng, home[k], w, radii[k])
+        pos = _cell_centre(rng, home[k], w, radii[k], token_px)
         tracks.append([pos if f in visible[k] else None for f in range(config.num_frames)])
     pairs = [{f // TEMPORAL_PATCH for f in v} for v in visible]
     # distractors: a free cell per frame (never a named object's cell in its frame pairs), so they move
@@ -127,9 +131,11 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
         for f in range(config.num_frames):
             # a named object's cell stays clear in both frames of each pair it shows in: a video token
             # merges a frame pair, and a distractor there would mix two objects in the named one's token
-            taken = {home[j] for j in range(2) if f // TEMPORAL_PATCH in pairs[j]} | set(_cells_at(tracks[2:k], f, w))
+            taken = ({home[j] for j in range(2) if f // TEMPORAL_PATCH in pairs[j]}
+                     | set(_cells_at(tracks[2:k], f, w, token_px)))
             cells = [c for c in range(h * w) if c not in taken]
-            track.append(_cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k]) if cells else None)
+            track.append(_cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k], token_px)
+                         if cells else None)
         tracks.append(track)
 
     first = [next(p for p in tr if p is not None) for tr in tracks]
@@ -145,11 +151,11 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
         frames.append(img)
     questions = [ClipQuestion(k, tuple(sorted(visible[k])), f"What shape was the {colours[k]} object?", shapes[k])
                  for k in range(2)]
-    return Clip(height, width, frames, objects, tracks, questions)
+    return Clip(height, width, frames, objects, tracks, questions, token_px)
 
 
-def _cells_at(tracks: list[list[tuple[int, int] | None]], f: int, w: int) -> list[int]:
-    return [(p[1] // TOKEN_PX) * w + p[0] // TOKEN_PX for tr in tracks if (p := tr[f]) is not None]
+def _cells_at(tracks: list[list[tuple[int, int] | None]], f: int, w: int, px: int) -> list[int]:
+    return [(p[1] // px) * w + p[0] // px for tr in tracks if (p := tr[f]) is not None]
 
 
 def token_labels(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +174,8 @@ def token_labels(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
         for f, pos in enumerate(track):
             if pos is None:
                 continue
-            share = scenes.cell_counts(scenes.object_mask(_at(obj, *pos), clip.height, clip.width)).reshape(-1)
-            share = share / TOKEN_PX ** 2
+            share = scenes.cell_counts(scenes.object_mask(_at(obj, *pos), clip.height, clip.width), clip.token_px)
+            share = share.reshape(-1) / clip.token_px ** 2
             pair = f // TEMPORAL_PATCH
             take = (share >= scenes.MIN_CELL_SHARE) & (share > best[pair])
             best[pair, take] = share[take]

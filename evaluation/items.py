@@ -99,10 +99,11 @@ class ItemEvaluator:
 
     def _generate(self, ctx, method, keep: float):
         """-> (answer ids, selection, (prefill seconds, KV bytes) or None)"""
-        from predictor.runtime import left_pad, prefill, prune_context
+        from predictor.runtime import deepstack_batch, left_pad, prefill, prune_context
 
         pp, sel = prune_context(ctx, method, keep=keep)
-        ids = self.adapter.generate_from_embeds(*left_pad([pp]), max_new_tokens=self.s.max_new_tokens)[0]
+        ids = self.adapter.generate_from_embeds(*left_pad([pp]), max_new_tokens=self.s.max_new_tokens,
+                                                deepstack=deepstack_batch([pp]))[0]
         pre = prefill(self.adapter, pp, repeats=2) if self.s.timing else None  # best of 2: CPU timings are noisy
         return ids, sel, pre
 
@@ -170,7 +171,8 @@ class ItemEvaluator:
         if self.s.figures_dir is not None and i < self.s.figures and kept_fig:
             self.s.figures_dir.mkdir(parents=True, exist_ok=True)
             kept_overlay(media.first, ctx.prepared.grid, kept_fig, self.s.figures_dir / f"{self.desc}-{i:03d}.png",
-                         title=f"{item.instruction} -> {item.answer} (keep 0.25)", token_px=self.adapter.token_px)
+                         title=f"{item.instruction} -> {item.answer} (keep 0.25)", token_px=self.adapter.token_px,
+                         correct={m: bool(rows[m]["0.25"]["correct"]) for m in kept_fig})
         rec = {"i": i, "id": item.id, "num_visual": n_v, "rows": rows}
         other = extra.get("swap")
         if self.s.swap_keep is not None and other is not None and main is not None:

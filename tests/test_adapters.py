@@ -109,9 +109,15 @@ def test_video_positions_grid_and_segments(family, loaded_video):
     assert torch.equal(p.visual_positions, (ids == adapter.video_token_id).nonzero().flatten())
     words = adapter.tokenizer.convert_ids_to_tokens(ids[p.instruction_positions])
     assert words == ["what", "shape", "is", "the", "red", "object", "?"]
-    assert int(p.instruction_positions[0]) == int(p.visual_positions[-1]) + 2
+    # Qwen3-VL: each frame group sits in its own vision start/end after a timestamp, then the template's end
+    gap = 3 if family == "qwen3_vl" else 2
+    assert int(p.instruction_positions[0]) == int(p.visual_positions[-1]) + gap
     t, h, w = p.grid
     assert t * h * w == p.num_visual
+    if family == "qwen3_vl":  # 4 frame groups of 3 x 4 tokens (32 px), each after "<x.x seconds><|vision_start|>"
+        starts = p.visual_positions[::12]
+        assert torch.equal(p.visual_positions.view(4, 12), starts[:, None] + torch.arange(12))
+        assert adapter.tokenizer.convert_ids_to_tokens(ids[starts[1] - 3:starts[1]]) == ["seconds", ">", "<|vision_start|>"]
     if family == "llava_onevision":  # each frame pooled from 4 x 4 to 2 x 2 tokens, one newline after all
         assert p.segments == [{"kind": "frames", "start": 0, "grid": [8, 2, 2]},
                               {"kind": "newline", "start": 32, "grid": [1, 1, 1]}]
@@ -320,13 +326,15 @@ def test_labels_and_serving_read_one_layer0_function(family, dtype, loaded, load
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer0_equals_the_captured_forward(family, loaded, loaded_bf16):
     """fp32: the q/k path is the model's own layer-0 attention. bf16: the model applies rotary in bf16, the
-    q/k path in fp32 (predictor/adapters/layer0.py says why); the two stay within 0.1% of the largest value."""
+    q/k path in fp32 (predictor/adapters/layer0.py says why); the two stay within 0.1% of the largest value
+    (0.2% for Qwen3-VL, whose normed q/k reach rotary in bf16; both are 0.6% from the fp32 model there)."""
     adapter, p = loaded[family]
     for ours, ref in zip(adapter.layer0_attention(p), captured_layer0(adapter, p)):
         torch.testing.assert_close(ours, ref, atol=1e-7, rtol=1e-5)
     adapter, p = loaded_bf16[family]
+    bound = 2e-3 if family == "qwen3_vl" else 1e-3
     for ours, ref in zip(adapter.layer0_attention(p), captured_layer0(adapter, p)):
-        assert (ours - ref).abs().max() <= 1e-3 * ref.abs().max()
+        assert (ours - ref).abs().max() <= bound * ref.abs().max()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -422,8 +430,9 @@ def test_token_px_is_the_side_of_one_visual_token(family, loaded, tmp_path, monk
     if family == "llava_onevision":  # the base image: (image_size / patch)^2 tokens
         assert adapter.token_px * p.segments[0]["grid"][1] == vcfg.image_size
         grid = tuple(p.segments[0]["grid"])
-    else:  # 84 x 112 px at 28 px per token (14 px patches merged 2 x 2)
-        assert adapter.token_px == 28 and (p.grid[1] * adapter.token_px, p.grid[2] * adapter.token_px) == (84, 112)
+    else:  # 84 x 112 px at 28 px per token (14 px patches merged 2 x 2); Qwen3-VL: resized to 96 x 128, 32 px
+        px, size = (32, (96, 128)) if family == "qwen3_vl" else (28, (84, 112))
+        assert adapter.token_px == px and (p.grid[1] * adapter.token_px, p.grid[2] * adapter.token_px) == size
         grid = p.grid
     shown = []
     inner = matplotlib.axes.Axes.imshow

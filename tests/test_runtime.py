@@ -10,10 +10,10 @@ from PIL import Image
 
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.runtime import (METHODS, ClusterAggregation, budget_for, instruction_attention, kmeans, left_pad,
+from predictor.runtime import (METHODS, ClusterAggregation, budget_for, deepstack_batch, instruction_attention, kmeans, left_pad,
                                make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava_onevision"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"]
 
 
 def _image(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -23,13 +23,16 @@ def _image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def adapter(request, tmp_path_factory):
-    from data_gen.hf_build import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl
+    from data_gen.hf_build import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
     from predictor.adapters import get_adapter
 
     out = tmp_path_factory.mktemp(request.param)
     if request.param == "llava_onevision":
         build_llava_onevision(out, list(DEFAULT_WORDS))
         name = "llava_onevision"
+    elif request.param == "qwen3_vl":
+        build_qwen3_vl(out, list(DEFAULT_WORDS))
+        name = "qwen3_vl"
     else:
         build_qwen2_vl(out, list(DEFAULT_WORDS), variant=request.param)
         name = "qwen2_vl"
@@ -142,6 +145,7 @@ def test_kmeans_and_cluster_positions():
 
     class Ctx:  # the part of ScoreContext cluster aggregation reads
         visual_embeds = x
+        deepstack = None
 
     sel = ClusterAggregation().select(Ctx(), 3)
     slots = sel.kept.nonzero().squeeze(-1)
@@ -225,7 +229,7 @@ def test_rope_deltas_consistent_after_pruning(adapter):
     ctx = make_context(adapter, p)
     pp, _ = prune_context(ctx, make_method("attention"), keep=0.25)
     e, m, pos = left_pad([pp])
-    ids = adapter.generate_from_embeds(e, m, pos, max_new_tokens=2)
+    ids = adapter.generate_from_embeds(e, m, pos, max_new_tokens=2, deepstack=deepstack_batch([pp]))
     if pos.ndim == 3:  # Qwen2-VL family: cache length + delta = the unpruned prompt's next position
         full_pos = ctx.position_ids
         assert int(adapter.model.model.rope_deltas[0]) + pp.seq_len == int(full_pos.max()) + 1
@@ -295,8 +299,9 @@ def test_kept_video_tokens_keep_their_original_positions(adapter):
         assert torch.equal(pp.position_ids[:, keep[:].cumsum(0)[p.visual_positions[sel.kept]] - 1], kept_pos)
     # the pruned prompt generates as that prompt would: keep=0.25 with a fixed selection, run twice
     e, m, ps = left_pad([pp])
-    assert adapter.generate_from_embeds(e, m, ps, max_new_tokens=3)[0].tolist() == \
-        adapter.generate_from_embeds(e, m, ps, max_new_tokens=3)[0].tolist()
+    ds = deepstack_batch([pp])
+    assert adapter.generate_from_embeds(e, m, ps, max_new_tokens=3, deepstack=ds)[0].tolist() == \
+        adapter.generate_from_embeds(e, m, ps, max_new_tokens=3, deepstack=ds)[0].tolist()
 
 
 def test_mixed_image_and_video_batch_matches_one_by_one(adapter):

@@ -157,3 +157,30 @@ def test_bad_config_says_what_to_do():
         SyntheticScenes(placement="grid")
     with pytest.raises(ValueError, match=r"num_objects=\[5, 2\]"):
         SyntheticScenes(num_objects=[5, 2])
+
+
+def test_default_cell_is_28_px_and_unchanged_by_the_option():
+    """The 28 px default (the reference MLLMs') draws byte for byte what it drew before token_px existed."""
+    default, explicit = SyntheticScenes(), SyntheticScenes(token_px=28)
+    for i in range(3):
+        a, b = default[i], explicit[i]
+        assert a.image.tobytes() == b.image.tobytes() and a.extra == b.extra and a.extra["grid"] == [1, 8, 8]
+
+
+def test_32_px_cells_for_qwen3_vl():
+    """A 32 px family (Qwen3-VL) gets scenes in its own cells: 256 x 256 px is 8 x 8 tokens, each object inside
+    one 32 px cell, the ground truth per 32 px cell; a size that is no multiple of 32 is refused."""
+    src = SyntheticScenes(sizes=[[256, 256]], token_px=32)
+    for i in range(5):
+        item, scene = src[i], src.scene(i)
+        assert item.extra["grid"] == [1, 8, 8] and len(item.extra["gt_relevance"]) == 64
+        cells = set()
+        for obj in scene.objects:  # every pixel of an object in one cell, no two objects in one cell
+            ys, xs = np.nonzero(scenes.object_mask(obj, 256, 256))
+            assert len({(y // 32, x // 32) for y, x in zip(ys, xs)}) == 1
+            cells.add((ys[0] // 32, xs[0] // 32))
+        assert len(cells) == len(scene.objects)
+        target = scene.objects[scene.target]
+        assert int(np.argmax(item.extra["gt_relevance"])) == (target.cy // 32) * 8 + target.cx // 32
+    with pytest.raises(ValueError, match=r"multiples of 32 px.*source.sizes=\[\[256,256\]\]"):
+        SyntheticScenes(sizes=[[224, 252]], token_px=32)  # 252 = 9 x 28, not a multiple of 32

@@ -104,3 +104,14 @@ def test_no_distractor_shares_a_named_objects_token():
                 for k, track in enumerate(clip.tracks):
                     if k != q.target and track[f] is not None:
                         assert (track[f][1] // TOKEN, track[f][0] // TOKEN) != cell, (seed, f, k)
+
+
+def test_32_px_cells_for_qwen3_vl():
+    """Clips in 32 px cells: the ground truth follows the pixels in 32 px cells, as the Qwen3-VL processor tiles them."""
+    src = get_source("synthetic_video")(sizes=[[128, 128]], token_px=32)
+    item, clip = src[0], src.clip(0)
+    assert item.extra["grid"] == [4, 4, 4] and len(item.extra["gt_relevance"]) == 64
+    target = clip.objects[item.extra["target"]]
+    t = item.extra["target_frames"][0] // TEMPORAL_PATCH
+    cy, cx = next(p for p in clip.tracks[item.extra["target"]] if p is not None)[::-1]
+    assert target.r <= 12 and int(np.argmax(item.extra["gt_relevance"])) == t * 16 + (cy // 32) * 4 + cx // 32

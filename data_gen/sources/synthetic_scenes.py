@@ -8,7 +8,8 @@ splits are disjoint random streams: `train` trains the reference MLLM, `heldout`
 Each item's `extra` carries the ground truth (JSON-serialisable, goes into shard metadata):
     gt_relevance: (h*w,) fraction of the answer-bearing object's pixels inside each visual token
                   (row-major over the grid; sums to 1)
-    grid:         [1, h, w] visual tokens after Qwen2-VL's 2x2 merge (28 px per token side)
+    grid:         [1, h, w] visual tokens of `token_px` px (28: Qwen2-VL's 14 px patches merged 2x2; data_gen and
+                  eval set the model's own, e.g. 32 for Qwen3-VL)
     objects, target, question_type: the scene description
     swap:         a second question about another object of the same image, for the instruction-swap
                   check: {instruction, answer, target, question_type, gt_relevance}
@@ -30,7 +31,7 @@ def _gt(scene: scenes.Scene, index: int) -> list[float]:
     return [round(float(v), 6) for v in scenes.object_relevance(scene, index)]
 
 
-def checked_sizes(split: str, sizes: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+def checked_sizes(split: str, sizes: Sequence[Sequence[int]], token_px: int = scenes.TOKEN_PX) -> list[tuple[int, int]]:
     """A generated source's split and [[height, width], ...] checked (ValueError naming the option)."""
     if split not in SPLITS:
         raise ValueError(f"source.split={split!r}: expected one of {', '.join(SPLITS)}")
@@ -38,7 +39,7 @@ def checked_sizes(split: str, sizes: Sequence[Sequence[int]]) -> list[tuple[int,
     if not out or any(len(s) != 2 for s in out):
         raise ValueError(f"source.sizes={sizes!r}: expected a non-empty list of [height, width]")
     for h, w in out:
-        scenes.check_size(h, w)
+        scenes.check_size(h, w, token_px)
     return out
 
 
@@ -49,25 +50,28 @@ STREAM_LENGTH = 1_000_000
 
 @SOURCES.register("synthetic_scenes")
 class SyntheticScenes(Source):
-    scale_options = ("sizes",)  # larger images, more 28 px cells: more visual tokens
+    scale_options = ("sizes",)  # larger images, more cells: more visual tokens
+    cell_sized = True  # draws per visual-token cell: data_gen/eval pass the adapter's token_px
     unique_ids = True  # ids are (split, seed, index): data_gen need not draw every scene to look for repeats
 
     def __init__(self, num_items: int = STREAM_LENGTH, seed: int = 0, split: str = "heldout",
                  sizes: Sequence[Sequence[int]] = ((224, 224),),
                  num_objects: Sequence[int] = _DEFAULT.num_objects, radius: Sequence[int] = _DEFAULT.radius,
                  question_types: Sequence[str] = _DEFAULT.question_types, clutter: int = _DEFAULT.clutter,
-                 placement: str = _DEFAULT.placement):
-        """sizes: [[height, width], ...] in px, multiples of 28; item i draws one of them at random.
-        The rest is `data_gen.scenes.SceneConfig` (objects per scene, their size, question types,
-        clutter, placement)."""
+                 placement: str = _DEFAULT.placement, token_px: int = scenes.TOKEN_PX):
+        """sizes: [[height, width], ...] in px, multiples of token_px (the side of one visual token's cell);
+        item i draws one of them at random. The rest is `data_gen.scenes.SceneConfig` (objects per scene,
+        their size, question types, clutter, placement)."""
         if num_items < 0:
             raise ValueError(f"source.num_items={num_items}: expected >= 0")
-        self.sizes = checked_sizes(split, sizes)
+        self.token_px = int(token_px)
+        self.sizes = checked_sizes(split, sizes, self.token_px)
         self.num_items, self.seed, self.split = int(num_items), int(seed), split
         self.config = scenes.SceneConfig(num_objects=tuple(num_objects), radius=tuple(radius),
                                          question_types=tuple(question_types), clutter=int(clutter),
                                          placement=str(placement))
-        scenes.make_scene(np.random.default_rng(0), *self.sizes[0], config=self.config)  # bad settings fail here
+        scenes.make_scene(np.random.default_rng(0), *self.sizes[0], config=self.config,
+                          token_px=self.token_px)  # bad settings fail here
 
     def __len__(self) -> int:
         return self.num_items
@@ -77,7 +81,7 @@ class SyntheticScenes(Source):
             raise IndexError(f"item {i} out of range for {self.num_items} synthetic scenes")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
         h, w = self.sizes[int(rng.integers(len(self.sizes)))]
-        return scenes.make_scene(rng, h, w, config=self.config)
+        return scenes.make_scene(rng, h, w, config=self.config, token_px=self.token_px)
 
     def __getitem__(self, i: int) -> Item:
         s = self.scene(i)

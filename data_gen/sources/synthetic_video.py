@@ -2,8 +2,8 @@
 
 Item i is a pure function of (seed, split, i), like `synthetic_scenes` (same split streams); its
 frames play at `FPS` (`Item.fps`). Its `extra` carries the ground truth, JSON-serialisable:
-    gt_relevance: (t*h*w,) share of the named object's pixels in each video token (Qwen2-VL layout:
-                  frame pairs, 28 px cells, t-major then row-major; sums to 1)
+    gt_relevance: (t*h*w,) share of the named object's pixels in each video token (Qwen-VL layout:
+                  frame pairs, `token_px` cells, t-major then row-major; sums to 1)
     grid:         [t, h, w] video tokens (t = num_frames / 2)
     target_frames: the frames the named object is visible in
     swap:         the same clip asked about the other named object (instruction-swap check)
@@ -29,14 +29,16 @@ def _gt(clip: video_scenes.Clip, index: int) -> list[float]:
 @SOURCES.register("synthetic_video")
 class SyntheticVideo(Source):
     scale_options = ("sizes", "num_frames")  # larger frames or more of them: more visual tokens
+    cell_sized = True  # draws per visual-token cell: data_gen/eval pass the adapter's token_px
     unique_ids = True
 
     def __init__(self, num_items: int = STREAM_LENGTH, seed: int = 0, split: str = "heldout",
                  sizes: Sequence[Sequence[int]] = ((112, 112),), num_frames: int = _DEFAULT.num_frames,
                  num_objects: Sequence[int] = _DEFAULT.num_objects, target_frames: int = _DEFAULT.target_frames,
-                 radius: Sequence[int] = _DEFAULT.radius):
-        """sizes: [[height, width], ...] per frame in px, multiples of 28; the rest is `ClipConfig`."""
-        self.sizes = checked_sizes(split, sizes)
+                 radius: Sequence[int] = _DEFAULT.radius, token_px: int = video_scenes.TOKEN_PX):
+        """sizes: [[height, width], ...] per frame in px, multiples of token_px; the rest is `ClipConfig`."""
+        self.token_px = int(token_px)
+        self.sizes = checked_sizes(split, sizes, self.token_px)
         self.num_items, self.seed, self.split = int(num_items), int(seed), split
         self.config = video_scenes.ClipConfig(num_frames=int(num_frames), num_objects=tuple(num_objects),
                                               target_frames=int(target_frames), radius=tuple(radius))
@@ -49,7 +51,7 @@ class SyntheticVideo(Source):
             raise IndexError(f"item {i} out of range for {self.num_items} synthetic clips")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], 1_000_003, i])  # not the image scenes' stream
         h, w = self.sizes[int(rng.integers(len(self.sizes)))]
-        return video_scenes.make_clip(rng, h, w, self.config)
+        return video_scenes.make_clip(rng, h, w, self.config, self.token_px)
 
     def __getitem__(self, i: int) -> Item:
         c = self.clip(i)

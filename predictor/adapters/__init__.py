@@ -4,6 +4,6 @@
 family's module imports transformers lazily and registers its adapter class in ADAPTERS under
 the name that is written into shard metadata.
 """
-from predictor.adapters.base import ADAPTERS, Adapter, Prepared, get_adapter, load_adapter
+from predictor.adapters.base import ADAPTERS, Adapter, DeepStack, Prepared, get_adapter, load_adapter
 
-__all__ = ["ADAPTERS", "Adapter", "Prepared", "get_adapter", "load_adapter"]
+__all__ = ["ADAPTERS", "Adapter", "DeepStack", "Prepared", "get_adapter", "load_adapter"]

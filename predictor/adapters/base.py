@@ -6,6 +6,7 @@ Conventions (batch size 1 unless a method says otherwise):
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,8 @@ from predictor.registry import Registry
 
 # one module per family, imported on first lookup so that `import predictor.adapters` stays light
 ADAPTERS: Registry[type["Adapter"]] = Registry(
-    "adapter", modules=("predictor.adapters.qwen2_vl", "predictor.adapters.llava_onevision"))
+    "adapter", modules=("predictor.adapters.qwen2_vl", "predictor.adapters.qwen3_vl",
+                        "predictor.adapters.llava_onevision"))
 
 
 def get_adapter(name: str) -> type["Adapter"]:
@@ -57,10 +59,25 @@ class Prepared:
         return int(self.inputs["input_ids"].shape[-1])
 
 
+@dataclass
+class DeepStack:
+    """Visual features that a family adds to the decoder's hidden states at the visual tokens after each
+    of its first L layers (Qwen3-VL's DeepStack), for one (possibly pruned, left-padded) batch.
+
+    visual_mask: (B, S) bool, the visual tokens' slots; features: (L, M, D), M = visual_mask.sum(), one
+    row per True slot in row-major order (batch row by batch row, left to right), as the model reads them.
+    """
+
+    visual_mask: torch.Tensor
+    features: torch.Tensor
+
+
 class Adapter(ABC):
     """Wraps a loaded HF model + processor of one family."""
 
     name: str = ""  # registry name, written into shard metadata
+    # visual tokens tile the image in token_px cells, row-major: synthetic sources then draw in those cells
+    cell_grid: bool = False
 
     def __init__(self, model: Any, processor: Any, model_id: str):
         self.model = model
@@ -144,13 +161,29 @@ class Adapter(ABC):
         """
         return decoder_qk(self.language_model(), embeds, position_ids, query_positions, key_len)
 
+    def deepstack(self, prepared: Prepared) -> torch.Tensor | None:
+        """(L, N_v, D) features the family adds to the hidden states of the visual tokens after decoder
+        layers 0..L-1, in visual order (Qwen3-VL's DeepStack), or None: the family has none. Pruning keeps
+        the rows of the kept tokens (`predictor.runtime.prune`)."""
+        return None
+
+    @contextlib.contextmanager
+    def deepstack_inputs(self, deepstack: DeepStack | None):
+        """Within: the model's next forward over a prompt of deepstack.visual_mask's shape adds these
+        features (a family with DeepStack overrides this; the others take none)."""
+        if deepstack is not None:
+            raise ValueError(f"adapter {self.name!r} has no DeepStack features; pass deepstack=None")
+        yield
+
     def generate_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
-                             position_ids: torch.Tensor, max_new_tokens: int = 32) -> list[torch.Tensor]:
+                             position_ids: torch.Tensor, max_new_tokens: int = 32,
+                             deepstack: DeepStack | None = None) -> list[torch.Tensor]:
         """Greedy answers from (possibly pruned, left-padded) prompt embeddings with explicit positions.
 
         embeds (B, S, D), attention_mask (B, S) with 0 on left padding, position_ids as from
-        `position_ids` with batch B. Runs the model's own attention (whatever it was loaded with).
-        Returns B answer id tensors (T_b,) without EOS or padding.
+        `position_ids` with batch B; deepstack: the kept visual tokens' DeepStack features
+        (`predictor.runtime.deepstack_batch`) for families that have them. Runs the model's own attention
+        (whatever it was loaded with). Returns B answer id tensors (T_b,) without EOS or padding.
         """
         if position_ids.ndim == 3 and hasattr(getattr(self.model, "model", None), "rope_deltas"):
             # M-RoPE models cache rope_deltas (next position = cache length + delta). Generation
@@ -158,8 +191,9 @@ class Adapter(ABC):
             # pruned prompt too: delta = (last original position + 1) - (unpadded pruned length).
             last = position_ids.amax(dim=(0, 2))  # (B,)
             self.model.model.rope_deltas = (last + 1 - attention_mask.sum(-1)).long()[:, None]
-        out = self.model.generate(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  max_new_tokens=max_new_tokens, do_sample=False)
+        with self.deepstack_inputs(deepstack):
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                      max_new_tokens=max_new_tokens, do_sample=False)
         return [_strip_answer(row, self._stop_ids()) for row in out]
 
     def _stop_ids(self) -> set[int]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from predictor.adapters.attention import ATTN_IMPL, capture, register
-from predictor.adapters.base import Adapter, Prepared, _strip_answer
+from predictor.adapters.base import Adapter, DeepStack, Prepared, _strip_answer
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -165,13 +165,16 @@ class HFAdapter(Adapter):
         raw = torch.tensor(enc["input_ids"])
         n_media = int((ids == token_id).sum())
         where = (raw == token_id).nonzero().flatten()
-        if where.numel() != 1 or raw.numel() + n_media - 1 != ids.numel():
+        # the processor expands the placeholder only: into N_v tokens, or (Qwen3-VL video) into frames
+        # separated by timestamp text; the text after it is unchanged, just shifted
+        shift = ids.numel() - raw.numel()
+        if where.numel() != 1 or shift < n_media - 1 or not torch.equal(ids[where.item() + 1 + shift:],
+                                                                        raw[where.item() + 1:]):
             raise ValueError(f"prompt has {where.numel()} {modality} placeholders and length {raw.numel()}; expected "
                              f"one, expanding to {ids.numel()} tokens with {n_media} visual tokens")
         special = set(self.tokenizer.all_special_ids)
         keep = [i for i, (a, b) in enumerate(enc["offset_mapping"])
                 if a < end and b > start and b > a and enc["input_ids"][i] not in special]
-        shift = n_media - 1
         pos = torch.tensor([i + shift if i > where.item() else i for i in keep], dtype=torch.long)
         expanded = ids[pos]
         assert torch.equal(expanded, raw[keep]), "instruction token positions do not line up with the prompt"
@@ -209,11 +212,24 @@ class HFAdapter(Adapter):
         return embeds.masked_scatter(mask, feats.to(embeds.dtype))
 
     def generate(self, prepared: Prepared, max_new_tokens: int = 32) -> tuple[torch.Tensor, str]:
-        with torch.no_grad():
-            out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                      num_beams=1)
+        # From the cached visual features (no pixels: the tower runs once per prompt, see `visual_features`);
+        # input_ids and the grids still go in, for the model's own positions (M-RoPE).
+        inputs = {k: v for k, v in prepared.inputs.items() if not k.startswith("pixel_values")}
+        with torch.no_grad(), self.deepstack_inputs(self._prompt_deepstack(prepared, 1, prepared.seq_len)):
+            out = self.model.generate(**inputs, inputs_embeds=self.embed(prepared), max_new_tokens=max_new_tokens,
+                                      do_sample=False, num_beams=1)
         ids = _strip_answer(out[0, prepared.seq_len:].cpu(), self._stop_ids())
         return ids, self.decode_answer(ids)
+
+    def _prompt_deepstack(self, prepared: Prepared, batch: int, length: int) -> DeepStack | None:
+        """The prompt's DeepStack features (None without) for `batch` rows of this prompt (+ answer) of
+        `length` tokens."""
+        features = self.deepstack(prepared)
+        if features is None:
+            return None
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=features.device)
+        mask[:, prepared.visual_positions.to(mask.device)] = True
+        return DeepStack(mask, features.repeat(1, batch, 1))
 
     def teacher_forced(self, prepared: Prepared, answer_ids: torch.Tensor, output_attentions: bool = True,
                        inputs_embeds: torch.Tensor | None = None, answer_logits_only: bool = False) -> TeacherForced:
@@ -230,7 +246,7 @@ class HFAdapter(Adapter):
         pos = self.position_ids(prepared, n - prepared.seq_len)
         pos = pos.expand(*pos.shape[:-2], b, n) if b > 1 else pos
         ctx = capture(self.attention_layers(), mode="record") if output_attentions else _nullcapture()
-        with ctx as cap:
+        with ctx as cap, self.deepstack_inputs(self._prompt_deepstack(prepared, b, n)):
             hidden = self.language_model()(inputs_embeds=inputs_embeds, position_ids=pos, use_cache=False,
                                            attention_mask=None).last_hidden_state
         if answer_logits_only:

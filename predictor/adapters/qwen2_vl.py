@@ -17,6 +17,7 @@ from predictor.adapters.hf_adapter import HFAdapter
 @ADAPTERS.register("qwen2_vl")
 class Qwen2VLAdapter(HFAdapter):
     name = "qwen2_vl"
+    cell_grid = True
     MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
                    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 

@@ -10,7 +10,7 @@ from predictor.registry import Registry
 from predictor.runtime.baselines import ClusterAggregation, downsample_image, downsample_video, kmeans
 from predictor.runtime.generate import (PrunedOutput, budget_for, cache_bytes, make_context, prefill,
                                         prune_context, pruned_generate)
-from predictor.runtime.prune import PrunedPrompt, left_pad, prune_prompt
+from predictor.runtime.prune import PrunedPrompt, deepstack_batch, left_pad, prune_prompt
 from predictor.runtime.scorers import (AttentionScores, OracleScores, PredictorScores, RandomScores,
                                        ScoreContext, Selection)
 
@@ -65,5 +65,5 @@ def _downsample(predictor, explainer, seed: int, max_new_tokens: int) -> None:
 
 __all__ = ["METHODS", "make_method", "ClusterAggregation", "downsample_image", "downsample_video", "kmeans", "PrunedOutput",
            "budget_for", "cache_bytes", "make_context", "prefill", "prune_context", "pruned_generate",
-           "instruction_attention", "PrunedPrompt", "left_pad", "prune_prompt", "AttentionScores", "OracleScores",
+           "instruction_attention", "PrunedPrompt", "deepstack_batch", "left_pad", "prune_prompt", "AttentionScores", "OracleScores",
            "PredictorScores", "RandomScores", "ScoreContext", "Selection"]

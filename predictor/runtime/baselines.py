@@ -72,7 +72,10 @@ class ClusterAggregation:
         order = torch.tensor(slots).argsort()
         kept[torch.tensor(slots, device=v.device)] = True
         replace = torch.stack(means)[order].to(v.dtype)  # kept slots are filled in sequence order
-        return Selection(kept=kept, replace=replace)
+        ds = ctx.deepstack  # (L, N_v, D): a cluster's DeepStack features are its members' mean too
+        replace_ds = None if ds is None else torch.stack(
+            [ds[:, (assign == c).to(ds.device)].float().mean(1) for c in assign.unique()], dim=1)[:, order].to(ds.dtype)
+        return Selection(kept=kept, replace=replace, replace_deepstack=replace_ds)
 
 
 def downsample_size(width: int, height: int, keep: float) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from predictor.runtime.prune import PrunedPrompt, left_pad, prune_prompt
+from predictor.runtime.prune import PrunedPrompt, deepstack_batch, left_pad, prune_prompt
 from predictor.runtime.scorers import ScoreContext, Selection
 from predictor.targets import num_kept
 
@@ -34,7 +34,7 @@ class PrunedOutput:
 def make_context(adapter, prepared, answer_ids: torch.Tensor | None = None) -> ScoreContext:
     """Embed one prompt once; every method then reads from the same embeddings and positions."""
     embeds = adapter.embed(prepared)
-    return ScoreContext(adapter=adapter, prepared=prepared, embeds=embeds,
+    return ScoreContext(adapter=adapter, prepared=prepared, embeds=embeds, deepstack=adapter.deepstack(prepared),
                         position_ids=adapter.position_ids(prepared), answer_ids=answer_ids)
 
 
@@ -65,7 +65,8 @@ def prune_context(ctx: ScoreContext, method, keep: float | None = None,
         sel = Selection(kept=torch.ones(n_v, dtype=torch.bool, device=ctx.embeds.device))
     else:
         sel = method.select(ctx, k)
-    pp = prune_prompt(ctx.embeds, ctx.position_ids, ctx.prepared.visual_positions, sel.kept, sel.replace)
+    pp = prune_prompt(ctx.embeds, ctx.position_ids, ctx.prepared.visual_positions, sel.kept, sel.replace,
+                      ctx.deepstack, sel.replace_deepstack)
     return pp, sel
 
 
@@ -82,7 +83,8 @@ def pruned_generate(adapter, prepared, method, keep: float | None = None, budget
     contexts = contexts or [make_context(adapter, p) for p in prepared]
     pruned, sels = zip(*(prune_context(c, method, keep, budget) for c in contexts))
     embeds, mask, pos = left_pad(list(pruned))
-    answers = adapter.generate_from_embeds(embeds, mask, pos, max_new_tokens=max_new_tokens)
+    answers = adapter.generate_from_embeds(embeds, mask, pos, max_new_tokens=max_new_tokens,
+                                           deepstack=deepstack_batch(list(pruned)))
     return [PrunedOutput(answer_ids=a.cpu(), text=adapter.decode_answer(a), kept_visual=s.kept.cpu(),
                          num_visual=int(s.kept.numel()), num_kept=int(s.kept.sum()), seq_len=pp.seq_len,
                          scores=None if s.scores is None else s.scores.cpu())
@@ -95,11 +97,13 @@ def prefill(adapter, pruned: PrunedPrompt, repeats: int = 1) -> tuple[float, int
     logits and the KV cache); returns (best seconds of `repeats`, KV-cache bytes after prefill).
     The vision tower is not included: it runs the same for every method."""
     embeds, mask, pos = left_pad([pruned])
+    deepstack = deepstack_batch([pruned])
     best, kv = float("inf"), 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
-                            logits_to_keep=1)
+        with adapter.deepstack_inputs(deepstack):
+            out = adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
+                                logits_to_keep=1)
         if embeds.is_cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)

@@ -27,7 +27,8 @@ class ScoreContext:
     """One prompt, embedded once and shared by every method that looks at it.
 
     embeds: (1, S, D); position_ids: (1, S) or (3, 1, S); answer_ids: the unpruned greedy answer
-    (T,), needed by the oracle (computed on demand if absent).
+    (T,), needed by the oracle (computed on demand if absent); deepstack: (L, N_v, D) the adapter's
+    DeepStack features (Qwen3-VL), None for families without.
     """
 
     adapter: Any
@@ -35,6 +36,7 @@ class ScoreContext:
     embeds: torch.Tensor
     position_ids: torch.Tensor
     answer_ids: torch.Tensor | None = None
+    deepstack: torch.Tensor | None = None
     item: int | None = None  # the item's index in its source: seeds per-item randomness (resumable runs)
     # scoring method object -> its (N_v,) scores; keyed by the object, not its class's `name`, so two
     # predictors (or two random seeds) scored on one context never read each other's scores
@@ -62,6 +64,7 @@ class Selection:
     kept: torch.Tensor  # (N_v,) bool
     scores: torch.Tensor | None = None  # (N_v,) float, what the ranking used (for figures)
     replace: torch.Tensor | None = None  # (n_kept, D) embeddings for the kept slots, in order
+    replace_deepstack: torch.Tensor | None = None  # (L, n_kept, D) with `replace`, for families with DeepStack
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
