@@ -3,11 +3,15 @@
 Config: conf/eval.yaml (+ conf/eval_source/<source>.yaml). The work is `evaluation.run_eval`
 (tests call it); this file only composes the config. See the `evaluation` package for the outputs.
 """
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+CONF = Path(__file__).resolve().parent / "conf"
 
-@hydra.main(config_path="conf", config_name="eval", version_base=None)
+
+@hydra.main(config_path=str(CONF), config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     from data_gen.lock import FolderInUse
     from evaluation import EvalSettings, run_eval  # heavy imports after Hydra has parsed the command line
@@ -18,4 +22,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from predictor.cli import entry
+
+    entry(main, CONF, "eval", open_keys={"generalisation.scales": None})  # scales are named by the user

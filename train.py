@@ -8,11 +8,23 @@
 The last line printed is the export folder. The work is `predictor.training.train.train(cfg)` (tests
 call it); this file only composes the config (conf/train/).
 """
+import inspect
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+CONF = Path(__file__).resolve().parent / "conf" / "train"
 
-@hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
+
+def trainer_options() -> list[str]:
+    """What `+trainer.<name>=...` may add: Lightning Trainer's arguments."""
+    import pytorch_lightning as pl
+
+    return list(inspect.signature(pl.Trainer).parameters)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="train")
 def main(cfg: DictConfig) -> None:
     from predictor.cli import one_line_errors
     from predictor.training.train import train
@@ -23,4 +35,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from predictor.cli import entry
+
+    entry(main, CONF, "train", open_keys={"trainer": trainer_options})

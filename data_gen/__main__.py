@@ -2,11 +2,15 @@
 
 Under torchrun (`torchrun --nproc-per-node 8 -m data_gen ...`) each rank processes its own slice.
 """
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="data_gen")
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="data_gen")
 def main(cfg: DictConfig) -> None:
     from data_gen.lock import FolderInUse
     from data_gen.run import main as run_main  # heavy imports after Hydra has parsed the command line
@@ -18,4 +22,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from predictor.cli import entry
+
+    entry(main, CONF, "data_gen")

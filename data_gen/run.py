@@ -119,8 +119,9 @@ def labeller_settings(model: dict[str, Any], model_dir: str, adapter_name: str, 
     count), the answer length (the relevance is of the generated answer), and which answers are kept."""
     return {"adapter": adapter_name, "model": str(model["path"]), "model_fingerprint": model_fingerprint(model_dir),
             "dtype": model.get("dtype"), "attn_implementation": model.get("attn_implementation"),
-            "explainer": dict(explainer), "max_pixels": cfg.max_pixels, "max_video_pixels": cfg.max_video_pixels,
-            "max_new_tokens": cfg.max_new_tokens,
+            # gae's chunk sets memory, not labels (batched and per-token backward agree to ~1e-6)
+            "explainer": {k: v for k, v in explainer.items() if k != "chunk"},
+            "max_pixels": cfg.max_pixels, "max_video_pixels": cfg.max_video_pixels, "max_new_tokens": cfg.max_new_tokens,
             "correctness": cfg.correctness, "keep_wrong": cfg.keep_wrong, "save_heads": cfg.save_heads}
 
 
@@ -339,13 +340,12 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     rank, world, local_rank = dist_env()
     torch.manual_seed(0)
     model_dir = resolve_model_path(str(model["path"]))  # a missing model fails before the source is read
-    src = build_source(source)
     adapter = build_adapter(model, local_rank)
+    src = build_source(source, adapter)  # synthetic sources draw in the model's visual-token cells
     expl, expl_name = build_explainer(explainer)
     if hasattr(expl, "check_source"):  # e.g. ground_truth refuses a source that has none
         expl.check_source(src)
     check_same_labeller(cfg.out, labeller_settings(model, model_dir, adapter.name, explainer, cfg))
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
-    log.info("%s", summary.text())
-    print(summary.text(), flush=True)
+    print(summary.text(), flush=True)  # once: Hydra's console log handler would repeat a log.info of it
     return summary

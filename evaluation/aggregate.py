@@ -79,3 +79,19 @@ def generalisation_scales(src, name: str, generalisation: dict[str, Any] | None)
         raise ValueError(f"generalisation.scales overrides {bad}, which do not change the token count of source "
                          f"{name}; it scales by {list(options)} (e.g. {{2x: {{sizes: [[224, 448]]}}}})")
     return scales, None
+
+
+def table_heading(model: dict[str, Any], source: dict[str, Any], scale: tuple[str, dict[str, Any]] | None = None) -> str:
+    """A results.md heading: "reference on synthetic_scenes (split test)", and a scale's overrides in
+    words ("generalisation 2x: sizes 224x448 px")."""
+    if scale is not None:
+        name, overrides = scale
+        return f"generalisation {name}: " + ", ".join(f"{k} {_words(v)}" for k, v in dict(overrides).items())
+    split = f" (split {source['split']})" if source.get("split") else ""
+    return f"{model.get('name', model.get('path'))} on {source.get('name')}{split}"
+
+
+def _words(v: Any) -> str:
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (list, tuple)) and len(x) == 2 for x in v):
+        return ", ".join(f"{h}x{w}" for h, w in v) + " px"  # synthetic scenes' sizes: [[height, width]]
+    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.images import DEFAULT_MAX_PIXELS
-from evaluation.aggregate import aggregate, aggregate_swap, generalisation_scales, swap_table
+from evaluation.aggregate import aggregate, aggregate_swap, generalisation_scales, swap_table, table_heading
 from evaluation.fidelity import fidelity_section
 from evaluation.items import ItemSettings, evaluate_records
 from evaluation.records import skipped_line, skipped_summary
@@ -31,7 +31,7 @@ class EvalSettings:
     model: dict[str, Any]  # conf/model/: adapter, path, dtype, device, attn_implementation
     source: dict[str, Any]  # conf/source/: name + options
     explainer: dict[str, Any] = field(default_factory=lambda: {"name": "gae"})  # the oracle
-    predictor: str | None = None  # the export folder
+    predictor: str | None = None  # the export folder, or a hub repo id (through the local HF cache)
     out: str = "outputs/eval/run"
     methods: list[str] = field(default_factory=lambda: ["predictor", "oracle", "attention", "random",
                                                         "downsample", "cluster"])
@@ -80,7 +80,8 @@ def _check(s: EvalSettings) -> None:
                          "pass predictor=<export dir>")
 
 
-def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[str, Any], predictor) -> None:
+def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[str, Any],
+             predictor: Path | None) -> None:
     """Items already evaluated in out/ are reused only if they were made the same way; max_items may
     grow (more items are evaluated), figures and progress do not matter."""
     from data_gen.build import model_fingerprint
@@ -88,7 +89,7 @@ def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[
 
     check_same_settings(settings_file, {
         "model": {k: v for k, v in s.model.items() if k != "path"}, "model_fingerprint": model_fingerprint(model_dir),
-        "predictor_fingerprint": model_fingerprint(s.predictor) if predictor is not None else None,
+        "predictor_fingerprint": model_fingerprint(str(predictor)) if predictor is not None else None,
         "explainer": s.explainer if "oracle" in s.methods else None, "source": s.source, "generalisation": scales,
         "methods": list(s.methods), "keeps": sorted(float(k) for k in s.keeps), "max_new_tokens": s.max_new_tokens,
         "correctness": s.correctness, "timing": s.timing, "seed": s.seed, "swap_keep": s.swap_keep,
@@ -104,16 +105,18 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     from data_gen.build import build_adapter, build_explainer, build_source, resolve_model_path
     from data_gen.lock import WriterLock
     from predictor.export import load_predictor, read_export_config
+    from predictor.hub import resolve_export
     from predictor.runtime import make_method
 
     _check(s)
-    pred_model, export_cfg = None, {}
+    pred_model, export_cfg, pred_dir = None, {}, None
     if "predictor" in s.methods or s.fidelity.get("shards"):
-        pred_model, export_cfg = load_predictor(s.predictor), read_export_config(s.predictor)
+        pred_dir = resolve_export(s.predictor)  # a folder, or a hub id's cached snapshot
+        pred_model, export_cfg = load_predictor(pred_dir), read_export_config(pred_dir)
     model_dir = resolve_model_path(str(s.model["path"]))  # a local folder, or the HF-cache snapshot of a repo id
-    src = build_source(s.source)  # bad source settings fail here, before anything is written
-    scales, no_scales = generalisation_scales(src, s.source.get("name"), s.generalisation)
     adapter = build_adapter(s.model)
+    src = build_source(s.source, adapter)  # bad source settings fail here, before anything is written
+    scales, no_scales = generalisation_scales(src, s.source.get("name"), s.generalisation)
     expl = build_explainer(s.explainer)[0] if "oracle" in s.methods else None
 
     def methods():  # fresh per run: random pruning restarts from its seed
@@ -128,10 +131,10 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     settings_file = out_dir / "eval-settings.json"
     fresh = not settings_file.is_file()
     try:
-        _guarded(s, settings_file, model_dir, scales, pred_model)
+        _guarded(s, settings_file, model_dir, scales, pred_dir)
         res, md = _evaluate(s, adapter, src, methods, scales, no_scales, out_dir)
         if s.fidelity.get("shards") and pred_model is not None:
-            res["fidelity"], fid_md = fidelity_section(pred_model, export_cfg, s.predictor, s.fidelity, s.progress)
+            res["fidelity"], fid_md = fidelity_section(pred_model, export_cfg, str(pred_dir), s.fidelity, s.progress)
             md += fid_md
     except BaseException:
         if fresh and not any(f.stat().st_size for f in out_dir.glob("items-*.jsonl")):
@@ -142,7 +145,8 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out_dir / "results.md").write_text(md)
     print(md, flush=True)
-    print(f"wrote {out_dir}/results.json, results.md, retained.png, figures/", flush=True)
+    wrote = sorted(p.name + "/" * p.is_dir() for p in out_dir.iterdir() if not p.name.startswith("."))
+    print(f"wrote {out_dir}/: {', '.join(wrote)}", flush=True)  # the last line: every output, resumed ones too
     return res
 
 
@@ -150,7 +154,7 @@ def _evaluate(s: EvalSettings, adapter, src, methods, scales: dict[str, Any], no
               out_dir: Path) -> tuple[dict[str, Any], str]:
     """The main table on `src`, then one per generalisation scale -> (results, markdown)."""
     from data_gen.build import build_source
-    from predictor.runtime.report import markdown_table, plot_retained
+    from predictor.runtime.report import legend, markdown_table, plot_retained
 
     keeps_desc = sorted({float(k) for k in s.keeps}, reverse=True)
     res: dict[str, Any] = {"model": s.model, "source": s.source, "predictor": s.predictor, "keeps": list(s.keeps)}
@@ -158,8 +162,8 @@ def _evaluate(s: EvalSettings, adapter, src, methods, scales: dict[str, Any], no
                             records=out_dir / "items-eval.jsonl", desc="eval", progress=s.progress)
     res["skipped"] = skipped_summary(recs)
     res["results"] = aggregate(recs, list(s.methods), keeps_desc, s.timing)
-    md = markdown_table(res["results"], f"{s.model.get('name', s.model['path'])} on {s.source.get('name')}")
-    md += skipped_line(res["skipped"], "items-eval.jsonl")
+    md = markdown_table(res["results"], table_heading(s.model, s.source))
+    md += skipped_line(res["skipped"], "items-eval.jsonl") + "\n" + legend()
     plot_retained(res["results"], out_dir / "retained.png")
     res["swap"] = aggregate_swap(recs)
     if res["swap"]:
@@ -171,14 +175,14 @@ def _evaluate(s: EvalSettings, adapter, src, methods, scales: dict[str, Any], no
         md += f"\ngeneralisation to more visual tokens: skipped, {no_scales}\n"
     for name, overrides in scales.items():
         g_src = {**s.source, **dict(overrides)}
-        g_recs = evaluate_records(adapter, build_source(g_src), methods(), s.keeps,
+        g_recs = evaluate_records(adapter, build_source(g_src, adapter), methods(), s.keeps,
                                   int(s.generalisation.get("max_items", s.max_items)), s.item_settings(),
                                   records=out_dir / f"items-eval-{name}.jsonl", desc=f"eval-{name}",
                                   progress=s.progress)
         r = aggregate(g_recs, list(s.methods), keeps_desc, s.timing)
         g = {"source": g_src, "results": r, "swap": aggregate_swap(g_recs), "skipped": skipped_summary(g_recs)}
         res.setdefault("generalisation", {})[name] = g
-        md += "\n" + markdown_table(r, f"generalisation {name}: {overrides}")
+        md += "\n" + markdown_table(r, table_heading(s.model, g_src, (name, overrides)))
         md += skipped_line(g["skipped"], f"items-eval-{name}.jsonl")
         if g["swap"]:
             md += "\n" + swap_table(g["swap"], s.swap_keep)

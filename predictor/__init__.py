@@ -2,14 +2,21 @@
 
 Importing `predictor` needs torch, numpy and safetensors only; `predictor.training` adds
 Lightning, `predictor.adapters` and `predictor.runtime` add transformers.
+Names are imported on first use, so that `predictor.cli` and `predictor.threads` run before torch
+loads (OpenMP reads its thread settings then).
 """
-from predictor.export import load_predictor, read_export_config, save_predictor
-from predictor.features import build_features
-from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.schema import SCHEMA_VERSION, Sample, SampleError, decode, encode, make_meta, validate
+import importlib
 
-__all__ = [
-    "SCHEMA_VERSION", "Sample", "SampleError", "decode", "encode", "make_meta", "validate",
-    "PredictorConfig", "RelevancePredictor", "build_features", "load_predictor", "save_predictor",
-    "read_export_config",
-]
+_WHERE = {
+    "SCHEMA_VERSION": "schema", "Sample": "schema", "SampleError": "schema", "decode": "schema",
+    "encode": "schema", "make_meta": "schema", "validate": "schema", "PredictorConfig": "model",
+    "RelevancePredictor": "model", "build_features": "features", "load_predictor": "export",
+    "save_predictor": "export", "read_export_config": "export",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'predictor' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"predictor.{_WHERE[name]}"), name)

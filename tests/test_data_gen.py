@@ -275,6 +275,28 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
     assert res.returncode != 0 and f"model.path='{tmp_path / 'none'}'" in res.stderr
 
 
+def test_qwen3_vl_labels_synthetic_scenes_in_its_32_px_cells(tiny_models, tmp_path):
+    """data_gen on Qwen3-VL: the synthetic source takes the adapter's 32 px cell (its ground truth has one entry
+    per visual token), gae labels through the DeepStack model; an explicit other cell is refused by name."""
+    import numpy as np
+
+    from data_gen.run import main
+
+    model = {"adapter": "qwen3_vl", "path": str(tiny_models["qwen3_vl"]), "dtype": "float32", "device": "cpu"}
+    source = {"name": "synthetic_scenes", "sizes": [[128, 96]]}
+    summary = main(model=model, source=source, explainer={"name": "gae"},
+                   options={"out": str(tmp_path / "out"), "max_items": 2, "correctness": "none",
+                            "max_new_tokens": 2, "progress": False})
+    assert summary.written == 2
+    for s in _check_exactly_once(tmp_path / "out", 2):
+        assert s.meta["adapter"] == "qwen3_vl" and s.meta["grid"] == [1, 4, 3]
+        assert s.relevance.shape == (12,) and torch.isfinite(s.relevance).all() and s.relevance.sum() > 0
+        assert np.load(__import__("io").BytesIO(s.extra["gt_rel.npy"])).shape == (12,)
+    with pytest.raises(ValueError, match=r"source.token_px=28.*covers 32 px"):
+        main(model=model, source={**source, "sizes": [[112, 112]], "token_px": 28}, explainer={"name": "gae"},
+             options={"out": str(tmp_path / "other"), "max_items": 1, "progress": False})
+
+
 def test_renamed_option_says_its_new_name():
     from data_gen.run import main
 

@@ -22,8 +22,9 @@ def _run(args: list[str], cwd: Path) -> str:
 def test_default_chain_end_to_end(tmp_path):
     shards, export = tmp_path / "shards", tmp_path / "export"
     # the defaults of conf/data_gen.yaml (reference MLLM, synthetic_scenes, gae); only the size differs
-    _run(["-m", "data_gen", f"out={shards}", "max_items=40", "progress=false",
-          f"hydra.run.dir={tmp_path}/hydra"], cwd=ROOT)
+    printed = _run(["-m", "data_gen", f"out={shards}", "max_items=40", "progress=false",
+                    f"hydra.run.dir={tmp_path}/hydra"], cwd=ROOT)
+    assert printed.count(" written, ") == 1  # the summary, once
     summary = json.loads(next(shards.glob("summary-r*.json")).read_text())
     # the reference model answers >= 95% of held-out scenes, so nearly every item becomes a sample
     assert summary["written"] >= 34 and summary["written"] + summary["wrong_answers"] + sum(

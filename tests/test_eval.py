@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
     return root, model_dir, export
 
 
-def test_run_eval_writes_results(setup):
+def test_run_eval_writes_results(setup, capsys):
 
     root, model_dir, export = setup
     out = root / "out"
@@ -63,6 +63,12 @@ def test_run_eval_writes_results(setup):
     assert saved["generalisation"]["2x"]["swap"]["cluster"]["changed"] == 0.0  # k-means never reads the question
     assert (out / "retained.png").is_file() and (out / "retained-2x.png").is_file()
     assert list((out / "figures").glob("*.png"))
+    md = (out / "results.md").read_text()
+    assert "### tiny on synthetic_scenes (split test): 3 items" in md and "### generalisation 2x: sizes 112x224 px: 2 items" in md
+    assert "Columns: " in md and "retained: acc / " in md and "{'sizes'" not in md
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # names everything in out/
+    assert last == (f"wrote {out}/: eval-settings.json, figures/, items-eval-2x.jsonl, items-eval.jsonl, results.json, "
+                    f"results.md, retained-2x.png, retained.png")
 
 
 def test_unknown_method_says_what_exists(setup):
@@ -219,6 +225,26 @@ def test_run_eval_on_llava_onevision_with_a_jsonl_source(tmp_path, tiny_models):
         if m != "downsample":  # the processor decides how many tokens a smaller image gets
             assert res["results"][m]["0.25"]["visual_tokens"] == math.ceil(0.25 * full)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["source"]["name"] == "jsonl"
+
+
+def test_run_eval_on_qwen3_vl_draws_scenes_in_its_32_px_cells(tmp_path, tiny_models):
+    """Qwen3-VL (32 px tokens, DeepStack): synthetic scenes are drawn in the adapter's cells, so the ground
+    truth has one entry per visual token and object_kept is measured; every method prunes and generates."""
+    export = save_predictor(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn", "coords"])),
+                            tmp_path / "export")
+    model = {"adapter": "qwen3_vl", "path": str(tiny_models["qwen3_vl"]), "dtype": "float32", "device": "cpu",
+             "attn_implementation": ATTN_IMPL}
+    methods = ["predictor", "oracle", "attention", "cluster", "downsample"]
+    res = run_eval(model=model, source={"name": "synthetic_scenes", "split": "test", "sizes": [[128, 128]]},
+                   explainer={"name": "gae"}, predictor=str(export), out=str(tmp_path / "out"), methods=methods,
+                   keeps=[1.0, 0.25], max_items=2, max_new_tokens=2, correctness="none", figures=0,
+                   progress=False, timing=False, fidelity={"shards": None}, generalisation=None)
+    for m in methods:
+        row = res["results"][m]["0.25"]
+        assert row["n"] == 2
+        if m != "downsample":
+            assert row["visual_tokens"] == 4 and row["object_kept"] is not None  # 128 x 128 px: 4 x 4 tokens of 32 px
+    assert res["results"]["attention"]["1"]["object_kept"] == 1.0
 
 
 def test_instruction_swap_check_separates_blind_from_instruction_following_methods(setup):

@@ -161,3 +161,18 @@ def test_card_snippet_runs_against_a_cached_repo_id(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "of 64 visual tokens" in r.stdout
+
+
+def test_eval_takes_a_hub_id_for_the_predictor(tmp_path, monkeypatch):
+    # eval.py predictor=org/name: the export comes from the cache; the settings guard fingerprints the snapshot
+    from evaluation import EvalSettings, run_eval
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _cache_repo(tmp_path / "hub", "my-org/reference", {REV_A: ROOT / "checkpoints" / "predictor-reference"},
+                {"main": REV_A})
+    res = run_eval(EvalSettings(model={"adapter": "qwen2_vl", "path": str(ROOT / "checkpoints" / "reference-qwen2vl")},
+                                source={"name": "synthetic_scenes", "num_items": 2, "split": "test"},
+                                predictor="my-org/reference", methods=["predictor"], keeps=[1.0, 0.25], max_items=2,
+                                out=str(tmp_path / "eval"), swap_keep=None, figures=0, progress=False))
+    assert res["predictor"] == "my-org/reference" and res["results"]["predictor"]["0.25"]["n"] == 2

@@ -1,5 +1,6 @@
 """Training pipeline on real (planted-pattern) shards written through the schema."""
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,8 @@ def test_train_resume_and_export_from_checkpoint(shards, tmp_path):
     assert cfg["training"]["target_keep"] == 0.5 and cfg["training"]["optimizer"] == "adam"
     # the default predictor reads the mean, every head and the coordinates; H comes from the shards
     assert cfg["predictor"]["inputs"] == ["attn", "attn_heads", "coords"] and cfg["predictor"]["num_heads"] == 2
-    assert list((tmp_path / "run1" / "figures").glob("*.png"))
+    figures = {p.stem for p in (tmp_path / "run1" / "figures").glob("*.png")}
+    assert len(figures) == 4 and all(re.fullmatch(r"synthetic\d+_\d{7}", k) for k in figures), figures  # by key
     last = tmp_path / "run1" / "checkpoints" / "last.ckpt"
     assert last.is_file()
 

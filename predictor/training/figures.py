@@ -2,15 +2,18 @@
 
 Each validation epoch (every `every_n_epochs`) it draws the same few validation samples, one row
 each: thumbnail (if the shard has one), oracle R_v, prediction, layer-0 attention, each reshaped to
-the (h, w) grid (frames averaged for video). Logged as images to wandb when the wandb logger is on,
-otherwise written as PNGs to `<run dir>/figures/`.
+the (h, w) grid (frames averaged for video) with its colour bar, under the sample's full key and its
+question. Each sample's figure is written to `<run dir>/figures/<key>.png` (the latest epoch); with
+the wandb logger on, all of them also go to wandb as one image per epoch.
 """
 from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -22,40 +25,43 @@ def _on_grid(v: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return v[: t * h * w].reshape(t, h, w).mean(0)
 
 
-def relevance_figure(batch: dict, pred: torch.Tensor, title: str = ""):
-    """matplotlib Figure for a batch from `ShardDataModule.figure_batch` and its predictions (B, N)."""
+def relevance_figure(batch: dict, pred: torch.Tensor, title: str = "", rows: list[int] | None = None):
+    """matplotlib Figure for a batch from `ShardDataModule.figure_batch` and its predictions (B, N):
+    one row per sample in `rows` (default: all)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    rows = list(range(len(batch["keys"]))) if rows is None else rows
     thumbs = batch.get("thumbnails") or [None] * len(batch["keys"])
-    has_thumb = any(t is not None for t in thumbs)
+    questions = batch.get("instructions") or [""] * len(batch["keys"])
+    has_thumb = any(thumbs[b] is not None for b in rows)
     cols = ["oracle R_v", "predicted", "layer-0 attention"]
     ncol = len(cols) + has_thumb
-    B = len(batch["keys"])
-    fig, axes = plt.subplots(B, ncol, figsize=(2.6 * ncol, 2.6 * B), squeeze=False)
-    for b in range(B):
+    fig = plt.figure(figsize=(2.9 * ncol, 3.2 * len(rows)), layout="constrained")
+    for sub, b in zip(np.atleast_1d(fig.subfigures(len(rows), 1)), rows):
+        # the full key and the question over the row: which sample, and what its relevance is about
+        label = batch["keys"][b] + (f"\n{questions[b]}" if questions[b] else "")
+        sub.suptitle("\n".join(textwrap.wrap(label, 34 * ncol, replace_whitespace=False)), fontsize=8, x=0.02,
+                     ha="left")
+        axes = sub.subplots(1, ncol)
         c = 0
         if has_thumb:
-            ax = axes[b, 0]
             if thumbs[b] is not None:
                 from PIL import Image
 
-                ax.imshow(Image.open(io.BytesIO(thumbs[b])))
-            ax.set_axis_off()
+                axes[0].imshow(Image.open(io.BytesIO(thumbs[b])))
+            axes[0].set_axis_off()
             c = 1
         maps = [batch["relevance"][b], pred[b], batch["attn"][b]]
-        for j, (name, v) in enumerate(zip(cols, maps)):
-            ax = axes[b, c + j]
-            ax.imshow(_on_grid(v.detach().float().cpu(), batch["grid"][b]).numpy(), cmap="viridis")
+        for ax, name, v in zip(axes[c:], cols, maps):
+            im = ax.imshow(_on_grid(v.detach().float().cpu(), batch["grid"][b]).numpy(), cmap="viridis")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
             ax.set_xticks([]), ax.set_yticks([])
-            if b == 0:
-                ax.set_title(name, fontsize=9)
-        axes[b, c].set_ylabel(batch["keys"][b][-16:], fontsize=7)
+            ax.set_title(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -80,18 +86,21 @@ class RelevanceFigureCallback(pl.Callback):
         moved = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         with torch.no_grad():
             pred = pl_module(moved).cpu()
-        fig = relevance_figure(batch, pred, title=f"epoch {trainer.current_epoch}")
-        try:
-            from pytorch_lightning.loggers import WandbLogger
-
-            wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-            if wandb_loggers:
-                import wandb
-
-                wandb_loggers[0].log_image("val/relevance", [wandb.Image(fig)], step=trainer.global_step)
-            else:
-                out = Path(self.out_dir or trainer.default_root_dir) / "figures"
-                out.mkdir(parents=True, exist_ok=True)
-                fig.savefig(out / f"relevance_epoch{trainer.current_epoch:04d}.png", dpi=80)
-        finally:
+        title = f"epoch {trainer.current_epoch}"
+        out = Path(self.out_dir or trainer.default_root_dir) / "figures"
+        out.mkdir(parents=True, exist_ok=True)
+        for b, key in enumerate(batch["keys"]):
+            fig = relevance_figure(batch, pred, title=title, rows=[b])
+            fig.savefig(out / f"{key.replace('/', '_')}.png", dpi=90)  # data_gen's keys have no '/'; other shards' may
             plt.close(fig)
+        from pytorch_lightning.loggers import WandbLogger
+
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb_loggers:
+            import wandb
+
+            fig = relevance_figure(batch, pred, title=title)
+            try:
+                wandb_loggers[0].log_image("val/relevance", [wandb.Image(fig)], step=trainer.global_step)
+            finally:
+                plt.close(fig)
