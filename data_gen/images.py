@@ -5,6 +5,7 @@ generation loop can skip the item and record why (a bad file never stops a run).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -66,10 +67,25 @@ def load_image(image: Any, root: str | None = None) -> Image.Image:
     else:
         raise ImageError("unreadable_image", f"unsupported image value of type {type(image).__name__}")
     try:
-        img.load()  # decode now: truncated files fail here, not inside the processor
+        with _whole_files_only():
+            img.load()  # decode now: truncated files fail here, not inside the processor
         return img.convert("RGB")
     except Exception as e:
         raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def _whole_files_only():
+    """PIL's process-wide LOAD_TRUNCATED_IMAGES off while decoding: other libraries turn it on when imported
+    (lmms-eval does), and a half-decoded image would then be labelled as if it were whole."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def from_array(a: Any) -> Image.Image:
