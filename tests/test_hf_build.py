@@ -44,7 +44,8 @@ def test_folder_loads_like_a_checkpoint(family, tiny_models):
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja"):
         assert (path / name).exists(), name
     cls = {"qwen2_vl": tf.Qwen2VLForConditionalGeneration, "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
-           "llava_onevision": tf.LlavaOnevisionForConditionalGeneration}[family]
+           "llava_onevision": tf.LlavaOnevisionForConditionalGeneration,
+           "qwen3_vl": tf.Qwen3VLForConditionalGeneration}[family]
     model = tf.AutoModelForImageTextToText.from_pretrained(path)
     assert type(model) is cls
     proc = tf.AutoProcessor.from_pretrained(path)
