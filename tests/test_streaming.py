@@ -1,21 +1,18 @@
 """Streaming data mode: same samples and split as in memory, shard specs (braces, pipe:, fsspec URLs),
 corrupt shards, the per-epoch plan (equal steps per rank, each sample once) and exact mid-epoch resume."""
-import io
 import itertools
 from collections import Counter
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import webdataset as wds
 
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.schema import SampleError, encode
+from predictor.schema import SampleError
 from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
 from predictor.training.data import make_datamodule
 from predictor.training.streaming import StreamingDataModule, plan_epoch, worker_skips
-from predictor.training.synthetic import planted_sample
+from predictor.training.synthetic import write_damaged_shards
 
 INPUTS = ["attn", "attn_heads", "coords"]
 
@@ -100,24 +97,8 @@ def test_val_shards_hold_out_whole_shards(shards):
     assert len(set(_keys(dm.train_dataloader()))) == 150
 
 
-def _write(path, samples):
-    with wds.TarWriter(str(path)) as w:
-        for s in samples:
-            w.write(s)
-
-
 def test_corrupt_shard_and_sample_in_a_stream(tmp_path):
-    rng = np.random.default_rng(0)
-    good = [encode(planted_sample(f"good{i}", (1, 4, 4), rng)) for i in range(20)]
-    _write(tmp_path / "a.tar", good[:10])
-    bad = dict(encode(planted_sample("badsample", (1, 4, 4), rng)))
-    buf = io.BytesIO()
-    np.save(buf, np.full(16, np.nan, dtype=np.float32))
-    bad["rel.npy"] = buf.getvalue()
-    _write(tmp_path / "b.tar", good[10:15] + [bad])
-    _write(tmp_path / "c.tar", good[15:])
-    data = (tmp_path / "c.tar").read_bytes()
-    (tmp_path / "c.tar").write_bytes(data[: len(data) // 2 + 100])  # truncated mid-file
+    write_damaged_shards(tmp_path)
     spec = f"pipe:cat {tmp_path}/{{a,b,c}}.tar"  # a stream: no seeking, no size check
 
     dm = StreamingDataModule(spec, ["attn"], batch_size=4, val_fraction=0.0)

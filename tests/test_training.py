@@ -1,5 +1,4 @@
 """Training pipeline on real (planted-pattern) shards written through the schema."""
-import io
 import re
 from pathlib import Path
 
@@ -7,14 +6,13 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import webdataset as wds
 
 from predictor.export import load_predictor, read_export_config
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.schema import SampleError, encode
+from predictor.schema import SampleError
 from predictor.training import (EvenBatchSampler, PredictorModule, ShardDataModule, collate, is_val_key,
                                 write_synthetic_shards)
-from predictor.training.synthetic import planted_sample
+from predictor.training.synthetic import write_damaged_shards
 
 SMALL = [16, 32, 64]
 
@@ -93,25 +91,8 @@ def test_missing_shards_error(tmp_path):
         ShardDataModule(str(tmp_path / "nothing"), ["attn"]).setup()
 
 
-def _write_raw(path: Path, samples: list[dict]) -> None:
-    with wds.TarWriter(str(path)) as w:
-        for s in samples:
-            w.write(s)
-
-
 def test_corrupt_shard_and_sample_skipped_or_strict(tmp_path):
-    rng = np.random.default_rng(0)
-    good = [encode(planted_sample(f"good{i}", (1, 4, 4), rng)) for i in range(20)]
-    _write_raw(tmp_path / "a.tar", good[:10])
-    bad = dict(encode(planted_sample("badsample", (1, 4, 4), rng)))
-    buf = io.BytesIO()
-    np.save(buf, np.full(16, np.nan, dtype=np.float32))
-    bad["rel.npy"] = buf.getvalue()
-    _write_raw(tmp_path / "b.tar", good[10:15] + [bad])
-    _write_raw(tmp_path / "c.tar", good[15:])
-    data = (tmp_path / "c.tar").read_bytes()
-    (tmp_path / "c.tar").write_bytes(data[: len(data) // 2 + 100])  # truncated mid-file
-
+    write_damaged_shards(tmp_path)
     dm = ShardDataModule(str(tmp_path), ["attn"], val_fraction=0.0)
     dm.setup()
     assert len(dm.train_set) == 15  # a.tar + the 5 good samples of b.tar; c.tar dropped whole

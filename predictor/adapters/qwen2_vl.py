@@ -8,6 +8,8 @@ all three axes together; Qwen2.5-VL spaces video steps by seconds, from `prepare
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from predictor.adapters.base import ADAPTERS, Prepared
@@ -64,10 +66,13 @@ class Qwen2VLAdapter(HFAdapter):
         return pos
 
     def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
+        out, token = self._tower(inputs)
+        return torch.cat(list(out.pooler_output), dim=0), token
+
+    def _tower(self, inputs: dict) -> tuple[Any, int]:
+        """The vision tower's output for the prompt's image or video, and that modality's token id."""
         if "pixel_values" in inputs:
-            feats = self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-            token = self.image_token_id
-        else:
-            feats = self.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-            token = self.video_token_id
-        return torch.cat(list(feats.pooler_output), dim=0), token
+            return self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]), \
+                self.image_token_id
+        return self.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"]), \
+            self.video_token_id

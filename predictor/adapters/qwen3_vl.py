@@ -34,14 +34,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         `prepared.extra["deepstack"]` (L, N_v, D)."""
         cached = prepared.extra.get("visual_features")
         if cached is None:
-            inputs = prepared.inputs
             with torch.no_grad():
-                if "pixel_values" in inputs:
-                    out = self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-                    token = self.image_token_id
-                else:
-                    out = self.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-                    token = self.video_token_id
+                out, token = self._tower(prepared.inputs)
             prepared.extra["deepstack"] = torch.stack([torch.cat(list(f), dim=0) for f in out.deepstack_features])
             cached = prepared.extra["visual_features"] = (torch.cat(list(out.pooler_output), dim=0), token)
         return cached

@@ -103,3 +103,23 @@ def write_synthetic_shards(out: str | Path, num_samples: int, grids: list[tuple[
             grid = tuple(grids[rng.integers(len(grids))])
             sink.write(encode(make(f"{prefix}{seed}_{i:07d}", grid, rng, num_heads=num_heads)))
     return sorted(out.glob(f"{prefix}-*.tar"))
+
+
+def write_damaged_shards(out: str | Path) -> None:
+    """The bad-input case of the data modules: a.tar (10 good samples), b.tar (5 good + "badsample", whose
+    relevance is NaN) and c.tar (5 good, truncated mid-file)."""
+    import io
+
+    out = Path(out)
+    rng = np.random.default_rng(0)
+    good = [encode(planted_sample(f"good{i}", (1, 4, 4), rng)) for i in range(20)]
+    bad = dict(encode(planted_sample("badsample", (1, 4, 4), rng)))
+    buf = io.BytesIO()
+    np.save(buf, np.full(16, np.nan, dtype=np.float32))
+    bad["rel.npy"] = buf.getvalue()
+    for name, samples in (("a", good[:10]), ("b", good[10:15] + [bad]), ("c", good[15:])):
+        with wds.TarWriter(str(out / f"{name}.tar")) as w:
+            for s in samples:
+                w.write(s)
+    data = (out / "c.tar").read_bytes()
+    (out / "c.tar").write_bytes(data[: len(data) // 2 + 100])
