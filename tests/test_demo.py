@@ -11,7 +11,7 @@ def test_demo_defaults_answer_prune_and_draw(tmp_path, capsys):
     assert main(["--out", str(out), "--max-new-tokens", "4"]) == 0
     text = capsys.readouterr().out
     assert "all 64 visual tokens:  'cross'" in text  # docs/example.png: the pink object is a cross
-    assert "kept 16 of 64 (25.0%):  'cross'" in text and "time saved: prefill" in text
+    assert "kept 16 of 64 (25.0%):  'cross'" in text and "time: prefill " in text
     assert Image.open(out).size[0] > 200 and f"kept tokens: {out}" in text
 
 

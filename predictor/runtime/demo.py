@@ -84,9 +84,14 @@ def run(image: str, question: str, model: str, model_path: str, predictor: str, 
             "kv_pruned": kv_small, "png": str(png) if png else None}
 
 
+def _change(saved: float) -> str:
+    return f"{100 * saved:.0f}% less" if saved >= 0 else f"{-100 * saved:.0f}% more"
+
+
 def report(r: dict) -> str:
     pct = 100 * r["num_kept"] / r["num_visual"]
     saved = 1 - r["prefill_pruned_s"] / r["prefill_full_s"]
+    whole = 1 - r["generate_pruned_s"] / r["generate_full_s"]
     lines = [
         f"question: {r['question']}",
         f"all {r['num_visual']} visual tokens:  {r['full']!r}   (generation {1000 * r['generate_full_s']:.0f} ms, "
@@ -94,8 +99,8 @@ def report(r: dict) -> str:
         f"kept {r['num_kept']} of {r['num_visual']} ({pct:.1f}%):  {r['pruned']!r}   (generation "
         f"{1000 * r['generate_pruned_s']:.0f} ms, prefill {1000 * r['prefill_pruned_s']:.1f} ms, KV cache "
         f"{r['kv_pruned'] / 2**20:.2f} MiB; scoring {1000 * r['score_s']:.1f} ms)",
-        f"time saved: prefill {100 * saved:.0f}%, whole generation "
-        f"{100 * (1 - r['generate_pruned_s'] / r['generate_full_s']):.0f}%"
+        f"time: prefill {_change(saved)}, whole generation {_change(whole)}"
+        + ("   (scoring costs more than the pruning saves on a model this small)" if whole < 0 else "")
         + ("" if r["full"] == r["pruned"] else "   (the answers differ)"),
     ]
     lines.append(f"kept tokens: {r['png']}" if r["png"] else "kept tokens: no figure (the grid does not tile the image)")
