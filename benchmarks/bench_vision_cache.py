@@ -4,8 +4,8 @@ embedding (before: the explainer's pass and layer-0 attention each re-ran the vi
     python benchmarks/bench_vision_cache.py                   # 2B-shaped, depth-reduced config, 448 px
     python benchmarks/bench_vision_cache.py --image 224 --repeats 3
 
-One item = what `data_gen` does with it: greedy answer (transformers' generate, which runs the tower
-itself), the gae explainer, layer-0 attention. The model is Qwen2-VL-2B-shaped (vision: embed 1280,
+One item = what `data_gen` does with it: greedy answer (transformers' generate; since issue 16 from the
+cached features, so "now" is one tower pass per item), the gae explainer, layer-0 attention. The model is Qwen2-VL-2B-shaped (vision: embed 1280,
 16 heads; text: hidden 1536, 12 heads, 2 KV heads) with depths cut by the same factor (vision 32 -> 8,
 text 28 -> 7), so that the tower's share of the work stays about the real one while a CPU run takes
 seconds. Random weights: speed does not depend on them. Both variants run in this one process, on the
