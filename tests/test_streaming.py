@@ -17,12 +17,7 @@ from predictor.training.synthetic import write_damaged_shards
 INPUTS = ["attn", "attn_heads", "coords"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

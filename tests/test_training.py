@@ -17,14 +17,7 @@ from predictor.training.synthetic import write_damaged_shards
 SMALL = [16, 32, 64]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs: thread hand-offs cost more than they save, and on a shared 2-core box two
-    # threads per process oversubscribe the cores (measured 10x slower under load)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
