@@ -104,7 +104,7 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     eval-settings.json it wrote, so the corrected command is not refused as "other settings"."""
     from data_gen.build import build_adapter, build_explainer, build_source, resolve_model_path
     from data_gen.lock import WriterLock
-    from predictor.export import load_predictor, read_export_config
+    from predictor.export import load_predictor
     from predictor.hub import resolve_export
     from predictor.runtime import make_method
 
@@ -112,7 +112,8 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     pred_model, export_cfg, pred_dir = None, {}, None
     if "predictor" in s.methods or s.fidelity.get("shards"):
         pred_dir = resolve_export(s.predictor)  # a folder, or a hub id's cached snapshot
-        pred_model, export_cfg = load_predictor(pred_dir), read_export_config(pred_dir)
+        pred_model = load_predictor(pred_dir)
+        export_cfg = pred_model.export_config
     model_dir = resolve_model_path(str(s.model["path"]))  # a local folder, or the HF-cache snapshot of a repo id
     adapter = build_adapter(s.model)
     src = build_source(s.source, adapter)  # bad source settings fail here, before anything is written
