@@ -29,13 +29,17 @@ def topk_mask(scores: torch.Tensor, mask: torch.Tensor, keep: float) -> torch.Te
     """
     if not 0 < keep <= 1:
         raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
+    return top_count_mask(scores, mask, num_kept(mask.bool().sum(-1), keep))
+
+
+def top_count_mask(scores: torch.Tensor, mask: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool: True on each row's top k[b] valid tokens by `scores`, ties to the lower position."""
     mask = mask.bool()
-    k = num_kept(mask.sum(-1), keep)  # (B,)
     s = scores.float().masked_fill(~mask, float("-inf"))
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(s.shape[-1], device=s.device).expand_as(order))
-    return (rank < k[:, None]) & mask
+    return (rank < k.to(rank.device)[:, None]) & mask
 
 
 def make_target(relevance: torch.Tensor, mask: torch.Tensor, keep: float = 0.5) -> torch.Tensor:

@@ -62,19 +62,20 @@ class ClusterAggregation:
         n = v.shape[0]
         assign, _ = kmeans(v, k, self.iters, self.seed)
         kept = torch.zeros(n, dtype=torch.bool, device=v.device)
-        slots, means = [], []
+        ds = ctx.deepstack  # (L, N_v, D): a cluster's DeepStack features are its members' mean too
+        slots, means, ds_means = [], [], []
         for c in assign.unique():
             members = (assign == c).nonzero().squeeze(-1)
             mean = v[members].float().mean(0)
             slot = members[(v[members].float() - mean).norm(dim=-1).argmin()]
             slots.append(int(slot))
             means.append(mean)
+            if ds is not None:
+                ds_means.append(ds[:, members.to(ds.device)].float().mean(1))
         order = torch.tensor(slots).argsort()
         kept[torch.tensor(slots, device=v.device)] = True
         replace = torch.stack(means)[order].to(v.dtype)  # kept slots are filled in sequence order
-        ds = ctx.deepstack  # (L, N_v, D): a cluster's DeepStack features are its members' mean too
-        replace_ds = None if ds is None else torch.stack(
-            [ds[:, (assign == c).to(ds.device)].float().mean(1) for c in assign.unique()], dim=1)[:, order].to(ds.dtype)
+        replace_ds = None if ds is None else torch.stack(ds_means, dim=1)[:, order].to(ds.dtype)
         return Selection(kept=kept, replace=replace, replace_deepstack=replace_ds)
 
 

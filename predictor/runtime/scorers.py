@@ -20,6 +20,7 @@ import torch
 
 from predictor.adapters.layer0 import instruction_attention
 from predictor.features import build_features
+from predictor.targets import top_count_mask
 
 
 @dataclass
@@ -68,15 +69,13 @@ class Selection:
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """scores (N,) -> (N,) bool, True on the min(k, N) highest; ties go to the lower position, as in
-    `predictor.targets.topk_mask`. By count: a count turned back into a ratio does not survive
-    float32 (k / N * N rounds up to k + 1 for e.g. N=83, k=42)."""
+    """scores (N,) -> (N,) bool, True on the min(k, N) highest; ties go to the lower position
+    (`predictor.targets.top_count_mask`, as in training). By count: a count turned back into a ratio
+    does not survive float32 (k / N * N rounds up to k + 1 for e.g. N=83, k=42)."""
     if k < 1:
         raise ValueError(f"k={k}: expected at least 1 visual token to keep")
-    order = torch.sort(scores, descending=True, stable=True).indices
-    kept = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    kept[order[:k]] = True
-    return kept
+    return top_count_mask(scores[None], torch.ones(1, scores.shape[-1], dtype=torch.bool, device=scores.device),
+                          torch.tensor([k]))[0]
 
 
 class ScoreMethod:
