@@ -187,3 +187,15 @@ def test_lightning_resume_from_a_mid_epoch_checkpoint(shards, tmp_path):
     _fit(dm(), tmp_path / "b", callbacks=[ckpt])
     resumed = _fit(dm(), tmp_path / "c", ckpt=str(tmp_path / "ck" / "step=3.ckpt"))
     assert resumed == full[3:]  # the rest of epoch 0 (no batch repeated), then epoch 1 as unbroken
+
+
+def test_modality_filter_and_no_validation_as_in_memory(tmp_path):
+    # data.modality on mixed shards: the summary is of the kept samples (an export of it must save);
+    # val_fraction 0 with per-head input: the head count still comes from the shards
+    write_synthetic_shards(tmp_path, 12, grids=[(1, 4, 4)], prefix="img", seed=0, num_heads=2)
+    write_synthetic_shards(tmp_path, 8, grids=[(2, 4, 4)], prefix="vid", seed=1, num_heads=2)
+    for modality, val_fraction in (("image", 0.2), ("video", 0.0)):
+        mem = ShardDataModule(str(tmp_path), INPUTS, batch_size=4, val_fraction=val_fraction, modality=modality)
+        mem.setup()
+        dm = _streaming(str(tmp_path), modality=modality, val_fraction=val_fraction)
+        assert dm.summary == mem.summary and dm.summary["modality"] == modality and dm.num_heads == 2

@@ -91,7 +91,8 @@ class ShardIndex:
     train: int = 0
     val: int = 0
     n_v: list[int] = field(default_factory=list)  # [min, max, sum] over the kept samples
-    meta: dict[str, Counter] = field(default_factory=dict)  # model_id, adapter, ... over all samples
+    meta: dict[str, Counter] = field(default_factory=dict)  # model_id, adapter, ... over the kept samples
+    modalities: Counter = field(default_factory=Counter)  # over all samples (data.modality filters the rest)
     corrupt: str | None = None
 
 
@@ -136,10 +137,11 @@ def index_shard(url: str, val_fraction: float, modality: str | None, split: str 
                 n_v = math.prod(int(g) for g in meta["grid"])
             except Exception:  # noqa: BLE001 (decode names the fault when the sample is streamed)
                 continue
-            for k in SUMMARY_META:
-                idx.meta[k][meta.get(k)] += 1
+            idx.modalities[meta.get("modality")] += 1
             if modality is not None and meta.get("modality") != modality:
                 continue
+            for k in SUMMARY_META:
+                idx.meta[k][meta.get(k)] += 1
             is_val = split == "val" if split else is_val_key(key, val_fraction)
             idx.val += is_val
             idx.train += not is_val
@@ -382,13 +384,14 @@ class StreamingDataModule(pl.LightningDataModule):
         self.corrupt = {f"{ix.url}: {ix.corrupt}" for ix in every if ix.corrupt}
         good = [ix for ix in every if not ix.corrupt]
         counts = {k: sum((ix.meta[k] for ix in good), Counter()) for k in SUMMARY_META}
-        found = ", ".join(f"{n} {m}" for m, n in sorted(counts["modality"].items(), key=str))
+        modalities = sum((ix.modalities for ix in good), Counter())
+        found = ", ".join(f"{n} {m}" for m, n in sorted(modalities.items(), key=str))
         num_train = sum(ix.train for ix in self.train_index if not ix.corrupt)
         num_val = sum(ix.val for ix in self.val_index if not ix.corrupt)
-        if not good or not sum(counts["modality"].values()):
+        if not good or not sum(modalities.values()):
             raise ValueError(f"no valid samples in {len(every)} shard(s) of data.shards={self.shards} "
                              f"({len(self.corrupt)} corrupt); regenerate with python -m data_gen")
-        if self.modality is None and len(counts["modality"]) > 1:
+        if self.modality is None and len(modalities) > 1:
             raise ValueError(f"data.shards={self.shards} mixes modalities ({found} samples); a predictor is for "
                              "one modality: train one per modality with data.modality=image or data.modality=video")
         if self.modality is not None and num_train + num_val == 0:
@@ -413,7 +416,7 @@ class StreamingDataModule(pl.LightningDataModule):
         for ix in self.train_index:
             if ix.corrupt or not ix.train + ix.val:
                 continue
-            ds = self._dataset([ix.url], [1], None, train=False)
+            ds = self._dataset([ix.url], [1], "all", train=False)  # a split set: every key, val_fraction 0 too
             for raw in ds._raw([ix.url], []):
                 try:
                     s = decode(raw)
