@@ -43,6 +43,8 @@ def test_same_samples_and_split_as_in_memory(shards, workers):
     mem.setup()
     dm = _streaming(str(shards / "synthetic-{000000..000003}.tar"), num_workers=workers)
     assert dm.summary == mem.summary and dm.num_heads == 2
+    figures, want = dm.figure_batch(), mem.figure_batch()  # what the figure callback draws, questions included
+    assert set(figures) == set(want) and figures["instructions"] == ["where is the object?"] * len(figures["keys"])
     train = list(dm.train_dataloader())
     assert len(train) == len(dm.train_dataloader()) and all(0 < len(b["keys"]) <= 16 for b in train)
     keys = [k for b in train for k in b["keys"]]

@@ -241,11 +241,15 @@ class ShardDataModule(pl.LightningDataModule):
         """The first few validation samples (fixed across epochs), with thumbnails, for figures."""
         if not self.val_set or not len(self.val_set):
             return None
-        items = self.val_set.items[: self.figure_samples]
-        batch = collate(items)
-        batch["thumbnails"] = [it.thumbnail for it in items]
-        batch["instructions"] = [it.instruction for it in items]
-        return batch
+        return figure_batch_of(self.val_set.items[: self.figure_samples])
+
+
+def figure_batch_of(items: list) -> dict[str, Any]:
+    """A padded batch of these examples with what the figures print beside them: thumbnails, questions."""
+    batch = collate(items)
+    batch["thumbnails"] = [it.thumbnail for it in items]
+    batch["instructions"] = [it.instruction for it in items]
+    return batch
 
 
 def one_or_all(counts: Counter, name: str) -> Any:

@@ -41,7 +41,7 @@ from webdataset.tariterators import tar_file_iterator
 
 from predictor.schema import EXT_META, MODALITIES, SampleError, decode
 from predictor.split import is_val_key
-from predictor.training.data import collate, make_example, one_or_all
+from predictor.training.data import collate, figure_batch_of, make_example, one_or_all
 from predictor.training.shards import _check_complete, _group, expand_specs, is_url
 
 log = logging.getLogger(__name__)
@@ -508,8 +508,4 @@ class StreamingDataModule(pl.LightningDataModule):
                         self._figures.append(make_example(s, self.inputs, keep_thumbnail=True))
                     if len(self._figures) >= self.figure_samples:
                         break
-        if not self._figures:
-            return None
-        batch = collate(self._figures)
-        batch["thumbnails"] = [it.thumbnail for it in self._figures]
-        return batch
+        return figure_batch_of(self._figures) if self._figures else None
