@@ -230,11 +230,15 @@ def _place_in_cells(rng: np.random.Generator, n: int, height: int, width: int, r
     placed = []
     for c in cells:
         r = int(rng.integers(lo, hi + 1))
-        slack = token_px // 2 - 1 - r  # the centre may move this far from the cell's centre
-        cx = int(c % w) * token_px + token_px // 2 + int(rng.integers(-slack, slack + 1))
-        cy = int(c // w) * token_px + token_px // 2 + int(rng.integers(-slack, slack + 1))
-        placed.append((cx, cy, r))
+        placed.append((*cell_centre(rng, int(c), w, r, token_px), r))
     return placed
+
+
+def cell_centre(rng: np.random.Generator, cell: int, w: int, r: int, px: int) -> tuple[int, int]:
+    """(cx, cy) of an object of radius r in raster cell `cell` of a grid w cells wide, jittered within it."""
+    slack = px // 2 - 1 - r  # the centre may move this far from the cell's centre
+    return (int(cell % w) * px + px // 2 + int(rng.integers(-slack, slack + 1)),
+            int(cell // w) * px + px // 2 + int(rng.integers(-slack, slack + 1)))
 
 
 def _place(rng: np.random.Generator, n: int, height: int, width: int, r_range: tuple[int, int],

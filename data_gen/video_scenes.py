@@ -94,12 +94,6 @@ def object_relevance(clip: Clip, index: int) -> np.ndarray:
     return (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
 
-def _cell_centre(rng: np.random.Generator, cell: int, w: int, r: int, px: int) -> tuple[int, int]:
-    slack = px // 2 - 1 - r
-    return (int(cell % w) * px + px // 2 + int(rng.integers(-slack, slack + 1)),
-            int(cell // w) * px + px // 2 + int(rng.integers(-slack, slack + 1)))
-
-
 def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, config: ClipConfig = ClipConfig(),
               token_px: int = TOKEN_PX) -> Clip:
     """Draw one clip and its questions (see the module docstring); token_px: the model's visual-token cell."""
@@ -122,7 +116,7 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
     home = [int(c) for c in rng.choice(h * w, size=2, replace=False)]
     tracks: list[list[tuple[int, int] | None]] = []
     for k in range(2):
-        pos = _cell_centre(rng, home[k], w, radii[k], token_px)
+        pos = scenes.cell_centre(rng, home[k], w, radii[k], token_px)
         tracks.append([pos if f in visible[k] else None for f in range(config.num_frames)])
     pairs = [{f // TEMPORAL_PATCH for f in v} for v in visible]
     # distractors: a free cell per frame (never a named object's cell in its frame pairs), so they move
@@ -134,7 +128,7 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
             taken = ({home[j] for j in range(2) if f // TEMPORAL_PATCH in pairs[j]}
                      | set(_cells_at(tracks[2:k], f, w, token_px)))
             cells = [c for c in range(h * w) if c not in taken]
-            track.append(_cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k], token_px)
+            track.append(scenes.cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k], token_px)
                          if cells else None)
         tracks.append(track)
 
