@@ -24,15 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _sizes import SIZES as LM_SIZES, bf16_peak, flops_text, prefill_flops
+from _sizes import SIZES, bf16_peak, flops_text, prefill_flops
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = {
-    "2b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-               intermediate_size=8960),
-    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-               intermediate_size=18944),
-}
 
 
 def _sync(device: str) -> None:
@@ -121,8 +115,8 @@ def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
         t, kv = prefill(adapter, pp, repeats=repeats)
         row[f"prefill_{keep:g}_ms"], row[f"kv_{keep:g}_kib"], row[f"S_{keep:g}"] = 1e3 * t, kv / 1024, pp.seq_len
     full = row["prefill_1_ms"]
-    if name in LM_SIZES:
-        row["prefill_flops"] = flops_text(prefill_flops(LM_SIZES[name], p.seq_len), full / 1e3,
+    if name in SIZES:
+        row["prefill_flops"] = flops_text(prefill_flops(SIZES[name], p.seq_len), full / 1e3,
                                           bf16_peak(device, adapter.model.dtype))
     row["overhead"] = row["score_ms"] / full
     row["ratio_0.5"], row["ratio_0.25"] = row["prefill_0.5_ms"] / full, row["prefill_0.25_ms"] / full

@@ -51,7 +51,7 @@ def save_predictor(
         "format": EXPORT_FORMAT,
         "export_version": EXPORT_VERSION,
         "schema_version": SCHEMA_VERSION,
-        "modality": _modality_to_save(modality, trained_on or {}, getattr(model, "modality", None)),
+        "modality": _modality_to_save(modality, trained_on or {}, model.modality),
         "predictor": model.config.to_dict(),
         "trained_on": trained_on or {},
         "training": training or {},

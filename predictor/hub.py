@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from predictor.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_weights, model_card, read_export_config
+from predictor.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, load_predictor, model_card
 
 EXPORT_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
 # org/name: what the hub accepts (huggingface_hub.utils.validate_repo_id has the full rules)
@@ -114,10 +114,7 @@ def push_export(export_dir: str | os.PathLike, repo_id: str, *, base_model: str 
     if not (export_dir / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{export_dir}: not a predictor export (no {CONFIG_NAME}); pass the folder "
                                 "train.py printed last, or export one with python train.py export_from=<ckpt>")
-    config = read_export_config(export_dir)
-    from predictor.model import PredictorConfig
-
-    check_weights(export_dir, PredictorConfig.from_dict(config["predictor"]))  # never publish a broken export
+    config = load_predictor(export_dir).export_config  # every check of loading: never publish a broken export
     if not looks_like_repo_id(repo_id):
         raise ValueError(f"repo id {repo_id!r}: expected org/name (e.g. my-org/qwen2vl-7b-relevance)")
     base_model = base_model or hub_base_model(config)

@@ -237,10 +237,9 @@ class RelevancePredictor(nn.Module):
                 raise ValueError(f"sample {b}: grid {(t, h, w)} does not match its {int(counts[b])} "
                                  "valid tokens (valid tokens must come first, in raster order)")
             groups.setdefault((t, h, w), []).append(b)
-        clips = [x[idx, :, : t * h * w].reshape(len(idx), C, t, h, w) for (t, h, w), idx in groups.items()]
+        hids = [x[idx, :, : t * h * w].reshape(len(idx), C, t, h, w) for (t, h, w), idx in groups.items()]
         if self.config.arch == "conv2d":  # (b * t, C, h, w) frames per grid; conv3d keeps (b, C, t, h, w)
-            clips = [c.transpose(1, 2).reshape(-1, C, *c.shape[3:]) for c in clips]
-        hids = clips
+            hids = [c.transpose(1, 2).reshape(-1, C, *c.shape[3:]) for c in hids]
         for block in self.blocks:
             mixed = [block.mix(hid) for hid in hids]
             # every valid token of every group in one (M, C) matrix: one set of batch-norm statistics

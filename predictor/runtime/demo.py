@@ -19,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGE = ROOT / "docs" / "example.png"
 EXAMPLE_QUESTION = "What shape is the pink object?"
-MAX_PIXELS = 802816  # data_gen's and eval's default: the token count the labels were made at
 
 
 def _timed(fn, device: str):
@@ -45,6 +44,7 @@ def run(image: str, question: str, model: str, model_path: str, predictor: str, 
     """Answer with all tokens and pruned; write the overlay PNG; return the figures printed."""
     from PIL import Image, UnidentifiedImageError
 
+    from data_gen.images import DEFAULT_MAX_PIXELS
     from predictor.export import load_predictor
     from predictor.adapters import load_adapter
     from predictor.runtime.generate import make_context, prefill, prune_context, pruned_generate
@@ -57,7 +57,7 @@ def run(image: str, question: str, model: str, model_path: str, predictor: str, 
         raise FileNotFoundError(f"--image {image}: cannot read it as an image ({e.__class__.__name__}); "
                                 "pass a PNG or JPEG file") from None
     pred = load_predictor(predictor, revision=revision)
-    adapter = load_adapter(model, model_path, device=device, max_pixels=MAX_PIXELS)
+    adapter = load_adapter(model, model_path, device=device, max_pixels=DEFAULT_MAX_PIXELS)  # as labelled
     method = make_method("predictor", predictor=pred)
     prepared = adapter.prepare(img, question)
 
