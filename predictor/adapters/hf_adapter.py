@@ -187,8 +187,9 @@ class HFAdapter(Adapter):
             return torch.zeros(0, dtype=torch.long, device=self.device)
         return answer_ids.reshape(-1).to(self.device, torch.long)
 
-    def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
-        """-> ((N_v, D) projected visual tokens in sequence order, the placeholder token id they replace)."""
+    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
+        """-> ((N_v, D) projected visual tokens in sequence order, the placeholder token id they replace).
+        Other outputs of the same tower pass that a family needs later go into `extra` (Qwen3-VL: DeepStack)."""
         raise NotImplementedError
 
     def visual_features(self, prepared: Prepared) -> tuple[torch.Tensor, int]:
@@ -199,7 +200,7 @@ class HFAdapter(Adapter):
         cached = prepared.extra.get("visual_features")
         if cached is None:
             with torch.no_grad():
-                cached = self._visual_features(prepared.inputs)
+                cached = self._visual_features(prepared.inputs, prepared.extra)
             prepared.extra["visual_features"] = cached
         return cached
 

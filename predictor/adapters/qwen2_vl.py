@@ -65,7 +65,7 @@ class Qwen2VLAdapter(HFAdapter):
             pos = torch.cat([pos, extra.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
         return pos
 
-    def _visual_features(self, inputs: dict) -> tuple[torch.Tensor, int]:
+    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
         out, token = self._tower(inputs)
         return torch.cat(list(out.pooler_output), dim=0), token
 

@@ -29,16 +29,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     MODEL_TYPES = {"qwen3_vl": "Qwen3VLForConditionalGeneration",
                    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
 
-    def visual_features(self, prepared: Prepared) -> tuple[torch.Tensor, int]:
-        """As `HFAdapter.visual_features`; the same tower pass also leaves the DeepStack features on
-        `prepared.extra["deepstack"]` (L, N_v, D)."""
-        cached = prepared.extra.get("visual_features")
-        if cached is None:
-            with torch.no_grad():
-                out, token = self._tower(prepared.inputs)
-            prepared.extra["deepstack"] = torch.stack([torch.cat(list(f), dim=0) for f in out.deepstack_features])
-            cached = prepared.extra["visual_features"] = (torch.cat(list(out.pooler_output), dim=0), token)
-        return cached
+    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
+        """As Qwen2-VL's; the same tower pass leaves the DeepStack features on `extra["deepstack"]` (L, N_v, D)."""
+        out, token = self._tower(inputs)
+        extra["deepstack"] = torch.stack([torch.cat(list(f), dim=0) for f in out.deepstack_features])
+        return torch.cat(list(out.pooler_output), dim=0), token
 
     def deepstack(self, prepared: Prepared) -> torch.Tensor:
         self.visual_features(prepared)
