@@ -67,8 +67,7 @@ def prefill_part(size: str, device: str, dtype: torch.dtype, image_px: int, batc
     from PIL import Image
 
     from predictor.model import PredictorConfig, RelevancePredictor
-    from predictor.runtime import PredictorScores, cache_bytes, instruction_attention, left_pad, make_context, \
-        prune_context
+    from predictor.runtime import PredictorScores, instruction_attention, make_context, prefill, prune_context
 
     adapter = random_qwen2_vl(size, device, dtype, max_pixels=image_px * image_px, attn="sdpa")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (image_px, image_px, 3), dtype=np.uint8))
@@ -89,14 +88,8 @@ def prefill_part(size: str, device: str, dtype: torch.dtype, image_px: int, batc
     for keep in (1.0, 0.5, 0.25):
         pp, _ = prune_context(ctx, method, keep=keep)
         for batch in batches:
-            embeds, mask, pos = left_pad([pp] * batch)
-
-            def run():
-                return adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
-                                     logits_to_keep=1)
-
-            kv = cache_bytes(run().past_key_values)  # also the warm-up
-            seconds = _timed(run, device)
+            prefill(adapter, pp, batch=batch)  # warm-up
+            seconds, kv = prefill(adapter, pp, repeats=3, batch=batch)
             flops = prefill_flops(SIZES[size], pp.seq_len, batch)
             rows.append({"keep": keep, "batch": batch, "S": pp.seq_len, "N_v": p.num_visual, "ms": 1e3 * seconds,
                          "kv_mib": kv / 2**20, "tflops": flops / seconds / 1e12,

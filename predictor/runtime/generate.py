@@ -92,14 +92,16 @@ def pruned_generate(adapter, prepared, method, keep: float | None = None, budget
 
 
 @torch.no_grad()
-def prefill(adapter, pruned: PrunedPrompt, repeats: int = 1) -> tuple[float, int]:
+def prefill(adapter, pruned: PrunedPrompt, repeats: int = 1, batch: int = 1) -> tuple[float, int]:
     """Time one prompt's prefill (LLM forward over the prompt embeddings, producing the first token's
-    logits and the KV cache); returns (best seconds of `repeats`, KV-cache bytes after prefill).
-    The vision tower is not included: it runs the same for every method."""
-    embeds, mask, pos = left_pad([pruned])
-    deepstack = deepstack_batch([pruned])
+    logits and the KV cache), `batch` copies of it at once; returns (best seconds of `repeats`, KV-cache
+    bytes after prefill). The vision tower is not included: it runs the same for every method."""
+    embeds, mask, pos = left_pad([pruned] * batch)
+    deepstack = deepstack_batch([pruned] * batch)
     best, kv = float("inf"), 0
     for _ in range(repeats):
+        if embeds.is_cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         with adapter.deepstack_inputs(deepstack):
             out = adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
