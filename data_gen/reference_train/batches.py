@@ -22,11 +22,9 @@ def chat_prompt(processor: Any, instruction: str, modality: str = "image") -> st
 def media_inputs(image: Any = None, video: Any = None, fps: float | None = None) -> dict:
     """Processor arguments for one image, or one clip of already sampled frames as the qwen2_vl adapter passes
     them (no resampling; the fps as metadata), so that training sees the inputs inference sees."""
-    if video is None:
-        return {"images": [image]}
-    n = len(video)
-    meta = {"total_num_frames": n, "fps": fps, "frames_indices": list(range(n))}
-    return {"videos": [video], "videos_kwargs": {"do_sample_frames": False, "video_metadata": [meta]}}
+    from predictor.adapters.hf_adapter import HFAdapter
+
+    return {"images": [image]} if video is None else HFAdapter._video_kwargs(video, fps)
 
 
 def make_batch(processor: Any, examples: list[tuple[Any, str, str]], eos_id: int, pad_id: int,

@@ -101,21 +101,20 @@ SUMMARY_META = ("model_id", "adapter", "explainer", "modality", "schema_version"
 
 def _members(url: str) -> Iterator[dict]:
     """Tar members as {"fname", "data"}; only meta.json is read, other members' data is b""."""
+    def members(tar: tarfile.TarFile) -> Iterator[dict]:
+        for m in tar:
+            if m.isreg():
+                yield {"fname": m.name, "data": tar.extractfile(m).read() if m.name.endswith("." + EXT_META) else b""}
+
     if not is_url(url):
         _check_complete(Path(url))
         with tarfile.open(url, "r:") as tar:  # seeks over the arrays
-            for m in tar:
-                if m.isreg():
-                    yield {"fname": m.name,
-                           "data": tar.extractfile(m).read() if m.name.endswith("." + EXT_META) else b""}
+            yield from members(tar)
         return
     stream = CheckedStream(open_stream(url), url)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for m in tar:
-                if m.isreg():
-                    yield {"fname": m.name,
-                           "data": tar.extractfile(m).read() if m.name.endswith("." + EXT_META) else b""}
+            yield from members(tar)
         stream.check()
     finally:
         stream.close()
