@@ -39,16 +39,22 @@ def _last_logits(adapter, embeds, mask, pos, deepstack) -> torch.Tensor:
         return adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits[0, -1]
 
 
-def test_layer0_needs_the_query_and_key_norms(qwen3, monkeypatch):
+def test_layer0_needs_the_query_and_key_norms(qwen3):
     """The tiny model's q/k norm weights are not ones (as in a trained model): the q/k path equals the eager
     forward (tests/test_adapters.py), and leaving the norms out would change it."""
     adapter, p = qwen3
     heads, _ = adapter.layer0_attention(p)
     attn = adapter.language_model().layers[0].self_attn
-    monkeypatch.setattr(attn, "q_norm", None)
-    monkeypatch.setattr(attn, "k_norm", None)
-    unnormed, _ = adapter.layer0_attention(p)
+    norms = attn.q_norm, attn.k_norm
+    # the model is shared by the module: restore the submodules by hand (pytest 9.2's monkeypatch undo
+    # deletes an attribute that lives in nn.Module._modules instead of restoring it)
+    attn.q_norm = attn.k_norm = None
+    try:
+        unnormed, _ = adapter.layer0_attention(p)
+    finally:
+        attn.q_norm, attn.k_norm = norms
     assert (heads - unnormed).abs().max() > 1e-3
+    assert torch.equal(adapter.layer0_attention(p)[0], heads)  # the shared model is whole again
 
 
 @pytest.mark.parametrize("video", [False, True])
