@@ -7,10 +7,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-python - <<'PY'
+py="${PYTHON:-python}"  # the interpreter to run (the tests pass theirs: a venv need not be on PATH)
+"$py" - <<'PY'
 import platform, torch, transformers
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"transformers {transformers.__version__}, GPU {gpu}")
 PY
-exec python "$root/benchmarks/bench_gpu_suite.py" "$@"
+exec "$py" "$root/benchmarks/bench_gpu_suite.py" "$@"

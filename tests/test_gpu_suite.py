@@ -1,6 +1,8 @@
 """benchmarks/gpu_suite.sh at a tiny size on the CPU, so that the GPU suite cannot rot between GPU runs."""
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -8,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_gpu_suite_runs_on_the_cpu_at_tiny_size(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--size", "tiny", "--device", "cpu",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHON": sys.executable})  # this interpreter, on PATH or not
     assert out.returncode == 0, out.stderr[-3000:]
     assert "torch" in out.stdout and "transformers" in out.stdout  # the versions it ran with
     res = json.loads((tmp_path / "gpu_suite.json").read_text())
