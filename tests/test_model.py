@@ -209,3 +209,36 @@ def test_trains_under_bf16_autocast(arch, norm):  # trainer=gpu runs precision=b
         p = m(x, mask, torch.tensor([[1, 4, 4], [1, 3, 4]]))
     p.float().sum().backward()
     assert torch.isfinite(p.float()).all() and (p[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("inputs", [["attn"], ["attn", "coords"]])
+def test_conv3d_on_one_frame_under_bf16(inputs):
+    """Images under conv3d (t = 1) in bf16 autocast, the trainer=gpu precision: each block's convolutions give
+    the float32 values to bf16's precision, and the scores follow. torch 2.14's CPU Conv3d returned only the
+    bias for one input channel on one frame (relative error 1, sometimes NaN from uninitialised memory), which
+    a finite-only check let through depending on the allocator's garbage."""
+    torch.manual_seed(0)
+    m = RelevancePredictor(PredictorConfig(arch="conv3d", widths=SMALL, inputs=inputs, norm="layer")).eval()
+    C = m.config.in_channels
+    x, mask = _padded([torch.randn(C, 16), torch.randn(C, 12)], 0)
+    grid = torch.tensor([[1, 4, 4], [1, 3, 4]])
+    clip = x[:1, :, :16].reshape(1, C, 1, 4, 4)
+    with torch.no_grad():
+        ref, ref_logits = m.blocks[0].depthwise(clip), m.logits(x, mask, grid)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, low_logits = m.blocks[0].depthwise(clip).float(), m.logits(x, mask, grid).float()
+    assert (low - ref).abs().max() <= 0.02 * ref.abs().max()
+    torch.testing.assert_close(low_logits[mask], ref_logits[mask], atol=0.01, rtol=0.02)
+
+
+def test_one_frame_conv3d_is_the_plain_conv3d():
+    """The image shortcut of conv3d changes no number: float32 equals nn.Conv3d's own forward, and a clip of
+    several frames takes nn.Conv3d's path."""
+    from predictor.model import _Conv3d
+
+    torch.manual_seed(0)
+    for k, groups in ((3, 1), (5, 4), (1, 1)):
+        conv = _Conv3d(4, 4, k, padding=k // 2, groups=groups)
+        for t in (1, 3):
+            x = torch.randn(2, 4, t, 5, 6)
+            torch.testing.assert_close(conv(x), torch.nn.Conv3d.forward(conv, x), atol=1e-5, rtol=1e-5)
