@@ -36,6 +36,7 @@ from data_gen.sources.video import load_video
 from data_gen.writer import ShardWriter, index_key, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
 from predictor.schema import Sample, make_meta
+from predictor.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class DataGenConfig:
     max_failure_rate: float = 0.5
     min_items_for_failure_rate: int = 50
     retry_errors: bool = False  # redo items skipped earlier because of an exception (e.g. CUDA OOM)
+    allow_version_change: bool = False  # resume a folder labelled under another torch/transformers version
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -104,20 +106,23 @@ class Summary:
                 f"({self.seconds:.1f} s)")
 
 
-def check_same_labeller(out: str, labeller: dict[str, Any]) -> None:
+def check_same_labeller(out: str, labeller: dict[str, Any], allow_version_change: bool = False) -> None:
     """Resuming into `out` is only safe with the labeller that made its samples: the model, explainer
     and every option that changes a label or which items are kept (see `labeller_settings`). Recorded
     in `out/labeller.json` on the first run; later runs raise ValueError if they differ. The weights'
-    fingerprint, not the model path string, says whether the model is the same one."""
+    fingerprint, not the model path string, says whether the model is the same one; torch and transformers
+    must be the same releases unless `allow_version_change`."""
     check_same_settings(Path(out) / "labeller.json", labeller, ignore=("model",),
-                        why="Its samples were labelled another way, and resuming would mix labels.")
+                        why="Its samples were labelled another way, and resuming would mix labels.",
+                        allow_version_change=allow_version_change)
 
 
 def labeller_settings(model: dict[str, Any], model_dir: str, adapter_name: str, explainer: dict[str, Any],
                       cfg: DataGenConfig) -> dict[str, Any]:
     """What makes a label: the model's weights and numerics, the explainer, the image size (token
-    count), the answer length (the relevance is of the generated answer), and which answers are kept."""
-    return {"adapter": adapter_name, "model": str(model["path"]), "model_fingerprint": model_fingerprint(model_dir),
+    count), the answer length (the relevance is of the generated answer), which answers are kept, and the
+    torch / transformers releases that computed it (predictor.versions)."""
+    return {"versions": versions(), "adapter": adapter_name, "model": str(model["path"]), "model_fingerprint": model_fingerprint(model_dir),
             "dtype": model.get("dtype"), "attn_implementation": model.get("attn_implementation"),
             # gae's chunk sets memory, not labels (batched and per-token backward agree to ~1e-6)
             "explainer": {k: v for k, v in explainer.items() if k != "chunk"},
@@ -345,7 +350,8 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     expl, expl_name = build_explainer(explainer)
     if hasattr(expl, "check_source"):  # e.g. ground_truth refuses a source that has none
         expl.check_source(src)
-    check_same_labeller(cfg.out, labeller_settings(model, model_dir, adapter.name, explainer, cfg))
+    check_same_labeller(cfg.out, labeller_settings(model, model_dir, adapter.name, explainer, cfg),
+                        cfg.allow_version_change)
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
     print(summary.text(), flush=True)  # once: Hydra's console log handler would repeat a log.info of it
     return summary

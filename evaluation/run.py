@@ -46,6 +46,7 @@ class EvalSettings:
     seed: int = 0
     swap_keep: float | None = 0.125
     allow_modality_mismatch: bool = False  # score prompts of the modality the predictor was not trained on
+    allow_version_change: bool = False  # resume out= under another torch/transformers version
     progress: bool = True
     fidelity: dict[str, Any] = field(default_factory=dict)  # {shards, val_only, val_fraction}
     generalisation: dict[str, Any] = field(default_factory=dict)  # {max_items, scales}
@@ -86,16 +87,18 @@ def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[
     grow (more items are evaluated), figures and progress do not matter."""
     from data_gen.build import model_fingerprint
     from data_gen.guard import check_same_settings
+    from predictor.versions import versions
 
     check_same_settings(settings_file, {
-        "model": {k: v for k, v in s.model.items() if k != "path"}, "model_fingerprint": model_fingerprint(model_dir),
+        "versions": versions(), "model": {k: v for k, v in s.model.items() if k != "path"}, "model_fingerprint": model_fingerprint(model_dir),
         "predictor_fingerprint": model_fingerprint(str(predictor)) if predictor is not None else None,
         "explainer": s.explainer if "oracle" in s.methods else None, "source": s.source, "generalisation": scales,
         "methods": list(s.methods), "keeps": sorted(float(k) for k in s.keeps), "max_new_tokens": s.max_new_tokens,
         "correctness": s.correctness, "timing": s.timing, "seed": s.seed, "swap_keep": s.swap_keep,
         "max_pixels": s.max_pixels, "max_video_pixels": s.max_video_pixels,
         "allow_modality_mismatch": s.allow_modality_mismatch},
-        why="Its per-item results (items-*.jsonl) would be mixed with results made another way.")
+        why="Its per-item results (items-*.jsonl) would be mixed with results made another way.",
+        allow_version_change=s.allow_version_change)
 
 
 def run_eval(s: EvalSettings) -> dict[str, Any]:

@@ -199,7 +199,12 @@ def model_card(config: dict[str, Any], repo_id: str | None = None, base_model: s
     repo_id / location: what the snippet loads (the hub id, else the folder); base_model: the MLLM's hub id."""
     p, t, m = config["predictor"], config["trained_on"], config["metrics"]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(m.items())) or "| (none recorded) | |"
-    trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items()) if k != "modality")
+    trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items()) if k not in ("modality", "versions", "labeller"))
+    labeller = t.get("labeller") if isinstance(t.get("labeller"), dict) else {}
+    if labeller:
+        trained += "\n- labeller: " + ", ".join(f"{k} {v}" for k, v in sorted(labeller.items()) if k != "versions")
+    versions = _versions_table({"labels (python -m data_gen)": labeller.get("versions"),
+                                "training (python train.py)": t.get("versions")})
     modality = config["modality"]
     mllm = base_model or t.get("model_id") or "<path of the MLLM>"
     meta = {"library_name": "relevance-predictor", "license": license, "modality": modality,
@@ -242,8 +247,22 @@ print(out.text, f"({{out.num_kept}} of {{out.num_visual}} visual tokens)")
 - modality: {modality}
 {trained}
 
+## Versions
+{versions}
+
 ## Validation metrics
 | metric | value |
 |---|---|
 {rows}
 """
+
+
+def _versions_table(rows: dict[str, dict | None]) -> str:
+    """The library versions each step ran with (predictor.versions), as a table; what was not recorded says so."""
+    from predictor.versions import GUARDED, PROJECT
+
+    cols = (*GUARDED, PROJECT)
+    lines = [f"| step | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {step} | " + " | ".join(str((v or {}).get(c) or "not recorded") for c in cols) + " |"
+              for step, v in rows.items()]
+    return "\n".join(lines)

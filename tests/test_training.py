@@ -241,4 +241,11 @@ def test_export_records_the_labeller_beside_the_shards(tmp_path):
     (tmp_path / "s" / "labeller.json").write_text(json.dumps(labeller))
     out = train(_compose(f"data.shards={tmp_path / 's'}", "model.widths=[8,16]", "logger=none", "trainer.max_epochs=1",
                          "trainer.enable_progress_bar=false", f"run_dir={tmp_path}/r", f"export_dir={tmp_path}/e"))
-    assert read_export_config(out)["trained_on"]["labeller"] == labeller
+    trained_on = read_export_config(out)["trained_on"]
+    assert trained_on["labeller"] == labeller
+    # and the libraries the training ran with, shown on the card beside the labeller's (here: none recorded)
+    assert trained_on["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert trained_on["versions"]["relevance-predictor"] == "0.1.0"
+    card = (out / "README.md").read_text()
+    assert f"| training (python train.py) | {trained_on['versions']['torch']} |" in card
+    assert "| labels (python -m data_gen) | not recorded |" in card

@@ -92,6 +92,7 @@ def train(cfg: DictConfig) -> Path:
 
     from predictor.model import PredictorConfig, RelevancePredictor
     from predictor.training import PredictorModule, RelevanceFigureCallback
+    from predictor.versions import versions
     from predictor.training.data import make_datamodule
     from predictor.training.export import export_checkpoint, export_module
 
@@ -145,7 +146,8 @@ def train(cfg: DictConfig) -> Path:
 
     export_dir = Path(cfg.export_dir)
     if trainer.is_global_zero:
-        module.hparams["trained_on"] = {**dm.summary, **labeller}  # streaming counts invalid samples as it meets them
+        # streaming counts invalid samples as it meets them; versions: the libraries this training ran with
+        module.hparams["trained_on"] = {**dm.summary, **labeller, "versions": versions()}
         # seed, threads and torch: what the weights' bytes depend on (README: reproducibility)
         export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
                                    batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs, seed=cfg.seed,
