@@ -50,7 +50,8 @@ def resolve_model_path(path: str) -> str:
     hint = ("the reference model is committed in the repository (restore it with: git checkout -- "
             "checkpoints/reference-qwen2vl) and can be rebuilt with: python -m data_gen.reference_train"
             if "reference-qwen2vl" in path else
-            "download it first (e.g. huggingface-cli download <repo> --local-dir <dir>) and set model.path=<dir>")
+            f"download it first (hf download {path if '/' in path else '<org/name>'} --local-dir <dir>, "
+            "huggingface_hub's CLI) and set model.path=<dir>")
     raise FileNotFoundError(f"model.path={path!r}: no such folder (nor in the local HF cache); {hint}")
 
 

@@ -158,6 +158,12 @@ def test_missing_model_path_says_how_to_get_it(tmp_path):
         resolve_model_path(str(tmp_path / "reference-qwen2vl"))
     with pytest.raises(FileNotFoundError, match="model.path"):
         resolve_model_path(str(tmp_path / "nowhere"))
+    # a hub id not in the cache: the command that downloads it, with a CLI the installed huggingface_hub has
+    with pytest.raises(FileNotFoundError, match="hf download Org/Missing-Model --local-dir"):
+        resolve_model_path("Org/Missing-Model")
+    from importlib.metadata import entry_points
+
+    assert "hf" in {ep.name for ep in entry_points(group="console_scripts") if ep.dist.name == "huggingface_hub"}
 
 
 def test_labeller_record_refuses_a_different_model(tmp_path):
