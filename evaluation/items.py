@@ -111,7 +111,7 @@ class ItemEvaluator:
         from data_gen.correctness import is_correct
 
         text = self.adapter.decode_answer(ids)
-        return {"answer": text, "correct": bool(is_correct(text, item.answer, self.s.correctness)),
+        return {"answer": text, "correct": bool(is_correct(text, item.answer, self.s.correctness, item.instruction)),
                 "visual_tokens": int(n_kept),
                 "object_kept": bool(kept[main]) if kept is not None and main is not None else None,
                 "prefill_s": pre[0] if pre else None, "kv_bytes": pre[1] if pre else None}
