@@ -104,3 +104,21 @@ def test_synthetic_single_word_answers_unchanged(word):
     # the reference benchmark's answers are single words: auto stays normalised exact match
     assert is_correct(word, word) and is_correct(f"{word.capitalize()}.", word) and not is_correct("B", word)
     assert not is_correct(f"A {word} one", word) and not is_correct("I", word)
+
+
+# ten annotators' answers: one "blue", two "dark blue", three "sky", four "grey"
+VQA_REFS = ["blue"] + ["dark blue"] * 2 + ["sky"] * 3 + ["grey"] * 4
+
+
+@pytest.mark.parametrize("generated,matches", [("navy", 0), ("blue", 1), ("Dark blue.", 2), ("the sky", 3),
+                                               ("Grey", 4)])
+def test_vqa_soft_accuracy(generated, matches):
+    from data_gen.correctness import score
+
+    assert score(generated, VQA_REFS, "vqa") == pytest.approx(min(matches / 3, 1))
+    assert is_correct(generated, VQA_REFS, "vqa") is (matches > 0)  # data_gen keeps an answer a reference gives
+
+
+def test_several_references_any_counts():
+    assert is_correct("Navy", ["blue", "navy"], "exact") and not is_correct("cyan", ["blue", "navy"])
+    assert is_correct("(C)", ["B", "C"], "choice") and is_correct("anything", [], "none")
