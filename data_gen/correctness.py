@@ -3,69 +3,59 @@
 Modes (the data_gen and eval option `correctness=<mode>`, e.g. `python -m data_gen correctness=exact`):
     exact   normalised exact match (lower case, punctuation, articles and extra spaces removed)
     choice  multiple-choice letter: the option letter of the reference ("B", "(B)", "B. a cat")
-            against the first option letter the model states ("B", "(B) a cat", "The answer is B.")
+            against the option the model names ("B", "(B) a cat", "I think it is B.", "Answer: b", or the
+            option's text when the question lists the options; rules in data_gen/choice.py)
+    vqa     VQAv2 soft accuracy over every reference answer (VQA sets give ten): min(matches / 3, 1),
+            a match being a normalised exact match. eval averages it; data_gen keeps an answer that at
+            least one reference gives (accuracy > 0). The official VQAv2 evaluator also averages over the
+            ten leave-one-out subsets of the answers (0.3 instead of 1/3 for one match) and maps number
+            words and contractions; this is the plain formula.
     auto    `choice` when the reference is an option letter, else `exact`
     none    every answer counts as correct (keep all samples, e.g. for a randomly initialised model)
+
+Several reference answers (a source's `Item.answers`): exact and choice accept a match with any of them.
 """
 from __future__ import annotations
 
-import re
-import string
+from collections.abc import Sequence
 
-MODES = ("auto", "exact", "choice", "none")
+from data_gen.choice import listed_options, option_letter, reference_option, stated_letter
+from data_gen.text import normalise
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-# reference given as a bare option letter, optionally bracketed and followed by the option text
-_REF_LETTER = re.compile(r"^\s*[\(\[]?([A-Za-z])[\)\]\.:]?(\s+.*)?$", re.DOTALL)
-# the letter a model states: first standalone capital, or after "answer is"/"option"
-_GEN_LETTER = re.compile(r"(?i:answer(?: is)?|option)\s*[:\-]?\s*[\(\[]?([A-Za-z])\b"
-                         r"|(?<![A-Za-z])[\(\[]?([A-Z])(?![A-Za-z])")
+MODES = ("auto", "exact", "choice", "vqa", "none")
+__all__ = ["MODES", "is_correct", "normalise", "option_letter", "score", "stated_letter"]
 
 
-def normalise(text: str) -> str:
-    """'The  Red Circle.' -> 'red circle'."""
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def option_letter(reference: str) -> str | None:
-    """The option letter of a multiple-choice reference, or None if it is not one.
-
-    A single letter alone counts ("B", "(B)", "b."); a letter followed by option text only when
-    bracketed or punctuated ("B. a cat", "(B) a cat"), so that "A cat" is not option A.
-    """
-    ref = reference.strip()
-    m = _REF_LETTER.match(ref)
-    if m is None:
-        return None
-    rest = m.group(2)
-    if rest and not re.match(r"^\s*[\(\[]?[A-Za-z][\)\]\.:]", ref):
-        return None
-    return m.group(1).upper()
-
-
-def stated_letter(generated: str) -> str | None:
-    """The first option letter a model states in its answer, or None."""
-    m = _GEN_LETTER.search(generated.strip())
-    if m is None:
-        return None
-    return (m.group(1) or m.group(2)).upper()
-
-
-def is_correct(generated: str, reference: str, mode: str = "auto") -> bool:
-    """Compare a generated answer with the reference under `mode` (see module docstring)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown correctness mode {mode!r}: expected one of {', '.join(MODES)}; "
-                         f"set it on the command line, e.g. correctness=exact")
-    if mode == "none":
-        return True
+def _matches(generated: str, reference: str, mode: str, question: str) -> bool:
+    """One reference under a binary mode (auto, exact, choice)."""
     if mode == "auto":
         mode = "choice" if option_letter(reference) is not None and len(normalise(reference)) <= 1 else "exact"
     if mode == "choice":
         ref = option_letter(reference)
         if ref is None:  # reference is not a letter: fall back to the text
             return normalise(generated) == normalise(reference)
-        return stated_letter(generated) == ref
+        return stated_letter(generated, listed_options(question) or reference_option(reference)) == ref
     return normalise(generated) == normalise(reference)
+
+
+def score(generated: str, reference: str | Sequence[str], mode: str = "auto", question: str = "") -> float:
+    """The answer's credit in [0, 1] under `mode` (module docstring): 0 or 1, a fraction under `vqa`.
+
+    reference: one answer or several (any of them may match); question: the instruction, whose listed
+    options ("A. cat" lines) let a multiple-choice answer name an option by its text.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown correctness mode {mode!r}: expected one of {', '.join(MODES)}; "
+                         f"set it on the command line, e.g. correctness=exact")
+    if mode == "none":
+        return 1.0
+    refs = [reference] if isinstance(reference, str) else list(reference)
+    if mode == "vqa":
+        said = normalise(generated)
+        return min(sum(said == normalise(r) for r in refs) / 3, 1.0)
+    return float(any(_matches(generated, r, mode, question) for r in refs))
+
+
+def is_correct(generated: str, reference: str | Sequence[str], mode: str = "auto", question: str = "") -> bool:
+    """Whether the answer earns any credit: `score(...) > 0` (for `vqa`: some reference gives it)."""
+    return score(generated, reference, mode, question) > 0

@@ -182,7 +182,7 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
     if prepared.seq_len + answer_ids.numel() > cfg.max_seq_len:
         raise SkipItem("too_long", f"prompt + answer {prepared.seq_len + answer_ids.numel()} tokens "
                                    f"> max_seq_len={cfg.max_seq_len}")
-    correct = is_correct(text, item.answer, cfg.correctness)
+    correct = is_correct(text, item.references, cfg.correctness, item.instruction)
     if not correct and not cfg.keep_wrong:
         raise SkipItem(WRONG, f"generated {text[:80]!r}, reference {item.answer[:80]!r}")
 

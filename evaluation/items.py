@@ -4,7 +4,8 @@ A record is {"i", "id", "num_visual", "rows": {method: {keep: {"answer", "correc
 "object_kept", "prefill_s", "kv_bytes"}}}, "swap"?: {method: {"changed", "own", "swap"}}}, or a
 skipped record (`evaluation.records.skipped_record`). object_kept: whether the token with the most
 ground-truth relevance survived (sources with `extra.gt_relevance`, e.g. synthetic scenes; None
-without it, and for downsampling, which keeps no tokens of the original grid).
+without it, and for downsampling, which keeps no tokens of the original grid). correct: true/false, or
+under correctness=vqa the answer's soft accuracy in [0, 1].
 """
 from __future__ import annotations
 
@@ -108,10 +109,12 @@ class ItemEvaluator:
         return ids, sel, pre
 
     def _row(self, item, ids, n_kept: int, pre, kept: torch.Tensor | None, main: int | None) -> dict[str, Any]:
-        from data_gen.correctness import is_correct
+        from data_gen.correctness import score
 
         text = self.adapter.decode_answer(ids)
-        return {"answer": text, "correct": bool(is_correct(text, item.answer, self.s.correctness)),
+        credit = score(text, item.references, self.s.correctness, item.instruction)
+        # vqa's soft accuracy stays a fraction (accuracy is its mean); the other modes record true/false
+        return {"answer": text, "correct": credit if self.s.correctness == "vqa" else credit > 0,
                 "visual_tokens": int(n_kept),
                 "object_kept": bool(kept[main]) if kept is not None and main is not None else None,
                 "prefill_s": pre[0] if pre else None, "kv_bytes": pre[1] if pre else None}

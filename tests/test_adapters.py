@@ -225,6 +225,19 @@ def test_empty_instruction_is_a_value_error(loaded):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_instruction_the_template_rewrites_is_a_value_error(family, loaded, monkeypatch):
+    # a template that trims or rewrites the text (here: lower case) leaves no verbatim instruction in the
+    # prompt; the positions must not fall back to the prompt's first (system) tokens
+    adapter, _ = loaded[family]
+    messages = adapter._messages
+    monkeypatch.setattr(adapter, "_messages", lambda text, modality: messages(text.lower(), modality))
+    with pytest.raises(ValueError) as err:
+        adapter.prepare(tiny_image(), INSTRUCTION)
+    msg = str(err.value)
+    assert repr(INSTRUCTION) in msg and adapter.name in msg and adapter.model_id in msg and "template" in msg
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_generate_and_teacher_forced_match_the_model(family, loaded):
     adapter, p = loaded[family]
     ans, text = adapter.generate(p, max_new_tokens=4)

@@ -87,6 +87,39 @@ def test_hf_dataset(tmp_path):
         get_source("hf_dataset")(path=str(tmp_path / "vqa"), split="train")
 
 
+def test_hf_dataset_keeps_every_reference_answer(tmp_path):
+    # VQA sets hold ten answers: as strings, as {"answer": ...} records, or as the {"answer": [...]} columns
+    # `datasets` makes of a Sequence of records; correctness must see all of them, not the first
+    import datasets
+
+    img = Image.new("RGB", (28, 28), (0, 0, 255))
+    vqa = ["blue"] * 2 + ["navy"] * 5 + ["dark blue"] * 3
+    records = [{"answer": a, "answer_id": i} for i, a in enumerate(vqa)]
+    layouts = {
+        "strings": (datasets.Dataset.from_dict({"img": [img], "q": ["What colour?"], "a": [vqa]}), vqa),
+        "records": (datasets.Dataset.from_dict({"img": [img], "q": ["What colour?"], "a": [records]}), vqa),
+        "columns": (datasets.Dataset.from_dict(
+            {"img": [img], "q": ["What colour?"], "a": [{"answer": vqa, "answer_id": list(range(10))}]},
+            features=datasets.Features({"img": datasets.Image(), "q": datasets.Value("string"),
+                                        "a": datasets.Sequence({"answer": datasets.Value("string"),
+                                                                "answer_id": datasets.Value("int64")})})), vqa),
+        "one": (datasets.Dataset.from_dict({"img": [img], "q": ["What colour?"], "a": ["blue"]}), ["blue"]),
+    }
+    for name, (ds, expected) in layouts.items():
+        ds.save_to_disk(str(tmp_path / name))
+        item = get_source("hf_dataset")(path=str(tmp_path / name), image_column="img", instruction_column="q",
+                                        answer_column="a")[0]
+        assert item.answer == "blue" and item.references == expected, name
+    from data_gen.correctness import is_correct, score
+
+    assert is_correct("Navy.", item.references, "exact") is False  # "one": only "blue"
+    item = get_source("hf_dataset")(path=str(tmp_path / "records"), image_column="img", instruction_column="q",
+                                    answer_column="a")[0]
+    assert is_correct("Navy.", item.references, "exact")  # the 3rd to 7th annotators' answer counts
+    assert score("navy", item.references, "vqa") == 1.0 and score("blue", item.references, "vqa") == pytest.approx(2 / 3)
+    assert score("cyan", item.references, "vqa") == 0.0
+
+
 def test_bad_images(tmp_path, monkeypatch):
     from PIL import ImageFile
 

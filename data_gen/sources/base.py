@@ -26,6 +26,8 @@ class Item:
     fps: frames per second of `video` as given (after the source's frame sampling): the processor
          times the frames with it; None: unknown, or read from the file when a VideoFile is decoded
     extra: source-specific data carried into metadata (e.g. ground-truth relevance of scenes)
+    answers: every reference answer where the source has several (VQA sets: ten annotators'), `answer`
+             being the first; empty: `answer` is the only one. Correctness reads `references`.
     """
 
     id: str
@@ -36,6 +38,12 @@ class Item:
     modality: str = "image"  # "video" when `video` is set
     extra: dict[str, Any] = field(default_factory=dict)
     fps: float | None = None
+    answers: list[str] = field(default_factory=list)
+
+    @property
+    def references(self) -> list[str]:
+        """The reference answers correctness compares with: `answers`, or just `answer`."""
+        return self.answers or [self.answer]
 
 
 class Source(ABC):

@@ -3,13 +3,17 @@
 Column names are config. An image column of the `Image` feature is read undecoded, so a broken
 image fails inside the per-item handling (skipped with its reason) instead of while indexing; a
 string column (or an `Image` value without bytes) is taken as a path relative to `image_root`
-(default: the dataset folder), which it must not leave unless `allow_outside_root`. A list-valued
-answer column (VQA datasets with several answers) uses its first answer. Ids come from `id_column`, or are
-`<folder name>-<index>` (stable for the same saved dataset).
+(default: the dataset folder), which it must not leave unless `allow_outside_root`. The answer column
+may hold several reference answers (VQA sets hold ten annotators'), as a list of strings, a list of
+{"answer": ...} records, or the {"answer": [...], ...} columns `datasets` makes of a sequence of records:
+all of them become `Item.answers` (correctness accepts any; correctness=vqa scores VQAv2's soft accuracy),
+the first `Item.answer`. Ids come from `id_column`, or are `<folder name>-<index>` (stable for the same
+saved dataset).
 """
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
@@ -67,8 +71,24 @@ class HFDatasetSource(Source):
             image = image["path"]
         if isinstance(image, str):
             image = image_path(image, self.image_root, self.allow_outside_root)
-        answer = row[answer_c]
-        if isinstance(answer, (list, tuple)):
-            answer = answer[0] if answer else ""
+        answers = reference_answers(row[answer_c], answer_c)
         item_id = str(row[id_c]) if id_c is not None else f"{self.name}-{i}"
-        return Item(id=item_id, instruction=str(row[instr_c] or ""), answer=str(answer), image=image)
+        return Item(id=item_id, instruction=str(row[instr_c] or ""), answer=answers[0] if answers else "",
+                    image=image, answers=answers)
+
+
+def reference_answers(value: Any, column: str = "answer") -> list[str]:
+    """An answer cell -> its reference answers: "cat" -> ["cat"]; ["cat", "kitten"]; [{"answer": "cat"}, ...]
+    (VQAv2's records) or {"answer": ["cat", ...], "answer_id": [...]} (the same records as `datasets`
+    stores a sequence of them) -> ["cat", ...]; None -> []."""
+    if isinstance(value, dict):
+        if "answer" not in value:
+            raise ValueError(f"hf_dataset: answer column {column!r} holds records with keys {sorted(value)}, "
+                             f"expected an 'answer' key (VQA records); set source.answer_column to the column "
+                             f"of answer strings")
+        value = value["answer"]
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in reference_answers(v, column)]
+    return [str(value)]

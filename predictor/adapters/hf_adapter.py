@@ -160,6 +160,12 @@ class HFAdapter(Adapter):
         start = text.find(instruction, text.rfind(placeholder) + len(placeholder))
         if start < 0:  # instruction placed before the media
             start = text.find(instruction)
+        if start < 0:  # a -1 start would make the system prompt's first tokens the "instruction" features
+            raise ValueError(
+                f"adapter {self.name!r} ({self.model_id}): the chat template's prompt does not contain the "
+                f"instruction {instruction!r} verbatim (the template rewrote it, e.g. trimmed or escaped it), so "
+                f"its tokens cannot be found; prompt: {text[:300]!r}. Pass the instruction as the template "
+                f"writes it (e.g. stripped), or fix the template or the adapter's _messages")
         end = start + len(instruction)
         enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
         raw = torch.tensor(enc["input_ids"])

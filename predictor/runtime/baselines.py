@@ -2,7 +2,8 @@
 
 Cluster aggregation (Omri, Shroff, Tambe, arXiv 2504.17892): k-means over the projected visual
 tokens (the LLM's input embeddings), each cluster replaced by the mean of its members. Training-free
-and instruction-agnostic.
+and instruction-agnostic. Exactly k clusters, so exactly k tokens, as every other method keeps: with
+fewer distinct tokens than k (a plain background) clusters of identical tokens are split.
 Positions: each cluster's mean token takes the sequence slot and the original rotary position
 ids (1-D, or Qwen2-VL's 3-D (t, h, w)) of the member nearest to the cluster centroid, so every
 aggregated token sits at a real grid location and the sequence stays in raster order.
@@ -21,7 +22,8 @@ from predictor.runtime.scorers import ScoreContext, Selection
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding. x: (N, D) -> (assign (N,) long, centroids (k, D)) float32."""
+    """Lloyd's k-means with k-means++ seeding. x: (N, D) -> (assign (N,) long, centroids (k, D)) float32.
+    Every one of the min(k, N) clusters has a member, even with fewer distinct points than k (see `_fill_empty`)."""
     x = x.float()
     n = x.shape[0]
     k = min(k, n)
@@ -42,11 +44,25 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> tuple[tor
         counts = torch.bincount(assign, minlength=k).float()
         empty = counts == 0
         new = new / counts.clamp_min(1)[:, None]
-        new[empty] = c[empty]  # an empty cluster keeps its centroid (and is dropped below if still empty)
+        new[empty] = c[empty]  # an empty cluster keeps its centroid (and gets a point below if still empty)
         if torch.allclose(new, c):
             break
         c = new
-    assign = torch.cdist(x, c).argmin(-1)
+    return _fill_empty(x, torch.cdist(x, c).argmin(-1), c, k)
+
+
+def _fill_empty(x: torch.Tensor, assign: torch.Tensor, c: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a point into each empty cluster: the one farthest from its own centroid, from a cluster that keeps
+    a member (as scikit-learn relocates empty clusters; ties: the lowest index). Identical points (a plain
+    background) make clusters with equal centroids, whose nearest-centroid assignment leaves all but one
+    empty; the baseline keeps one token per cluster, so an empty cluster would keep fewer than the budget."""
+    assign, c = assign.clone(), c.clone()
+    counts = torch.bincount(assign, minlength=k)
+    spread = (x - c[assign]).norm(dim=-1)  # the centroids of non-empty clusters do not move here
+    for e in (counts == 0).nonzero().flatten().tolist():
+        i = int(spread.masked_fill(counts[assign] < 2, -1.0).argmax())  # a cluster's last member stays; ties: first
+        counts[assign[i]] -= 1
+        assign[i], counts[e], c[e], spread[i] = e, 1, x[i], 0.0
     return assign, c
 
 

@@ -1,0 +1,15 @@
+"""Answer text normalisation shared by the correctness modes and the option extraction."""
+from __future__ import annotations
+
+import re
+import string
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation})
+
+
+def normalise(text: str) -> str:
+    """'The  Red Circle.' -> 'red circle'."""
+    text = text.lower().translate(_PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
