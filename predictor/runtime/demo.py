@@ -39,27 +39,36 @@ def _best(fn, device: str, repeats: int = 3):
     return runs[0][0], min(t for _, t in runs)
 
 
-def run(image: str, question: str, model: str, model_path: str, predictor: str, keep: float | None,
-        budget: int | None, out: str, max_new_tokens: int, device: str, revision: str | None = None) -> dict:
-    """Answer with all tokens and pruned; write the overlay PNG; return the figures printed."""
+def prepare_input(image: str, question: str, model: str, model_path: str, device: str):
+    """(adapter, image as the model sees it, prepared prompt). The image is capped by `cap_pixels`, as
+    data_gen labels and eval and lmms-eval prune, not by the processor's own cap, which rounds to another
+    token count (1008 instead of 1032 at 1920x1080 on Qwen2-VL): the predictor must prune at its labels' count."""
     from PIL import Image, UnidentifiedImageError
 
-    from data_gen.images import DEFAULT_MAX_PIXELS
-    from predictor.export import load_predictor
     from predictor.adapters import load_adapter
-    from predictor.runtime.generate import make_context, prefill, prune_context, pruned_generate
-    from predictor.runtime.report import kept_overlay
-    from predictor.runtime import make_method
+    from predictor.media import DEFAULT_MAX_PIXELS, cap_pixels
 
     try:
         img = Image.open(image).convert("RGB")
     except (FileNotFoundError, UnidentifiedImageError, IsADirectoryError) as e:
         raise FileNotFoundError(f"--image {image}: cannot read it as an image ({e.__class__.__name__}); "
                                 "pass a PNG or JPEG file") from None
+    img = cap_pixels(img, DEFAULT_MAX_PIXELS)
+    adapter = load_adapter(model, model_path, device=device)
+    return adapter, img, adapter.prepare(img, question)
+
+
+def run(image: str, question: str, model: str, model_path: str, predictor: str, keep: float | None,
+        budget: int | None, out: str, max_new_tokens: int, device: str, revision: str | None = None) -> dict:
+    """Answer with all tokens and pruned; write the overlay PNG; return the figures printed."""
+    from predictor.export import load_predictor
+    from predictor.runtime.generate import make_context, prefill, prune_context, pruned_generate
+    from predictor.runtime.report import kept_overlay
+    from predictor.runtime import make_method
+
     pred = load_predictor(predictor, revision=revision)
-    adapter = load_adapter(model, model_path, device=device, max_pixels=DEFAULT_MAX_PIXELS)  # as labelled
+    adapter, img, prepared = prepare_input(image, question, model, model_path, device)
     method = make_method("predictor", predictor=pred)
-    prepared = adapter.prepare(img, question)
 
     def answer(k, b):  # the whole call as a user makes it: vision tower, scoring, removal, generation
         return pruned_generate(adapter, [prepared], method, keep=k, budget=b, max_new_tokens=max_new_tokens)[0]
