@@ -1,20 +1,29 @@
 """The one-command demo on the committed reference MLLM and export."""
+import os
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 from PIL import Image
 
 from predictor.runtime.demo import main
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_demo_defaults_answer_prune_and_draw(tmp_path, capsys):
-    out = tmp_path / "kept.png"
-    assert main(["--out", str(out), "--max-new-tokens", "4"]) == 0
+
+def test_demo_defaults_answer_prune_and_draw_under_outputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a user runs it: the figure goes under outputs/, not next to their files
+    assert main(["--max-new-tokens", "4"]) == 0
     text = capsys.readouterr().out
     assert "all 64 visual tokens:  'cross'" in text  # docs/example.png: the pink object is a cross
     assert "kept 16 of 64 (25.0%):  'cross'" in text and "time: prefill " in text
-    assert Image.open(out).size[0] > 200 and f"kept tokens: {out}" in text
+    out = Path("outputs") / "demo" / "kept-tokens.png"
+    assert os.listdir(tmp_path) == ["outputs"] and f"kept tokens: {out}" in text
+    assert Image.open(out).size[0] > 200
+
+
+def test_demo_out_may_name_a_new_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "kept.png"
+    assert main(["--out", str(out), "--max-new-tokens", "2"]) == 0
+    assert Image.open(out).size[0] > 200 and f"kept tokens: {out}" in capsys.readouterr().out
 
 
 def test_demo_budget_and_bad_inputs(tmp_path, capsys):

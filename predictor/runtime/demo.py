@@ -2,6 +2,7 @@
 ones, how many were kept, the time saved, and a PNG of the image with the kept tokens highlighted.
 
     python -m predictor.runtime.demo                                   # the reference MLLM + export on docs/example.png
+                                                                       # -> outputs/demo/kept-tokens.png
     python -m predictor.runtime.demo --image photo.jpg --question "What is on the table?" \\
         --model qwen2_vl --model-path /models/Qwen2-VL-7B-Instruct --predictor my-org/qwen2vl-7b-relevance --keep 0.25
 
@@ -19,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGE = ROOT / "docs" / "example.png"
 EXAMPLE_QUESTION = "What shape is the pink object?"
+# under the working directory's outputs/, where eval.py and train.py write theirs (ignored by git)
+DEFAULT_OUT = str(Path("outputs") / "demo" / "kept-tokens.png")
 
 
 def _timed(fn, device: str):
@@ -84,6 +87,7 @@ def run(image: str, question: str, model: str, model_path: str, predictor: str, 
     t_score -= t_embed  # layer-0 q/k, the predictor and the removal, not the vision tower
     p_full, kv_full = prefill(adapter, pp_full, repeats=5)
     p_small, kv_small = prefill(adapter, pp_small, repeats=5)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     png = kept_overlay(img, tuple(prepared.grid), {f"all {full.num_visual}": full.kept_visual,
                                                     f"kept {small.num_kept}": small.kept_visual}, out,
                        title=question, token_px=adapter.token_px)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--keep", type=float, default=None, help="share of visual tokens kept (default 0.25)")
     group.add_argument("--budget", type=int, default=None, help="visual tokens kept, instead of --keep")
-    ap.add_argument("--out", default="kept-tokens.png", help="the PNG written (default: ./kept-tokens.png)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"the PNG written (default: {DEFAULT_OUT})")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
