@@ -275,6 +275,25 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
     assert res.returncode != 0 and f"model.path='{tmp_path / 'none'}'" in res.stderr
 
 
+@pytest.mark.parametrize("case", ["all_skipped", "abort"])
+def test_cli_that_writes_nothing_exits_with_one_line(tmp_path, case):
+    """A one-item file whose image is missing writes nothing: exit 1 with one `error:` line naming the folder
+    and the reasons, not exit 0 with "0 written". Too many failed items: the same line, not Hydra's trace."""
+    items = tmp_path / "items.jsonl"
+    n = 1 if case == "all_skipped" else 3
+    items.write_text("".join(json.dumps({"id": f"x{i}", "image": f"gone{i}.png", "instruction": "What?", "answer": "a"})
+                             + "\n" for i in range(n)))
+    out = tmp_path / "shards"
+    res = subprocess.run([sys.executable, "-m", "data_gen", "source=jsonl", f"source.path={items}", f"out={out}",
+                          "model.device=cpu", "min_items_for_failure_rate=2", "progress=false",
+                          f"hydra.run.dir={tmp_path / 'hydra'}"],
+                         env=_env(), capture_output=True, text=True, cwd=HERE.parent.parent, timeout=300)
+    last = res.stderr.rstrip().splitlines()[-1]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert last.startswith("error: ") and "missing_image" in last and str(out) in last
+    assert ("nothing was written" if case == "all_skipped" else "data_gen aborted") in last
+
+
 def test_qwen3_vl_labels_synthetic_scenes_in_its_32_px_cells(tiny_models, tmp_path):
     """data_gen on Qwen3-VL: the synthetic source takes the adapter's 32 px cell (its ground truth has one entry
     per visual token), gae labels through the DeepStack model; an explicit other cell is refused by name."""
