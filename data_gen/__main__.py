@@ -13,11 +13,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="data_gen")
 def main(cfg: DictConfig) -> None:
     from data_gen.lock import FolderInUse
-    from data_gen.run import main as run_main  # heavy imports after Hydra has parsed the command line
+    from data_gen.run import DataGenFailed, main as run_main  # heavy imports after Hydra parsed the command line
     from predictor.cli import one_line_errors
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    with one_line_errors(FolderInUse):  # a problem the user can fix: one line (HYDRA_FULL_ERROR=1: the trace)
+    # a problem the user can fix: one line (HYDRA_FULL_ERROR=1: the trace)
+    with one_line_errors(FolderInUse, DataGenFailed):
         run_main(model=c.pop("model"), source=c.pop("source"), explainer=c.pop("explainer"), options=c)
 
 

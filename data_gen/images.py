@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-# data_gen's and eval's pixel cap (1024 visual tokens of 28x28 px): both must see an image at the same
-# size, or the predictor prunes at another token count than the one its labels were made at
-DEFAULT_MAX_PIXELS = 1024 * 28 * 28
+from predictor.media import DEFAULT_MAX_PIXELS, cap_pixels  # noqa: F401  (the one cap; callers import it from here too)
 
 
 class ImageError(ValueError):
@@ -113,15 +110,6 @@ def _open(fp: Any, name: str) -> Image.Image:
         return Image.open(fp)
     except Exception as e:
         raise ImageError("unreadable_image", f"{name}: {type(e).__name__}: {e}") from e
-
-
-def cap_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
-    """Downscale (keeping the aspect ratio) so that width * height <= max_pixels; None: no cap."""
-    if not max_pixels or img.width * img.height <= max_pixels:
-        return img
-    scale = math.sqrt(max_pixels / (img.width * img.height))
-    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC)
 
 
 def thumbnail_png(img: Image.Image, max_side: int = 96) -> bytes:

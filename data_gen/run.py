@@ -33,7 +33,7 @@ from data_gen.build import (build_adapter, build_explainer, build_source, dist_e
 from data_gen.guard import check_same_settings
 from data_gen.sources.base import Item, Source
 from data_gen.sources.video import load_video
-from data_gen.writer import ShardWriter, index_key, safe_key
+from data_gen.writer import ShardWriter, index_key, read_manifests, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
 from predictor.schema import Sample, make_meta
 from predictor.versions import versions
@@ -71,6 +71,11 @@ class DataGenConfig:
             raise ValueError(f"correctness={self.correctness!r}: expected one of {', '.join(MODES)}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"max_failure_rate={self.max_failure_rate}: expected a fraction in [0, 1]")
+
+
+class DataGenFailed(RuntimeError):
+    """The run stopped on its input or settings (too many failed items, nothing written): a problem the user
+    fixes, so `python -m data_gen` ends with its message as one `error:` line, not a traceback."""
 
 
 class SkipItem(Exception):
@@ -314,7 +319,7 @@ def run(cfg: DataGenConfig, source: Source, adapter: Any, explainer: Callable, e
             bar.set_postfix(written=summary.written, wrong=summary.wrong_answers, skipped=failures, refresh=False)
             if summary.processed >= cfg.min_items_for_failure_rate and failures / summary.processed > cfg.max_failure_rate:
                 top = ", ".join(f"{k} {v}" for k, v in skipped.most_common(5))
-                raise RuntimeError(
+                raise DataGenFailed(
                     f"data_gen aborted: {failures} of {summary.processed} items failed "
                     f"(> max_failure_rate={cfg.max_failure_rate}); reasons: {top}; last: {detail[:300]}. "
                     f"Details are in {writer.manifest_path}. Fix the input or model config, or raise "
@@ -354,4 +359,21 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
                         cfg.allow_version_change)
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
     print(summary.text(), flush=True)  # once: Hydra's console log handler would repeat a log.info of it
+    if world == 1:  # under torchrun another rank may not have committed its shards yet, and a rank that
+        check_written(cfg.out, summary.items)  # fails would stop the others mid-run
     return summary
+
+
+def check_written(out: str, items: int) -> None:
+    """DataGenFailed unless `out` holds at least one written sample (from this run or an earlier one): a
+    folder of skipped items only is no data set, and `train.py` would only find that out later."""
+    done = read_manifests(out)
+    if any(rec.get("status") == "written" for rec in done.values()):
+        return
+    reasons = Counter(str(rec.get("reason")) for rec in done.values())
+    why = ", ".join(f"{k} {v}" for k, v in reasons.most_common(5)) or "none recorded"
+    raise DataGenFailed(
+        f"nothing was written to {out}: no item gave a sample ({items} items; reasons: {why}; each "
+        f"item's is in {os.path.join(out, 'manifest-r*.jsonl')}). Fix the input (a model that answers wrongly: "
+        f"correctness=none or keep_wrong=true) and write to a new out=: skipped items are not redone in this "
+        f"folder (retry_errors=true redoes those that failed with an error).")

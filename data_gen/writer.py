@@ -16,9 +16,10 @@ renamed into place. A "written" line counts only while its shard exists under it
 crash (or a full disk) anywhere in that sequence leaves either a finished shard with every line
 recorded, or no shard and lines that count for nothing: the next run with the same `out` deletes
 this rank's temp shard and redoes its items under a new shard name (names are never reused).
-Shards written by an older version, which renamed before appending, are reconciled with their tar
-on start. Each item thus ends up exactly once, written or skipped, whatever the world size of the
-resumed run; a second process on the same rank is refused while the first one lives.
+A tar without manifest lines is not a finished shard (this sequence never leaves one), and starting
+up looks at no other rank's tars: another rank may commit a shard at any moment, and taking one for
+such a tar recorded its keys twice. Each item thus ends up exactly once, written or skipped, whatever
+the world size of the resumed run; a second process on the same rank is refused while the first one lives.
 """
 from __future__ import annotations
 
@@ -155,30 +156,13 @@ class ShardWriter:
                 data = f.read()
                 if data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
-        records = _records(self.out)
-        mine = [rec.get("shard", "") for rec in records if str(rec.get("shard", "")).startswith(self.stem)]
-        shards = sorted(glob.glob(os.path.join(self.out, "*.tar")))
         # never reuse a name that a manifest line mentions: a line of a shard that was not renamed must
-        # not come to describe another shard
-        self._next_index = 1 + max([_shard_index(os.path.basename(s)) for s in shards
-                                    if os.path.basename(s).startswith(self.stem)]
+        # not come to describe another shard. Only this rank's names count, and only this process (it holds
+        # the rank's lock) makes them, so other ranks committing shards meanwhile change nothing here.
+        mine = [str(rec["shard"]) for rec in _records(self.out) if str(rec.get("shard", "")).startswith(self.stem)]
+        shards = glob.glob(os.path.join(self.out, f"{self.stem}-*.tar"))
+        self._next_index = 1 + max([_shard_index(os.path.basename(s)) for s in shards]
                                    + [_shard_index(m) for m in mine], default=-1)
-        committed = {rec.get("shard") for rec in records if rec.get("status") == "shard"}
-        legacy = [s for s in shards if os.path.basename(s) not in committed]
-        if not legacy:
-            return
-        # shards of an older version (renamed before their lines were appended): record what they hold
-        done = _valid(records, self.out)
-        lines = []
-        for shard in legacy:
-            name = os.path.basename(shard)
-            keys = tar_keys(shard)
-            lines += [{"key": k, "status": "written", "shard": name} for k in keys if k not in done]
-            lines.append({"status": "shard", "shard": name, "count": len(keys)})
-        with open(self.manifest_path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in lines))
-            f.flush()
-            os.fsync(f.fileno())
 
     # --- writing --------------------------------------------------------------------------------
     def _append(self, records: list[dict[str, Any]]) -> None:

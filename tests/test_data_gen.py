@@ -34,12 +34,14 @@ PX = 28
 
 class FakeAdapter:
     """Deterministic stand-in: 1 visual token per 28x28 px cell; answers "yes" unless the instruction
-    says "wrong"; a prompt of 3 template + N_v visual + instruction-word tokens."""
+    says "wrong"; a prompt of 3 template + N_v visual + instruction-word tokens. With `pause_at` and `gate`,
+    its `pause_at`-th answer waits at the gate (see `wait_at_gate`), so that a test acts on a run at a known
+    point rather than after a guessed time."""
 
     name, model_id = "fake", "fake-model"
 
-    def __init__(self, sleep: float = 0.0):
-        self.sleep = sleep
+    def __init__(self, pause_at: int | None = None, gate: str | None = None):
+        self.pause_at, self.gate, self.answers = pause_at, gate, 0
 
     def prepare(self, image, instruction, video=None):
         h, w = max(1, image.height // PX), max(1, image.width // PX)
@@ -50,13 +52,34 @@ class FakeAdapter:
                         grid=(1, h, w))
 
     def generate(self, prepared, max_new_tokens=16):
-        time.sleep(self.sleep)
+        self.answers += 1
+        if self.answers == self.pause_at:
+            wait_at_gate(self.gate)
         return torch.tensor([7]), "yes"
 
     def layer0_attention(self, prepared):
         c = prepared.inputs["cells"]
         heads = torch.stack([torch.softmax(c, 0), torch.softmax(-c, 0)])  # (H=2, N_v)
         return heads, heads.mean(0)  # the Adapter contract: (per_head, mean)
+
+
+def wait_at_gate(gate: str, timeout: float = 120.0) -> None:
+    """Create `gate`.paused, then wait until the file `gate` exists (the test opens it, or kills the run)."""
+    Path(gate + ".paused").touch()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never opened the gate {gate}")
+        time.sleep(0.01)
+
+
+def wait_until_paused(gate: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Return once the run of `proc` waits at `gate` (see `wait_at_gate`); fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not Path(str(gate) + ".paused").exists():
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before reaching the gate"
+        assert time.monotonic() < deadline, f"the run did not reach the gate in {timeout} s"
+        time.sleep(0.01)
 
 
 def fake_explainer(adapter, prepared, answer_ids):
@@ -195,8 +218,10 @@ def test_dist_env(monkeypatch):
 
 
 # --- subprocess tests: the script entry below drives the loop ----------------------------------------
-def _script(img: Path, out: Path, n: int, sleep: float = 0.0, shard_size: int = 3) -> list[str]:
-    return [str(HERE), str(img), str(out), str(n), str(sleep), str(shard_size)]
+def _script(img: Path, out: Path, n: int, shard_size: int = 3, pause_at: int = 0,
+            gate: Path | None = None) -> list[str]:
+    """The loop over n items of the fake adapter; pause_at > 0: its pause_at-th answer waits at `gate`."""
+    return [str(HERE), str(img), str(out), str(n), str(shard_size), str(pause_at), str(gate or "")]
 
 
 def _env():
@@ -217,17 +242,18 @@ def _check_exactly_once(out: Path, n: int) -> list:
 def test_resume_after_sigkill(tmp_path):
     n = 40
     make_items(tmp_path / "img", n)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, *_script(tmp_path / "img", out, n, sleep=0.05)], env=_env(),
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    # shards of 3: items 0-8 are in three finished shards, item 9 is in the open one, and item 10 is being
+    # answered when the run is killed
+    proc = subprocess.Popen([sys.executable, *_script(tmp_path / "img", out, n, pause_at=11, gate=gate)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(read_manifests(str(out)) if out.exists() else {}) < 10:
-        time.sleep(0.05)
-    time.sleep(0.07)  # land inside a shard
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = len(read_manifests(str(out)))
-    assert 0 < before < n, f"kill did not land mid-run ({before} of {n} done)"
+    try:
+        wait_until_paused(gate, proc)
+        assert len(read_manifests(str(out))) == 9
+        assert [p.name for p in out.glob("*.tmp")] == ["shard-r00000-000003.tar.tmp"]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     subprocess.run([sys.executable, *_script(tmp_path / "img", out, n)], env=_env(), check=True,
                    stdout=subprocess.DEVNULL)
     assert len(_check_exactly_once(out, n)) == n
@@ -281,6 +307,25 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
     assert res.returncode != 0 and f"model.path='{tmp_path / 'none'}'" in res.stderr
 
 
+@pytest.mark.parametrize("case", ["all_skipped", "abort"])
+def test_cli_that_writes_nothing_exits_with_one_line(tmp_path, case):
+    """A one-item file whose image is missing writes nothing: exit 1 with one `error:` line naming the folder
+    and the reasons, not exit 0 with "0 written". Too many failed items: the same line, not Hydra's trace."""
+    items = tmp_path / "items.jsonl"
+    n = 1 if case == "all_skipped" else 3
+    items.write_text("".join(json.dumps({"id": f"x{i}", "image": f"gone{i}.png", "instruction": "What?", "answer": "a"})
+                             + "\n" for i in range(n)))
+    out = tmp_path / "shards"
+    res = subprocess.run([sys.executable, "-m", "data_gen", "source=jsonl", f"source.path={items}", f"out={out}",
+                          "model.device=cpu", "min_items_for_failure_rate=2", "progress=false",
+                          f"hydra.run.dir={tmp_path / 'hydra'}"],
+                         env=_env(), capture_output=True, text=True, cwd=HERE.parent.parent, timeout=300)
+    last = res.stderr.rstrip().splitlines()[-1]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert last.startswith("error: ") and "missing_image" in last and str(out) in last
+    assert ("nothing was written" if case == "all_skipped" else "data_gen aborted") in last
+
+
 def test_qwen3_vl_labels_synthetic_scenes_in_its_32_px_cells(tiny_models, tmp_path):
     """data_gen on Qwen3-VL: the synthetic source takes the adapter's 32 px cell (its ground truth has one entry
     per visual token), gae labels through the DeepStack model; an explicit other cell is refused by name."""
@@ -310,11 +355,12 @@ def test_renamed_option_says_its_new_name():
         main(model={}, source={}, explainer={}, options={"max_samples": 5})
 
 
-def _script_main(img: str, out: str, n: str, sleep: str, shard_size: str) -> None:
+def _script_main(img: str, out: str, n: str, shard_size: str, pause_at: str, gate: str) -> None:
     rank, world, _ = dist_env()
     cfg = DataGenConfig(out=out, shard_size=int(shard_size), progress=False)
-    run(cfg, ListSource(make_items(Path(img), int(n))), FakeAdapter(float(sleep)), fake_explainer, "fake_gae",
-        rank=rank, world_size=world)
+    adapter = FakeAdapter(int(pause_at) or None, gate or None)
+    run(cfg, ListSource(make_items(Path(img), int(n))), adapter, fake_explainer, "fake_gae", rank=rank,
+        world_size=world)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ from data_gen.sources.base import Item
 from data_gen.writer import ShardWriter, read_manifests, tar_keys
 from predictor.cli import describe, one_line_errors
 from predictor.training.shards import ReadStats, read_shard
-from test_data_gen import FakeAdapter, ListSource, _env, _script, fake_explainer, make_items, read_out
+from test_data_gen import (FakeAdapter, ListSource, _env, _script, fake_explainer, make_items, read_out,
+                           wait_until_paused)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,18 +82,23 @@ def test_two_data_gen_runs_on_one_out_lose_nothing(tmp_path):
     """The issue's report: two runs on one out= with shard sizes 20 and 10 lost 10 items silently."""
     n = 50
     make_items(tmp_path / "img", n)
-    out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, *_script(tmp_path / "img", out, n, sleep=0.3, shard_size=20)],
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    # the first run waits at its 25th item (one shard of 20 finished, 4 items in the open one) until the
+    # second run is over: it is alive, and holds the folder, whatever the time the second one takes
+    first = subprocess.Popen([sys.executable, *_script(tmp_path / "img", out, n, shard_size=20, pause_at=25,
+                                                       gate=gate)],
                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / ".lock-r00000").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
-    second = subprocess.run([sys.executable, *_script(tmp_path / "img", out, n, shard_size=10)], env=_env(),
-                            capture_output=True, text=True, timeout=120)
-    assert first.poll() is None, "the first run ended before the second one: the test proves nothing"
-    assert second.returncode != 0 and f"pid {first.pid}" in second.stderr
-    assert first.wait(timeout=120) == 0, first.stderr.read()[-2000:]
+    try:
+        wait_until_paused(gate, first)
+        second = subprocess.run([sys.executable, *_script(tmp_path / "img", out, n, shard_size=10)], env=_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert first.poll() is None
+        assert second.returncode != 0 and f"pid {first.pid}" in second.stderr
+        gate.touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read()[-2000:]
+    finally:
+        first.kill()
+        first.wait()
     samples, done = _exactly_once(out, n)
     assert len(samples) == n and {r["shard"] for r in done.values()} == {f"shard-r00000-00000{i}.tar" for i in range(3)}
 

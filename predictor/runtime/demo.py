@@ -2,6 +2,7 @@
 ones, how many were kept, the time saved, and a PNG of the image with the kept tokens highlighted.
 
     python -m predictor.runtime.demo                                   # the reference MLLM + export on docs/example.png
+                                                                       # -> outputs/demo/kept-tokens.png
     python -m predictor.runtime.demo --image photo.jpg --question "What is on the table?" \\
         --model qwen2_vl --model-path /models/Qwen2-VL-7B-Instruct --predictor my-org/qwen2vl-7b-relevance --keep 0.25
 
@@ -19,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGE = ROOT / "docs" / "example.png"
 EXAMPLE_QUESTION = "What shape is the pink object?"
+# under the working directory's outputs/, where eval.py and train.py write theirs (ignored by git)
+DEFAULT_OUT = str(Path("outputs") / "demo" / "kept-tokens.png")
 
 
 def _timed(fn, device: str):
@@ -39,27 +42,36 @@ def _best(fn, device: str, repeats: int = 3):
     return runs[0][0], min(t for _, t in runs)
 
 
-def run(image: str, question: str, model: str, model_path: str, predictor: str, keep: float | None,
-        budget: int | None, out: str, max_new_tokens: int, device: str, revision: str | None = None) -> dict:
-    """Answer with all tokens and pruned; write the overlay PNG; return the figures printed."""
+def prepare_input(image: str, question: str, model: str, model_path: str, device: str):
+    """(adapter, image as the model sees it, prepared prompt). The image is capped by `cap_pixels`, as
+    data_gen labels and eval and lmms-eval prune, not by the processor's own cap, which rounds to another
+    token count (1008 instead of 1032 at 1920x1080 on Qwen2-VL): the predictor must prune at its labels' count."""
     from PIL import Image, UnidentifiedImageError
 
-    from data_gen.images import DEFAULT_MAX_PIXELS
-    from predictor.export import load_predictor
     from predictor.adapters import load_adapter
-    from predictor.runtime.generate import make_context, prefill, prune_context, pruned_generate
-    from predictor.runtime.report import kept_overlay
-    from predictor.runtime import make_method
+    from predictor.media import DEFAULT_MAX_PIXELS, cap_pixels
 
     try:
         img = Image.open(image).convert("RGB")
     except (FileNotFoundError, UnidentifiedImageError, IsADirectoryError) as e:
         raise FileNotFoundError(f"--image {image}: cannot read it as an image ({e.__class__.__name__}); "
                                 "pass a PNG or JPEG file") from None
+    img = cap_pixels(img, DEFAULT_MAX_PIXELS)
+    adapter = load_adapter(model, model_path, device=device)
+    return adapter, img, adapter.prepare(img, question)
+
+
+def run(image: str, question: str, model: str, model_path: str, predictor: str, keep: float | None,
+        budget: int | None, out: str, max_new_tokens: int, device: str, revision: str | None = None) -> dict:
+    """Answer with all tokens and pruned; write the overlay PNG; return the figures printed."""
+    from predictor.export import load_predictor
+    from predictor.runtime.generate import make_context, prefill, prune_context, pruned_generate
+    from predictor.runtime.report import kept_overlay
+    from predictor.runtime import make_method
+
     pred = load_predictor(predictor, revision=revision)
-    adapter = load_adapter(model, model_path, device=device, max_pixels=DEFAULT_MAX_PIXELS)  # as labelled
+    adapter, img, prepared = prepare_input(image, question, model, model_path, device)
     method = make_method("predictor", predictor=pred)
-    prepared = adapter.prepare(img, question)
 
     def answer(k, b):  # the whole call as a user makes it: vision tower, scoring, removal, generation
         return pruned_generate(adapter, [prepared], method, keep=k, budget=b, max_new_tokens=max_new_tokens)[0]
@@ -75,6 +87,7 @@ def run(image: str, question: str, model: str, model_path: str, predictor: str, 
     t_score -= t_embed  # layer-0 q/k, the predictor and the removal, not the vision tower
     p_full, kv_full = prefill(adapter, pp_full, repeats=5)
     p_small, kv_small = prefill(adapter, pp_small, repeats=5)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     png = kept_overlay(img, tuple(prepared.grid), {f"all {full.num_visual}": full.kept_visual,
                                                     f"kept {small.num_kept}": small.kept_visual}, out,
                        title=question, token_px=adapter.token_px)
@@ -121,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--keep", type=float, default=None, help="share of visual tokens kept (default 0.25)")
     group.add_argument("--budget", type=int, default=None, help="visual tokens kept, instead of --keep")
-    ap.add_argument("--out", default="kept-tokens.png", help="the PNG written (default: ./kept-tokens.png)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"the PNG written (default: {DEFAULT_OUT})")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)

@@ -5,7 +5,7 @@
                  [,max_new_tokens=32][,max_pixels=802816][,max_video_pixels=1605632][,num_frames=8][,seed=0]
 
 Each document is one image or one video file (decoded into `num_frames` frames spread evenly, with torchcodec:
-the `[video]` extra). Media are capped as data_gen and eval.py cap them (`data_gen.images.cap_pixels`), so the
+the `[video]` extra). Media are capped as data_gen and eval.py cap them (`predictor.media.cap_pixels`), so the
 predictor prunes at the token count its labels were made at, and keep=1.0 answers exactly as eval.py's
 unpruned row does. Generation is greedy (the task's `max_new_tokens` and `until` apply; sampling settings
 do not). One process: lmms-eval's data parallelism (accelerate launch) is not wired in.
@@ -18,7 +18,7 @@ from typing import Any
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from data_gen.images import DEFAULT_MAX_PIXELS
+from predictor.media import DEFAULT_MAX_PIXELS
 
 SERVED_METHODS = ("predictor", "attention", "random", "cluster")  # token selectors of predictor.runtime
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -116,7 +116,8 @@ class RelevancePruned(lmms):
             frames, fps = load_video(VideoFile(str(visual), FrameSampling(self.num_frames)), None, self.max_pixels,
                                      self.max_video_pixels)
             return self.adapter.prepare(None, instruction, video=frames, fps=fps)
-        from data_gen.images import cap_pixels, load_image
+        from data_gen.images import load_image
+        from predictor.media import cap_pixels
 
         return self.adapter.prepare(cap_pixels(load_image(visual), self.max_pixels), instruction)
 
