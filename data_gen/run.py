@@ -347,5 +347,6 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
         expl.check_source(src)
     check_same_labeller(cfg.out, labeller_settings(model, model_dir, adapter.name, explainer, cfg))
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
-    print(summary.text(), flush=True)  # once: Hydra's console log handler would repeat a log.info of it
+    # once: Hydra's console log handler would repeat a log.info of it; ends with where the shards are
+    print(f"{summary.text()} -> {cfg.out}/", flush=True)
     return summary
