@@ -358,7 +358,8 @@ def main(model: dict[str, Any], source: dict[str, Any], explainer: dict[str, Any
     check_same_labeller(cfg.out, labeller_settings(model, model_dir, adapter.name, explainer, cfg),
                         cfg.allow_version_change)
     summary = run(cfg, src, adapter, expl, expl_name, rank=rank, world_size=world)
-    print(summary.text(), flush=True)  # once: Hydra's console log handler would repeat a log.info of it
+    # once: Hydra's console log handler would repeat a log.info of it; ends with where the shards are
+    print(f"{summary.text()} -> {cfg.out}/", flush=True)
     if world == 1:  # under torchrun another rank may not have committed its shards yet, and a rank that
         check_written(cfg.out, summary.items)  # fails would stop the others mid-run
     return summary

@@ -45,6 +45,25 @@ def aggregate(recs: list[dict[str, Any]], methods: list[str], keeps: list[float]
     return results
 
 
+def headline(results: dict[str, dict[str, dict[str, float]]], methods: list[str]) -> str:
+    """The one line a user wants from the main table: how much of the unpruned accuracy the predictor
+    keeps at the smallest keep ratio, beside layer-0 attention (the signal it starts from), e.g.
+    "predictor keeps 96.9% of the accuracy at 12.5% of the tokens (layer-0 attention 47.7%)".
+    Without the predictor: the first method evaluated."""
+    name = "predictor" if "predictor" in methods else methods[0]
+    rows = results[name]
+    keep = min(rows, key=float)
+    if keep == "1":
+        return f"{name}: {rows[keep]['accuracy']:.1%} accuracy unpruned (no keep ratio below 1 was evaluated)"
+    row = rows[keep]
+    if row["retained"] != row["retained"]:  # NaN: the unpruned model answered nothing right
+        return f"{name}: the unpruned model answered no item correctly, so no share of its accuracy can be kept"
+    line = f"{name} keeps {row['retained']:.1%} of the accuracy at {row['visual_fraction']:.1%} of the tokens"
+    if name != "attention" and "attention" in results:
+        line += f" (layer-0 attention {results['attention'][keep]['retained']:.1%})"
+    return line
+
+
 def aggregate_swap(recs: list[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
     """The instruction-swap check over the records that have one -> {method: {changed, own, swap, n}}
     (shares of items; see `predictor.metrics.instruction_swap`), or None if no record has one."""

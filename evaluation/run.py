@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.images import DEFAULT_MAX_PIXELS
-from evaluation.aggregate import aggregate, aggregate_swap, generalisation_scales, swap_table, table_heading
-from evaluation.fidelity import fidelity_section
+from evaluation.aggregate import (aggregate, aggregate_swap, generalisation_scales, headline, swap_table,
+                                  table_heading)
+from evaluation.fidelity import HeldOut, fidelity_section, held_out
 from evaluation.items import ItemSettings, evaluate_records
 from evaluation.records import skipped_line, skipped_summary
 
@@ -103,8 +104,11 @@ def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[
 
 def run_eval(s: EvalSettings) -> dict[str, Any]:
     """Evaluate per `s`; writes out/results.json, results.md, retained*.png, figures/ and returns what
-    results.json holds. A first start that fails before any item is on disk removes the
-    eval-settings.json it wrote, so the corrected command is not refused as "other settings"."""
+    results.json holds. The results are written as soon as the main table is done and again after each
+    later step (generalisation scales, fidelity), so no later step can lose them; the fidelity check
+    is optional and never fails the run (a problem with it is a line in the results). A first start
+    that fails before any item is on disk removes the eval-settings.json it wrote, so the corrected
+    command is not refused as "other settings"."""
     from data_gen.build import build_adapter, build_explainer, build_source, resolve_model_path
     from data_gen.lock import WriterLock
     from predictor.export import load_predictor
@@ -113,10 +117,12 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
 
     _check(s)
     pred_model, export_cfg, pred_dir = None, {}, None
-    if "predictor" in s.methods or s.fidelity.get("shards"):
+    if s.predictor and ("predictor" in s.methods or s.fidelity.get("shards") is not False):
         pred_dir = resolve_export(s.predictor)  # a folder, or a hub id's cached snapshot
         pred_model = load_predictor(pred_dir)
         export_cfg = pred_model.export_config
+    # explicit fidelity settings that cannot give held-out samples fail now, not after every item
+    held = held_out(export_cfg, s.fidelity, str(pred_dir) if pred_dir is not None else None)
     model_dir = resolve_model_path(str(s.model["path"]))  # a local folder, or the HF-cache snapshot of a repo id
     adapter = build_adapter(s.model)
     src = build_source(s.source, adapter)  # bad source settings fail here, before anything is written
@@ -136,28 +142,32 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     fresh = not settings_file.is_file()
     try:
         _guarded(s, settings_file, model_dir, scales, pred_dir)
-        res, md = _evaluate(s, adapter, src, methods, scales, no_scales, out_dir)
-        if s.fidelity.get("shards") and pred_model is not None:
-            res["fidelity"], fid_md = fidelity_section(pred_model, export_cfg, str(pred_dir), s.fidelity, s.progress)
-            md += fid_md
+        res, md = _evaluate(s, adapter, src, methods, out_dir)
+        _write(out_dir, res, md)
+        md = _generalise(s, adapter, methods, scales, no_scales, out_dir, res, md)
+        _write(out_dir, res, md)
+        md += _fidelity(s, pred_model, export_cfg, held, res)
+        _write(out_dir, res, md)
     except BaseException:
         if fresh and not any(f.stat().st_size for f in out_dir.glob("items-*.jsonl")):
             settings_file.unlink(missing_ok=True)  # nothing was made with these settings: nothing to guard
         raise
     finally:
         lock.release()
-    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (out_dir / "results.md").write_text(md)
     print(md, flush=True)
     wrote = sorted(p.name + "/" * p.is_dir() for p in out_dir.iterdir() if not p.name.startswith("."))
-    print(f"wrote {out_dir}/: {', '.join(wrote)}", flush=True)  # the last line: every output, resumed ones too
+    print(f"wrote {out_dir}/: {', '.join(wrote)}", flush=True)  # every output, resumed ones too
+    print(f"{headline(res['results'], list(s.methods))} -> {out_dir / 'results.md'}", flush=True)  # the last line
     return res
 
 
-def _evaluate(s: EvalSettings, adapter, src, methods, scales: dict[str, Any], no_scales: str | None,
-              out_dir: Path) -> tuple[dict[str, Any], str]:
-    """The main table on `src`, then one per generalisation scale -> (results, markdown)."""
-    from data_gen.build import build_source
+def _write(out_dir: Path, res: dict[str, Any], md: str) -> None:
+    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    (out_dir / "results.md").write_text(md)
+
+
+def _evaluate(s: EvalSettings, adapter, src, methods, out_dir: Path) -> tuple[dict[str, Any], str]:
+    """The main table on `src` -> (results, markdown)."""
     from predictor.runtime.report import legend, markdown_table, plot_retained
 
     keeps_desc = sorted({float(k) for k in s.keeps}, reverse=True)
@@ -172,7 +182,16 @@ def _evaluate(s: EvalSettings, adapter, src, methods, scales: dict[str, Any], no
     res["swap"] = aggregate_swap(recs)
     if res["swap"]:
         md += "\n" + swap_table(res["swap"], s.swap_keep)
+    return res, md
 
+
+def _generalise(s: EvalSettings, adapter, methods, scales: dict[str, Any], no_scales: str | None, out_dir: Path,
+                res: dict[str, Any], md: str) -> str:
+    """One table per generalisation scale, added to `res` -> the markdown so far."""
+    from data_gen.build import build_source
+    from predictor.runtime.report import markdown_table, plot_retained
+
+    keeps_desc = sorted({float(k) for k in s.keeps}, reverse=True)
     if no_scales:
         log.info("generalisation to more visual tokens skipped: %s", no_scales)
         res["generalisation_skipped"] = no_scales
@@ -191,5 +210,23 @@ def _evaluate(s: EvalSettings, adapter, src, methods, scales: dict[str, Any], no
         if g["swap"]:
             md += "\n" + swap_table(g["swap"], s.swap_keep)
         plot_retained(r, out_dir / f"retained-{name}.png", title=f"generalisation {name}")
-    return res, md
+    return md
 
+
+def _fidelity(s: EvalSettings, pred_model, export_cfg: dict[str, Any], held: HeldOut | str,
+              res: dict[str, Any]) -> str:
+    """The fidelity table, or one line saying why there is none. Optional: a problem with the shards
+    (unreadable, no held-out sample) becomes that line, never a failed run."""
+    why = held if isinstance(held, str) else None
+    if why is None:
+        try:
+            res["fidelity"], md = fidelity_section(pred_model, export_cfg, held, s.progress)
+            res["fidelity_samples"] = held.what
+            return md
+        except (OSError, ValueError) as e:  # the shards' problem; a bug still raises (the results are on disk)
+            why = f"failed: {e}"
+            log.warning("fidelity to the oracle %s", why)
+    else:
+        log.info("fidelity to the oracle skipped: %s", why)
+    res["fidelity_skipped"] = why
+    return f"\nfidelity to the oracle: skipped, {why}\n"

@@ -286,7 +286,7 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
            f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=HERE.parent.parent)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "3 written" in res.stdout
+    assert "3 written" in res.stdout and res.stdout.strip().splitlines()[-1].endswith(f" -> {out}/")  # the folder
     samples = _check_exactly_once(out, 3)
     for s in samples:
         assert s.meta["adapter"] == "qwen2_vl" and s.meta["explainer"] == "gae" and s.meta["grid"] == [1, 4, 4]

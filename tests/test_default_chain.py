@@ -24,14 +24,15 @@ def test_default_chain_end_to_end(tmp_path):
     # the defaults of conf/data_gen.yaml (reference MLLM, synthetic_scenes, gae); only the size differs
     printed = _run(["-m", "data_gen", f"out={shards}", "max_items=40", "progress=false",
                     f"hydra.run.dir={tmp_path}/hydra"], cwd=ROOT)
-    assert printed.count(" written, ") == 1  # the summary, once
+    assert printed.count(" written, ") == 1  # the summary, once, naming the output folder
+    assert printed.strip().splitlines()[-1].endswith(f" -> {shards}/")
     summary = json.loads(next(shards.glob("summary-r*.json")).read_text())
     # the reference model answers >= 95% of held-out scenes, so nearly every item becomes a sample
     assert summary["written"] >= 34 and summary["written"] + summary["wrong_answers"] + sum(
         summary["skipped"].values()) == 40
     out = _run(["train.py", f"data.shards={shards}", f"export_dir={export}", "trainer.max_epochs=2",
                 "logger=none", f"hydra.run.dir={tmp_path}/train"], cwd=ROOT)
-    assert out.strip().splitlines()[-1] == str(export.resolve())
+    assert out.strip().splitlines()[-1].startswith(f"export -> {export.resolve()}; val KL ")
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["trained_on"]["adapter"] == "qwen2_vl" and cfg["trained_on"]["explainer"] == "gae"
     assert "reference-qwen2vl" in cfg["trained_on"]["model_id"]

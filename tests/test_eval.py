@@ -66,9 +66,27 @@ def test_run_eval_writes_results(setup, capsys):
     md = (out / "results.md").read_text()
     assert "### tiny on synthetic_scenes (split test): 3 items" in md and "### generalisation 2x: sizes 112x224 px: 2 items" in md
     assert "Columns: " in md and "retained: acc / " in md and "{'sizes'" not in md
-    last = capsys.readouterr().out.strip().splitlines()[-1]  # names everything in out/
-    assert last == (f"wrote {out}/: eval-settings.json, figures/, items-eval-2x.jsonl, items-eval.jsonl, results.json, "
-                    f"results.md, retained-2x.png, retained.png")
+    *_, wrote, last = capsys.readouterr().out.strip().splitlines()
+    assert wrote == (f"wrote {out}/: eval-settings.json, figures/, items-eval-2x.jsonl, items-eval.jsonl, results.json, "
+                     f"results.md, retained-2x.png, retained.png")  # names everything in out/
+    # then the headline: the predictor at the smallest keep ratio (2 of 16 tokens), beside layer-0 attention
+    assert last == f"predictor keeps 100.0% of the accuracy at 12.5% of the tokens (layer-0 attention 100.0%) -> " \
+                   f"{out}/results.md"
+
+
+def test_headline_is_the_predictor_at_the_smallest_keep_beside_layer0_attention():
+    from evaluation.aggregate import headline
+
+    def rows(**retained):
+        return {k: {"accuracy": 0.9 * r, "retained": r, "visual_fraction": float(k)} for k, r in retained.items()}
+
+    results = {"predictor": rows(**{"1": 1.0, "0.5": 1.0, "0.125": 31 / 32}),
+               "attention": rows(**{"1": 1.0, "0.5": 1.0, "0.125": 0.4771})}
+    assert headline(results, ["predictor", "attention"]) == \
+        "predictor keeps 96.9% of the accuracy at 12.5% of the tokens (layer-0 attention 47.7%)"
+    assert headline({"random": results["attention"]}, ["random"]) == \
+        "random keeps 47.7% of the accuracy at 12.5% of the tokens"
+    assert headline({"random": rows(**{"1": 1.0})}, ["random"]).startswith("random: 90.0% accuracy unpruned")
 
 
 def test_unknown_method_says_what_exists(setup):

@@ -208,3 +208,57 @@ def test_unknown_correctness_mode_is_refused_before_any_item(setup, tmp_path):
     with pytest.raises(ValueError, match="correctness='fuzzy': expected one of auto"):
         run_eval(**{**FAST, "correctness": "fuzzy"}, model=model, predictor=export,
                          source={"name": "jsonl", "path": str(tmp_path / "none.jsonl")}, out=str(tmp_path / "o"))
+
+
+def test_jsonl_evaluation_with_no_shards_present_writes_its_results(setup, tmp_path, monkeypatch, capsys):
+    """The README's real-model command on a fresh clone: conf/eval.yaml's fidelity defaults and no shards on
+    the machine (the export records shards it was trained on elsewhere). The results are written, the
+    fidelity check is skipped with one line saying why, and the last line printed is the headline."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from evaluation import EvalSettings, run_eval as run
+
+    model, _ = setup
+    monkeypatch.chdir(tmp_path)  # no data/shards/ here
+    tiny_image().save(tmp_path / "a.png")
+    items = _jsonl(tmp_path, ["a.png"])
+    export = save_predictor(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn"])), tmp_path / "export",
+                            trained_on={"shards": "/data/shards/mine", "val_shards": None, "val_fraction": 0.1})
+    out = tmp_path / "out"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("eval", overrides=[f"predictor={export}", "source=jsonl", f"source.path={items}", f"out={out}",
+                                         f"model.path={model['path']}", "model.device=cpu", "max_items=1",
+                                         "max_new_tokens=2", "methods=[predictor,attention]", "keeps=[1.0,0.5]",
+                                         "timing=false", "figures=0", "progress=false", "correctness=none"])
+    run(EvalSettings.from_dict(OmegaConf.to_container(cfg, resolve=True)))
+    res = json.loads((out / "results.json").read_text())
+    assert res["results"]["predictor"]["0.5"]["n"] == 1 and "fidelity" not in res
+    why = res["fidelity_skipped"]
+    assert "held-out shards recorded in" in why and "/data/shards/mine" in why and "data.shards" not in why
+    assert f"fidelity to the oracle: skipped, {why}" in (out / "results.md").read_text()
+    # 12 visual tokens, 6 kept at 0.5; correctness=none: every answer counts
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"predictor keeps 100.0% of the accuracy at 50.0% of the tokens (layer-0 attention 100.0%) -> " \
+                   f"{out}/results.md"
+
+
+def test_fidelity_settings_fail_before_any_item_and_its_failure_never_loses_the_results(setup, tmp_path):
+    model, export = setup
+    tiny_image().save(tmp_path / "a.png")
+    items = _jsonl(tmp_path, ["a.png"])
+    kw = dict(model=model, source={"name": "jsonl", "path": str(items)}, predictor=export, max_items=1,
+              **{**FAST, "methods": ["predictor", "random"]})
+    kw.pop("fidelity")
+    # shards named explicitly that are not there: refused at the start, naming fidelity.shards
+    with pytest.raises(FileNotFoundError, match="fidelity.shards"):
+        run_eval(**kw, out=str(tmp_path / "a"), fidelity={"shards": str(tmp_path / "none"), "val_fraction": 0.1})
+    assert not (tmp_path / "a" / "items-eval.jsonl").exists()
+    # shards that exist but hold no readable sample: found only after every item; the results stay
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "shard-0.tar").write_bytes(b"not a tar")
+    res = run_eval(**kw, out=str(tmp_path / "b"), fidelity={"shards": str(tmp_path / "junk"), "val_fraction": 0.1})
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(res)) and saved["results"]["predictor"]["0.5"]["n"] == 1
+    assert saved["fidelity_skipped"].startswith("failed: no held-out samples in fidelity.shards=")
+    assert "fidelity to the oracle: skipped, failed: " in (tmp_path / "b" / "results.md").read_text()

@@ -1,4 +1,4 @@
-"""train.py as a user runs it: Hydra overrides, loggers, last line = export path, missing shards."""
+"""train.py as a user runs it: Hydra overrides, loggers, last line = export path and metrics, missing shards."""
 import json
 import os
 import subprocess
@@ -33,8 +33,10 @@ def test_train_cli(shards, tmp_path, logger):
              f"export_dir={tmp_path}/export"], cwd=tmp_path, env_drop=("WANDB_MODE", "WANDB_API_KEY"))
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
-    assert lines[-1] == str((tmp_path / "export").resolve())  # the last line is the export path
     cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+    m = cfg["metrics"]  # the last line: the export and its validation metrics beside layer-0 attention's
+    assert lines[-1] == (f"export -> {(tmp_path / 'export').resolve()}; val KL {m['kl']:.2f}, recall@25 "
+                         f"{m['recall@25']:.2f} (layer-0 attention {m['attn_recall@25']:.2f})")
     assert cfg["trained_on"]["num_samples"] == 200 and "recall@25" in cfg["metrics"]
     run_dirs = list((tmp_path / "outputs" / "train").glob("*/*"))
     assert len(run_dirs) == 1

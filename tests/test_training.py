@@ -249,3 +249,43 @@ def test_export_records_the_labeller_beside_the_shards(tmp_path):
     card = (out / "README.md").read_text()
     assert f"| training (python train.py) | {trained_on['versions']['torch']} |" in card
     assert "| labels (python -m data_gen) | not recorded |" in card
+
+
+def test_fidelity_after_training_with_val_shards_scores_those_shards_only(tmp_path):
+    # with data.val_shards the held-out samples are whole shards: the export must say so, and eval's
+    # fidelity check must score them, not a key-hash split of the training shards (in-sample)
+    from predictor.training.train import train
+
+    write_synthetic_shards(tmp_path / "train", 60, grids=[(1, 8, 8)], samples_per_shard=30, num_heads=2)
+    write_synthetic_shards(tmp_path / "val", 12, grids=[(1, 8, 8)], samples_per_shard=12, num_heads=2, seed=7)
+    out = train(_compose(f"data.shards={tmp_path / 'train'}", f"data.val_shards={tmp_path / 'val'}",
+                         "model.widths=[8,16]", "logger=none", "trainer.max_epochs=1", "data.batch_size=16",
+                         "trainer.enable_progress_bar=false", f"run_dir={tmp_path}/r", f"export_dir={tmp_path}/e"))
+    cfg = read_export_config(out)
+    t = cfg["trained_on"]
+    assert t["val_shards"] == str(tmp_path / "val") and t["shards"] == str(tmp_path / "train")
+    assert t["val_fraction"] is None  # no key-hash split was made
+    from evaluation.fidelity import fidelity, held_out
+
+    h = held_out(cfg, {"shards": None, "val_only": True}, str(out))  # eval's default: what the export records
+    assert h.shards == str(tmp_path / "val") and h.val_fraction is None
+    assert fidelity(load_predictor(out), h.shards, h.val_fraction, progress=False)["predictor"]["n"] == 12
+    with pytest.raises(ValueError, match="data.val_shards=.* held out whole"):  # a key-hash split of other shards
+        held_out(cfg, {"shards": str(tmp_path / "train"), "val_only": True}, str(out))
+
+
+def test_training_on_other_shards_never_replaces_the_shipped_export(tmp_path, monkeypatch):
+    # the main command (no overrides) rewrites checkpoints/predictor-reference; training on one's own shards,
+    # with export_dir left at its default, exports into the run dir instead. Here in a copy of the layout.
+    from predictor.training.train import train
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_shards(tmp_path / "mine", 40, grids=[(1, 8, 8)], samples_per_shard=40, num_heads=2)
+    quick = ["model.widths=[8,16]", "logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    out = train(_compose(f"data.shards={tmp_path / 'mine'}", *quick, f"run_dir={tmp_path}/run"))
+    assert out == (tmp_path / "run" / "export").resolve() and (out / "config.json").is_file()
+    assert not (tmp_path / "checkpoints").exists()
+    write_synthetic_shards(tmp_path / "data" / "shards" / "reference", 40, grids=[(1, 8, 8)], samples_per_shard=40,
+                           num_heads=2)
+    out = train(_compose(*quick, f"run_dir={tmp_path}/run2"))  # data.shards at its default
+    assert out == (tmp_path / "checkpoints" / "predictor-reference").resolve() and (out / "config.json").is_file()

@@ -9,7 +9,7 @@ import importlib
 
 _WHERE = {
     "EvenBatchSampler": "data", "ShardDataModule": "data", "collate": "data", "is_val_key": "data",
-    "export_checkpoint": "export", "export_module": "export", "RelevanceFigureCallback": "figures",
+    "export_checkpoint": "export", "export_module": "export", "headline": "export", "RelevanceFigureCallback": "figures",
     "PredictorModule": "module", "read_shards": "shards", "resolve_shards": "shards",
     "write_synthetic_shards": "synthetic",
 }

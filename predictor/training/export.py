@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from predictor.export import save_predictor
+from predictor.export import CONFIG_NAME, read_export_config, save_predictor
 from predictor.training.module import PredictorModule
 
 
@@ -28,3 +28,17 @@ def export_checkpoint(ckpt_path: str | Path, export_dir: str | Path) -> Path:
                                 "in <run dir>/checkpoints/*.ckpt (last.ckpt is the latest)")
     module = PredictorModule.from_checkpoint_file(str(ckpt_path))
     return export_module(module, export_dir, from_checkpoint=str(ckpt_path))
+
+
+def headline(export_dir: str | Path) -> str:
+    """train.py's last line: where the export went and what it is worth on validation, beside layer-0
+    attention (the signal it starts from): "export -> <folder>; val KL 1.14, recall@25 0.66 (layer-0
+    attention 0.27)". A folder without config.json (a DDP rank other than 0 does not export) gets the path."""
+    export_dir = Path(export_dir)
+    if not (export_dir / CONFIG_NAME).is_file():
+        return f"export -> {export_dir}"
+    m = read_export_config(export_dir)["metrics"]
+    if "kl" not in m:
+        return f"export -> {export_dir}; no validation metrics (no sample was held out: data.val_fraction=0)"
+    return (f"export -> {export_dir}; val KL {m['kl']:.2f}, recall@25 {m['recall@25']:.2f} "
+            f"(layer-0 attention {m['attn_recall@25']:.2f})")

@@ -77,6 +77,30 @@ def _labellers(shards) -> dict:
     return {"labeller": unique[0] if len(unique) == 1 else unique} if unique else {}
 
 
+def _held_out(shards, val_shards) -> dict:
+    """trained_on's record of the held-out samples, which eval's fidelity check scores: the whole
+    data.val_shards (then no key-hash split was made, so no val_fraction applies), or the keys of
+    data.shards under trained_on.val_fraction. The specs as given (relative to the working folder)."""
+    if OmegaConf.is_list(val_shards):
+        val_shards = OmegaConf.to_container(val_shards)
+    return {"shards": shards, "val_shards": val_shards} | ({"val_fraction": None} if val_shards else {})
+
+
+# The main command's shards and the committed export made from them (README "Fresh machine")
+REFERENCE_SHARDS, REFERENCE_EXPORT = "data/shards/reference", "checkpoints/predictor-reference"
+
+
+def _export_dir(cfg: DictConfig, shards, run_dir: Path) -> Path:
+    """export_dir, or for null: the committed export when training on the reference shards (the README's
+    main command rewrites it), else <run dir>/export, so that training on other shards, or exporting a
+    checkpoint, never replaces the shipped export."""
+    if cfg.get("export_dir"):
+        return Path(cfg.export_dir)
+    reference = (isinstance(shards, str) and not cfg.get("export_from") and not cfg.data.get("val_shards")
+                 and Path(shards).resolve() == Path(REFERENCE_SHARDS).resolve())
+    return Path(REFERENCE_EXPORT) if reference else run_dir / "export"
+
+
 def train(cfg: DictConfig) -> Path:
     """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
     from predictor.training.shards import expand_specs
@@ -96,11 +120,11 @@ def train(cfg: DictConfig) -> Path:
     from predictor.training.data import make_datamodule
     from predictor.training.export import export_checkpoint, export_module
 
+    run_dir = _run_dir(cfg)
     if cfg.get("export_from"):
-        return export_checkpoint(cfg.export_from, cfg.export_dir)
+        return export_checkpoint(cfg.export_from, _export_dir(cfg, shards, run_dir)).resolve()
 
     pl.seed_everything(cfg.seed, workers=True)
-    run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     heads = "attn_heads" in model_cfg.get("inputs", [])
@@ -114,14 +138,14 @@ def train(cfg: DictConfig) -> Path:
                          val_fraction=d.val_fraction, num_workers=d.num_workers, strict=d.strict, seed=cfg.seed,
                          figure_samples=d.figure_samples, modality=d.get("modality"))
     dm.setup("fit")  # read shards before anything else: a missing or empty dataset fails fast
-    labeller = _labellers(shards)
+    recorded = {**_held_out(shards, val_shards), **_labellers(shards)}  # trained_on besides the data's summary
     if heads:
         model_cfg["num_heads"] = _num_heads(model_cfg.get("num_heads") or 0, dm.num_heads, shards)
     pcfg = PredictorConfig.from_dict(model_cfg)
     o = cfg.optim
     module = PredictorModule(RelevancePredictor(pcfg), lr=o.lr, weight_decay=o.weight_decay, optimizer=o.name,
                              schedule=o.schedule, warmup_frac=o.warmup_frac, min_lr_frac=o.min_lr_frac,
-                             target_keep=cfg.target_keep, trained_on={**dm.summary, **labeller})
+                             target_keep=cfg.target_keep, trained_on={**dm.summary, **recorded})
     logger = LOGGERS.get(cfg.logger.name)(cfg.logger, run_dir)
     cb = cfg.callbacks
     ckpt_dir, has_val = str(run_dir / "checkpoints"), dm.has_val
@@ -144,10 +168,10 @@ def train(cfg: DictConfig) -> Path:
                          reload_dataloaders_every_n_epochs=int(dm.streaming))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
-    export_dir = Path(cfg.export_dir)
+    export_dir = _export_dir(cfg, shards, run_dir)
     if trainer.is_global_zero:
         # streaming counts invalid samples as it meets them; versions: the libraries this training ran with
-        module.hparams["trained_on"] = {**dm.summary, **labeller, "versions": versions()}
+        module.hparams["trained_on"] = {**dm.summary, **recorded, "versions": versions()}
         # seed, threads and torch: what the weights' bytes depend on (README: reproducibility)
         export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
                                    batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs, seed=cfg.seed,
@@ -155,7 +179,7 @@ def train(cfg: DictConfig) -> Path:
         if cfg.logger.name == "wandb" and logger:
             import wandb
 
-            wandb.finish()  # now, not at exit: the export path must stay the last line printed
+            wandb.finish()  # now, not at exit: train.py's headline must stay the last line printed
             print(f"wandb: offline run in {run_dir / 'wandb'}; upload it with: "
                   f"wandb sync {run_dir / 'wandb'}/offline-run-*")
     return export_dir.resolve()
