@@ -35,7 +35,10 @@ PY
 )
 "${pip[@]}" --upgrade torch torchvision  # newest the index serves (a machine-wide pip cap may hold them back)
 "${pip[@]}" --no-deps -e .
-"${pip[@]}" --upgrade "${deps[@]}" loguru sacrebleu evaluate pytz tenacity pytablewriter "filelock<4"
+# what lmms-eval imports: the lines of requirements/lock.in after its "# lmms-eval" comment, unpinned there
+mapfile -t lmms < <(awk '/^# lmms-eval/{on=1} on && !/^#/ {sub(/#.*/, ""); gsub(/ /, ""); if ($0 != "") print}' \
+  requirements/lock.in)
+"${pip[@]}" --upgrade "${deps[@]}" "${lmms[@]}"
 "${pip[@]}" --upgrade --no-deps lmms-eval
 if [ "$floor" = 1 ]; then
   low=$(grep -oE '"transformers>=[0-9.]+' pyproject.toml | cut -d= -f2)
