@@ -309,9 +309,20 @@ class StreamLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=num_workers)
         self.epoch_fn, self.progress, self.resume = epoch_fn, progress, resume
 
+    def _follow_epoch(self) -> None:
+        """Plan the trainer's current epoch. Both len() and iter() ask: Lightning takes an epoch's batch count
+        from len() before it iterates, and stops after that many batches, so len() must be of the same plan
+        (each epoch's shard deal has its own batch count)."""
+        if self.epoch_fn:
+            self.dataset.epoch = self.epoch_fn()
+
+    def __len__(self) -> int:
+        self._follow_epoch()
+        return super().__len__()
+
     def __iter__(self):
         ds = self.dataset
-        ds.epoch = self.epoch_fn() if self.epoch_fn else ds.epoch
+        self._follow_epoch()
         state = self.resume(None) if self.resume else None  # taken once: later epochs start from their first batch
         ds.done = state["batches"] if state and state["epoch"] == ds.epoch else 0
         return super().__iter__()
