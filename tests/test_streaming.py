@@ -155,6 +155,32 @@ def test_resume_mid_epoch_continues_with_the_same_batches(shards, workers):
     assert len(list(dm.train_dataloader())) == len(full)
 
 
+@pytest.fixture(scope="module")
+def filtered_shards(tmp_path_factory):
+    """{"modality": image and video samples mixed in each shard, "undecodable": every 5th sample's relevance
+    NaN}: samples the index counts or reads but training drops."""
+    out = tmp_path_factory.mktemp("filtered")
+    write_synthetic_shards(out / "modality", 120, grids=[(1, 4, 4), (2, 4, 4)], samples_per_shard=40)
+    write_synthetic_shards(out / "undecodable", 120, grids=[(1, 4, 4)], samples_per_shard=40, invalid_every=5)
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("drop", ["modality", "undecodable"])
+def test_resume_mid_epoch_is_exact_with_filtered_samples(filtered_shards, drop, workers):
+    modality = "image" if drop == "modality" else None
+    mem = ShardDataModule(str(filtered_shards / drop), ["attn"], val_fraction=0.2, modality=modality)
+    mem.setup()
+    dm = StreamingDataModule(str(filtered_shards / drop), ["attn"], batch_size=8, val_fraction=0.2, buffer=20,
+                             num_workers=workers, modality=modality)
+    dm.setup()
+    full = [b["keys"] for b in dm.train_dataloader()]
+    assert sorted(k for b in full for k in b) == sorted(it.key for it in mem.train_set.items)
+    for done in (3, 6):
+        dm.load_state_dict({"epoch": 0, "batches": done})
+        assert [b["keys"] for b in dm.train_dataloader()] == full[done:], done  # none twice, none left out
+
+
 def _fit(dm, tmp_path, ckpt=None, callbacks=(), epochs=2) -> list[tuple[str, int, list[str]]]:
     """(split, epoch, keys) of every batch of a fit with train.py's Trainer."""
     module = Recording(RelevancePredictor(PredictorConfig(widths=[8], inputs=["attn"])))
