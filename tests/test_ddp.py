@@ -16,7 +16,8 @@ from predictor.training.streaming import StreamingDataModule
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
-    """(folder, {"memory": per rank record, "stream": ...}) with shards in folder/<mode>: both fits in one launch of 2 ranks (tests/ddp_worker.py).
+    """(folder, {"memory": [record of rank 0, of rank 1], "stream": ...}), shards in folder/<mode>: both fits
+    in one launch of 2 ranks (tests/ddp_worker.py), as starting the ranks takes longer than the fits.
     memory: 157 samples in shards of 50, 50, 50, 7 (counts that divide by neither the ranks nor the batch
     size), 2 epochs; stream: UNEVEN shards, 6 epochs (an epoch takes more batches than the first)."""
     out = tmp_path_factory.mktemp("ddp")
