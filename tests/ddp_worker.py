@@ -1,47 +1,37 @@
-"""Run by tests/test_ddp.py under torch.distributed.run: 2 CPU ranks (gloo), records the keys each
-rank trains and validates on per epoch (mode "memory": ShardDataModule, "stream": StreamingDataModule)."""
+"""Run by tests/test_ddp.py under torch.distributed.run: 2 CPU ranks (gloo) fit with the Trainer train.py
+builds (tests/production.py), and each records the keys it trains and validates on per epoch (mode
+"memory": ShardDataModule, "stream": StreamingDataModule) in <out>/<mode>-rank<r>.json.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT MODE SHARDS EPOCHS ...
+"""
 import json
 import sys
 
-import pytorch_lightning as pl
 import torch
+from production import Recording, production_trainer
 
 from predictor.model import PredictorConfig, RelevancePredictor
-from predictor.training import PredictorModule, ShardDataModule
+from predictor.training import ShardDataModule
 from predictor.training.streaming import StreamingDataModule
 
 
-class Recording(PredictorModule):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.seen = []
-
-    def training_step(self, batch, i):
-        self.seen.append(("train", self.current_epoch, batch["keys"]))
-        return super().training_step(batch, i)
-
-    def validation_step(self, batch, i):
-        if not self.trainer.sanity_checking:
-            self.seen.append(("val", self.current_epoch, batch["keys"]))
-        return super().validation_step(batch, i)
-
-
-def main(shards: str, out: str, mode: str = "memory") -> None:
-    torch.set_num_threads(1)
+def fit(shards: str, out: str, mode: str, epochs: int) -> None:
     if mode == "stream":
         dm = StreamingDataModule(shards, ["attn"], batch_size=16, val_fraction=0.2, buffer=20)
     else:
         dm = ShardDataModule(shards, ["attn"], batch_size=16, val_fraction=0.2)
     module = Recording(RelevancePredictor(PredictorConfig(widths=[8, 16])))
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         use_distributed_sampler=False)
+    trainer = production_trainer(dm, max_epochs=epochs, devices=2, strategy="ddp")
     trainer.fit(module, datamodule=dm)
-    with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
+    with open(f"{out}/{mode}-rank{trainer.global_rank}.json", "w") as f:
         json.dump({"seen": module.seen, "metrics": module.last_val_metrics, "world": trainer.world_size,
                    **({} if mode == "stream" else {"train": [it.key for it in dm.train_set.items],
                                                     "val": [it.key for it in dm.val_set.items]})}, f)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    # <out> then <mode> <shards> <epochs> per fit: one launch for several fits (starting the ranks takes longest)
+    torch.set_num_threads(1)
+    _, out, *jobs = sys.argv
+    for i in range(0, len(jobs), 3):
+        fit(jobs[i + 1], out, jobs[i], int(jobs[i + 2]))

@@ -6,10 +6,11 @@ from collections import Counter
 import pytest
 import pytorch_lightning as pl
 import torch
+from production import Recording, planned_steps, production_trainer, write_uneven_shards
 
 from predictor.model import PredictorConfig, RelevancePredictor
 from predictor.schema import SampleError
-from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
+from predictor.training import ShardDataModule, write_synthetic_shards
 from predictor.training.data import make_datamodule
 from predictor.training.streaming import StreamingDataModule, plan_epoch, worker_skips
 from predictor.training.synthetic import write_damaged_shards
@@ -56,9 +57,6 @@ def test_same_samples_and_split_as_in_memory(shards, workers):
             n = by_key[k].x.shape[1]
             assert torch.equal(b["x"][i, :, :n], by_key[k].x) and not b["mask"][i, n:].any()
             assert torch.equal(b["relevance"][i, :n], by_key[k].relevance)
-    loader = dm.train_dataloader()
-    loader.dataset.epoch = 1
-    assert [k for b in loader for k in b["keys"]] != keys  # reshuffled per epoch
 
 
 def test_brace_pipe_and_fsspec_urls_stream_the_same_samples(shards):
@@ -157,24 +155,56 @@ def test_resume_mid_epoch_continues_with_the_same_batches(shards, workers):
     assert len(list(dm.train_dataloader())) == len(full)
 
 
-class Recording(PredictorModule):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.seen = []
+@pytest.fixture(scope="module")
+def filtered_shards(tmp_path_factory):
+    """{"modality": image and video samples mixed in each shard, "undecodable": every 5th sample's relevance
+    NaN}: samples the index counts or reads but training drops."""
+    out = tmp_path_factory.mktemp("filtered")
+    write_synthetic_shards(out / "modality", 120, grids=[(1, 4, 4), (2, 4, 4)], samples_per_shard=40)
+    write_synthetic_shards(out / "undecodable", 120, grids=[(1, 4, 4)], samples_per_shard=40, invalid_every=5)
+    return out
 
-    def training_step(self, batch, i):
-        self.seen.append((self.current_epoch, batch["keys"]))
-        return super().training_step(batch, i)
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("drop", ["modality", "undecodable"])
+def test_resume_mid_epoch_is_exact_with_filtered_samples(filtered_shards, drop, workers):
+    modality = "image" if drop == "modality" else None
+    mem = ShardDataModule(str(filtered_shards / drop), ["attn"], val_fraction=0.2, modality=modality)
+    mem.setup()
+    dm = StreamingDataModule(str(filtered_shards / drop), ["attn"], batch_size=8, val_fraction=0.2, buffer=20,
+                             num_workers=workers, modality=modality)
+    dm.setup()
+    full = [b["keys"] for b in dm.train_dataloader()]
+    assert sorted(k for b in full for k in b) == sorted(it.key for it in mem.train_set.items)
+    for done in (3, 6):
+        dm.load_state_dict({"epoch": 0, "batches": done})
+        assert [b["keys"] for b in dm.train_dataloader()] == full[done:], done  # none twice, none left out
 
 
-def _fit(dm, tmp_path, ckpt=None, callbacks=()):
+def _fit(dm, tmp_path, ckpt=None, callbacks=(), epochs=2) -> list[tuple[str, int, list[str]]]:
+    """(split, epoch, keys) of every batch of a fit with train.py's Trainer."""
     module = Recording(RelevancePredictor(PredictorConfig(widths=[8], inputs=["attn"])))
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         use_distributed_sampler=False, reload_dataloaders_every_n_epochs=1,
-                         default_root_dir=str(tmp_path), callbacks=list(callbacks),
-                         enable_checkpointing=bool(callbacks), num_sanity_val_steps=0)
+    trainer = production_trainer(dm, callbacks, tmp_path, max_epochs=epochs, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     return module.seen
+
+
+def test_each_sample_trained_once_per_epoch_as_batch_counts_change(tmp_path):
+    # one rank, 2 loader workers (the multi-rank case: tests/test_ddp.py)
+    write_uneven_shards(tmp_path / "shards")
+    dm = StreamingDataModule(str(tmp_path / "shards"), ["attn"], batch_size=16, val_fraction=0.0, buffer=20,
+                             num_workers=2)
+    dm.setup()
+    steps = planned_steps(dm, world=1, workers=2, epochs=6)
+    assert max(steps) > steps[0], steps  # the case in point: an epoch takes more batches than the first
+    seen = _fit(dm, tmp_path, epochs=6)
+    mem = ShardDataModule(str(tmp_path / "shards"), ["attn"], val_fraction=0.0)
+    mem.setup()
+    every = sorted(it.key for it in mem.train_set.items)
+    orders = [[k for s, e, ks in seen if s == "train" and e == epoch for k in ks] for epoch in range(6)]
+    for epoch, keys in enumerate(orders):
+        assert sorted(keys) == every, (epoch, len(keys), len(set(keys)))  # each once, none left out
+    assert len({tuple(keys) for keys in orders}) == 6  # reshuffled per epoch
 
 
 def test_lightning_resume_from_a_mid_epoch_checkpoint(shards, tmp_path):

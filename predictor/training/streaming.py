@@ -12,11 +12,14 @@ planned before any array is decoded:
     a rank with fewer samples takes smaller batches, so each sample is seen once per epoch across ranks.
     Only a rank with fewer samples than S batches (or whose samples failed to decode after the index
     counted them) starts its shards over to fill its batches.
-  - each worker's samples pass through webdataset's shuffle buffer (raw bytes, seeded by seed, epoch,
-    rank and worker), then are decoded and validated by `predictor.schema.decode` and padded by `collate`.
+  - each worker's samples of its split and data.modality (by key and meta.json, as the index counts them)
+    pass through webdataset's shuffle buffer (raw bytes, seeded by seed, epoch, rank and worker), then are
+    decoded and validated by `predictor.schema.decode` and padded by `collate`.
   - val: no shuffle; val shards dealt round-robin to ranks and workers; every sample once.
+  - `len()` of a loader is of the trainer's current epoch, as its batches are (Lightning stops at len()).
 Resume: `StreamLoader` tells Lightning how many batches of the epoch were done; a resumed epoch replays its
-shuffle without decoding and skips them, so it continues with exactly the batches an unbroken run has next.
+shuffle and skips the samples of those batches, decoding them to pass over exactly the samples an unbroken run
+put in them (undecodable ones are not among them), so it continues with the batches an unbroken run has next.
 """
 from __future__ import annotations
 
@@ -217,8 +220,21 @@ class StreamDataset(IterableDataset):
                                                                    / self.batch_size)
                    for shards, sizes in self.plan())
 
+    def _wanted(self, raw: dict) -> bool:
+        """Of this split and data.modality, by key and meta.json alone (as `index_shard` counts). A meta.json
+        that does not parse passes: decoding rejects it with its reason."""
+        if not (self.split or is_val_key(raw["__key__"], self.val_fraction) == (not self.train)):
+            return False
+        if self.modality is None:
+            return True
+        try:
+            return json.loads(raw[EXT_META]).get("modality") == self.modality
+        except Exception:  # noqa: BLE001 (decode names the fault)
+            return True
+
     def _raw(self, urls: list[str], skipped: list[str]) -> Iterator[dict]:
-        """Raw samples of these shards in order; a shard's repeated key or a failing shard is counted."""
+        """Raw samples of these shards in order (`_wanted` ones only); a shard's repeated key or a failing
+        shard is counted."""
         for url in urls:
             seen: set[str] = set()
             try:
@@ -229,7 +245,7 @@ class StreamDataset(IterableDataset):
                             skipped.append(f"sample {raw['__key__']!r}: a second sample with this key in {url}")
                             continue
                         seen.add(raw["__key__"])
-                        if self.split or is_val_key(raw["__key__"], self.val_fraction) == (not self.train):
+                        if self._wanted(raw):
                             yield raw
                     stream.check()
                 finally:
@@ -241,11 +257,15 @@ class StreamDataset(IterableDataset):
                 skipped.append(f"corrupt shard {url}: {type(e).__name__}: {e}")
 
     def _examples(self, urls: list[str], skip: int, skipped: list[str], pass_no: int, worker: int):
+        """Examples of these shards through the shuffle buffer, less the first `skip` (a resume: samples of
+        batches already trained). Samples of another split or modality never enter the buffer; samples that
+        fail to decode are dropped after it, so the skip decodes what it passes over, to count only the
+        samples an unbroken run put in its batches."""
         rng_seed = (((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank) * 101 + worker) * 7 + pass_no
         raws = iter(self._raw(urls, skipped))
         if self.train:
             raws = wds.shuffle(self.buffer, min(self.buffer, 100), seed=rng_seed)(raws)
-        for raw in itertools.islice(raws, skip, None):  # a resume replays the shuffle, decoding nothing
+        for raw in raws:
             try:
                 sample = decode(raw, load_heads="attn_heads" in self.inputs)
             except SampleError as e:
@@ -253,14 +273,15 @@ class StreamDataset(IterableDataset):
                     raise SampleError(e.key, e.field, e.expected, f"{e.found} (in shard {raw['__url__']})") from e
                 skipped.append(str(e))
                 continue
-            if self.modality is not None and sample.meta["modality"] != self.modality:
-                continue
             if "attn_heads" in self.inputs and (sample.attn_heads is None
                                                 or sample.attn_heads.shape[0] != self.num_heads):
                 raise ValueError(f"sample {sample.key!r} of {raw['__url__']} has per-head attention of "
                                  f"{None if sample.attn_heads is None else sample.attn_heads.shape[0]} heads, "
                                  f"the first sample {self.num_heads}: train on one model's shards written "
                                  "with python -m data_gen save_heads=true")
+            if skip:
+                skip -= 1
+                continue
             yield make_example(sample, self.inputs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -309,9 +330,20 @@ class StreamLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=num_workers)
         self.epoch_fn, self.progress, self.resume = epoch_fn, progress, resume
 
+    def _follow_epoch(self) -> None:
+        """Plan the trainer's current epoch. Both len() and iter() ask: Lightning takes an epoch's batch count
+        from len() before it iterates, and stops after that many batches, so len() must be of the same plan
+        (each epoch's shard deal has its own batch count)."""
+        if self.epoch_fn:
+            self.dataset.epoch = self.epoch_fn()
+
+    def __len__(self) -> int:
+        self._follow_epoch()
+        return super().__len__()
+
     def __iter__(self):
         ds = self.dataset
-        ds.epoch = self.epoch_fn() if self.epoch_fn else ds.epoch
+        self._follow_epoch()
         state = self.resume(None) if self.resume else None  # taken once: later epochs start from their first batch
         ds.done = state["batches"] if state and state["epoch"] == ds.epoch else 0
         return super().__iter__()
@@ -503,8 +535,7 @@ class StreamingDataModule(pl.LightningDataModule):
                         s = decode(raw, load_heads="attn_heads" in self.inputs)
                     except SampleError:
                         continue
-                    if self.modality is None or s.meta["modality"] == self.modality:
-                        self._figures.append(make_example(s, self.inputs, keep_thumbnail=True))
+                    self._figures.append(make_example(s, self.inputs, keep_thumbnail=True))  # _raw: of data.modality
                     if len(self._figures) >= self.figure_samples:
                         break
         return figure_batch_of(self._figures) if self._figures else None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from predictor.schema import Sample, encode, make_meta
+from predictor.schema import EXT_REL, Sample, _npy_bytes, _npy_load, encode, make_meta
 
 
 def planted_sample(key: str, grid: tuple[int, int, int], rng: np.random.Generator,
@@ -84,11 +84,12 @@ def planted_clip(key: str, grid: tuple[int, int, int], rng: np.random.Generator,
 
 def write_synthetic_shards(out: str | Path, num_samples: int, grids: list[tuple[int, int, int]] | None = None,
                            samples_per_shard: int = 256, seed: int = 0, num_heads: int = 0,
-                           prefix: str = "synthetic", temporal: bool = False) -> list[Path]:
+                           prefix: str = "synthetic", temporal: bool = False, invalid_every: int = 0) -> list[Path]:
     """Write `num_samples` planted samples to `out/<prefix>-%06d.tar`; returns the shard paths.
 
     grids: the (t, h, w) choices, drawn uniformly per sample (default: 8x8 = 64 tokens); t > 1 makes
     video samples. temporal: the object in a few frames only (`planted_clip`; every grid needs t > 1).
+    invalid_every: n > 0 makes every n-th sample undecodable (`with_nan_relevance`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,22 +102,25 @@ def write_synthetic_shards(out: str | Path, num_samples: int, grids: list[tuple[
     with wds.ShardWriter(pattern, maxcount=samples_per_shard, verbose=0) as sink:
         for i in range(num_samples):
             grid = tuple(grids[rng.integers(len(grids))])
-            sink.write(encode(make(f"{prefix}{seed}_{i:07d}", grid, rng, num_heads=num_heads)))
+            sample = encode(make(f"{prefix}{seed}_{i:07d}", grid, rng, num_heads=num_heads))
+            sink.write(with_nan_relevance(sample) if invalid_every and i % invalid_every == invalid_every - 1
+                       else sample)
     return sorted(out.glob(f"{prefix}-*.tar"))
+
+
+def with_nan_relevance(encoded: dict) -> dict:
+    """An encoded sample whose relevance is NaN: its meta.json reads (an index counts it), decoding rejects it."""
+    rel = _npy_load(encoded["__key__"], EXT_REL, encoded[EXT_REL])
+    return {**encoded, EXT_REL: _npy_bytes(np.full_like(rel, np.nan))}
 
 
 def write_damaged_shards(out: str | Path) -> None:
     """The bad-input case of the data modules: a.tar (10 good samples), b.tar (5 good + "badsample", whose
     relevance is NaN) and c.tar (5 good, truncated mid-file)."""
-    import io
-
     out = Path(out)
     rng = np.random.default_rng(0)
     good = [encode(planted_sample(f"good{i}", (1, 4, 4), rng)) for i in range(20)]
-    bad = dict(encode(planted_sample("badsample", (1, 4, 4), rng)))
-    buf = io.BytesIO()
-    np.save(buf, np.full(16, np.nan, dtype=np.float32))
-    bad["rel.npy"] = buf.getvalue()
+    bad = with_nan_relevance(encode(planted_sample("badsample", (1, 4, 4), rng)))
     for name, samples in (("a", good[:10]), ("b", good[10:15] + [bad]), ("c", good[15:])):
         with wds.TarWriter(str(out / f"{name}.tar")) as w:
             for s in samples:

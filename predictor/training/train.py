@@ -101,6 +101,19 @@ def _export_dir(cfg: DictConfig, shards, run_dir: Path) -> Path:
     return Path(REFERENCE_EXPORT) if reference else run_dir / "export"
 
 
+def make_trainer(options: dict, dm, logger=False, callbacks=(), run_dir: Path | str | None = None):
+    """The Lightning Trainer that `train` fits with: `options` are cfg.trainer (Lightning's arguments), `dm`
+    the data module it will fit (ShardDataModule or StreamingDataModule). Tests that check what is trained
+    per epoch build their Trainer here, so they run the settings a user's run has."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(**options, logger=logger, callbacks=list(callbacks),
+                      default_root_dir=None if run_dir is None else str(run_dir),
+                      use_distributed_sampler=False,  # both data modules shard batches per rank themselves
+                      # a streamed epoch's shard deal (so its batch count) differs per epoch: a new loader each
+                      reload_dataloaders_every_n_epochs=int(dm.streaming))
+
+
 def train(cfg: DictConfig) -> Path:
     """Train per `cfg` (see conf/train/train.yaml) and export; returns the export folder."""
     from predictor.training.shards import expand_specs
@@ -161,11 +174,8 @@ def train(cfg: DictConfig) -> Path:
                                          every_n_epochs=1, enable_version_counter=False))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
-                         callbacks=callbacks, default_root_dir=str(run_dir),
-                         use_distributed_sampler=False,  # both data modules shard batches per rank themselves
-                         # a streamed epoch's batch count depends on how its shards were dealt to the ranks
-                         reload_dataloaders_every_n_epochs=int(dm.streaming))
+    trainer = make_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), dm, logger=logger,
+                           callbacks=callbacks, run_dir=run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
     export_dir = _export_dir(cfg, shards, run_dir)
