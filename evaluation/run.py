@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from data_gen.images import DEFAULT_MAX_PIXELS
 from evaluation.aggregate import (aggregate, aggregate_swap, generalisation_scales, headline, swap_table,
                                   table_heading)
 from evaluation.fidelity import HeldOut, fidelity_section, held_out
 from evaluation.items import ItemSettings, evaluate_records
 from evaluation.records import skipped_line, skipped_summary
+from predictor.media import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("eval")
 

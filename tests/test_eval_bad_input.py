@@ -162,7 +162,7 @@ def test_eval_caps_pixels_as_data_gen_does(setup, tmp_path):
     """An image over the pixel cap is downscaled as data_gen downscales it, so eval prunes at the
     token count the labels were made at; the cap is data_gen's by default and recorded."""
     import evaluation as eval_py
-    from data_gen.images import cap_pixels, load_image
+    from predictor.media import cap_pixels, load_image
     from data_gen.build import build_adapter
     from data_gen.run import DataGenConfig
 
