@@ -6,7 +6,9 @@ import sys
 import pytorch_lightning as pl
 import torch
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+
+from predictor.model import RelevancePredictor
 from predictor.training import PredictorModule, ShardDataModule
 from predictor.training.streaming import StreamingDataModule
 

@@ -15,7 +15,8 @@ from PIL import Image
 from models import tiny_image, tiny_model_dir
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(explainer={"name": "gae"}, methods=["attention", "random"], keeps=[1.0, 0.5], max_new_tokens=2,

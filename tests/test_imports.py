@@ -31,7 +31,8 @@ def test_evaluation_and_its_split_need_no_lightning(tmp_path):
     write_synthetic_shards(tmp_path, 20, grids=[(1, 4, 4)], samples_per_shard=20)
     out = run("import sys, torch, evaluation\n"
               "from evaluation.fidelity import fidelity\n"
-              "from predictor.model import PredictorConfig, RelevancePredictor\n"
+              "from predictor.config import PredictorConfig\n"
+              "from predictor.model import RelevancePredictor\n"
               f"res = fidelity(RelevancePredictor(PredictorConfig(widths=[4])), {str(tmp_path)!r}, 0.5, progress=False)\n"
               "print(res['predictor']['n'] > 0, 'pytorch_lightning' in sys.modules, 'lightning' in sys.modules)")
     assert out.split() == ["True", "False", "False"]

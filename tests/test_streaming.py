@@ -7,7 +7,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+
+from predictor.model import RelevancePredictor
 from predictor.schema import SampleError
 from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
 from predictor.training.data import make_datamodule
