@@ -204,6 +204,8 @@ def model_card(config: dict[str, Any], repo_id: str | None = None, base_model: s
     """The export's README.md: hub metadata (library_name, base_model, tags, license, modality) and a
     "how to use" block that runs as written once the MLLM and an image are at hand.
     repo_id / location: what the snippet loads (the hub id, else the folder); base_model: the MLLM's hub id."""
+    from huggingface_hub import ModelCardData  # here, not at the top: `import predictor` stays free of it
+
     p, t, m = config["predictor"], config["trained_on"], config["metrics"]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(m.items())) or "| (none recorded) | |"
     trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items()) if k not in ("modality", "versions", "labeller"))
@@ -214,11 +216,9 @@ def model_card(config: dict[str, Any], repo_id: str | None = None, base_model: s
                                 "training (python train.py)": t.get("versions")})
     modality = config["modality"]
     mllm = base_model or t.get("model_id") or "<path of the MLLM>"
-    meta = {"library_name": "relevance-predictor", "license": license, "modality": modality,
-            "tags": ["token-pruning", "visual-token-pruning", "multimodal", modality]}
-    if base_model:
-        meta["base_model"] = base_model
-    header = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items())  # JSON scalars/lists are YAML
+    header = ModelCardData(library_name="relevance-predictor", license=license, base_model=base_model,
+                           tags=["token-pruning", "visual-token-pruning", "multimodal", modality],
+                           modality=modality).to_yaml()
     media = ('image = Image.open("example.jpg").convert("RGB")   # any image\n'
              'prompt = adapter.prepare(image, "What is in the picture?")') if modality == "image" else (
             'frames = [Image.open(f"frame{i}.jpg").convert("RGB") for i in range(8)]   # sampled frames\n'
