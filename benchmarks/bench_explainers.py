@@ -52,7 +52,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     methods = {name: get_explainer(name)() for name in explainers}
     methods["layer0"] = lambda a, p, ids: a.layer0_attention(p)[1]
     if predictor:
-        from predictor.export import load_predictor
+        from predictor import load_predictor
         from predictor.runtime import PredictorScores, make_context
 
         scorer = PredictorScores(load_predictor(predictor))

@@ -66,7 +66,9 @@ def prefill_part(size: str, device: str, dtype: torch.dtype, image_px: int, batc
     import numpy as np
     from PIL import Image
 
-    from predictor.model import PredictorConfig, RelevancePredictor
+    from predictor.config import PredictorConfig
+
+    from predictor.model import RelevancePredictor
     from predictor.runtime import PredictorScores, instruction_attention, make_context, prefill, prune_context
 
     adapter = random_qwen2_vl(size, device, dtype, max_pixels=image_px * image_px, attn="sdpa")

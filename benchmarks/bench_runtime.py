@@ -81,13 +81,14 @@ def load(name: str, device: str, dtype: torch.dtype, image_px: int, layers: int 
 
 @torch.no_grad()
 def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
-    from predictor.model import PredictorConfig, RelevancePredictor
+    from predictor.config import PredictorConfig
+    from predictor.model import RelevancePredictor
     from predictor.runtime import PredictorScores, make_context, prefill, prune_context
     from predictor.adapters.layer0 import instruction_attention
 
     export = ROOT / "checkpoints" / "predictor-reference"
     if name == "reference" and (export / "config.json").is_file():
-        from predictor.export import load_predictor
+        from predictor import load_predictor
         pred = load_predictor(export)
     else:  # the paper's architecture; its speed does not depend on the weights
         pred = RelevancePredictor(PredictorConfig())

@@ -29,7 +29,9 @@ import time
 
 import torch
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+
+from predictor.model import RelevancePredictor
 from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
 
 

@@ -19,7 +19,9 @@ import time
 import pytorch_lightning as pl
 import torch
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+
+from predictor.model import RelevancePredictor
 from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
 
 ARCHS = {  # name -> (arch, inputs, kernel_size)

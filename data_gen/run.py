@@ -27,14 +27,14 @@ import torch
 
 from data_gen.correctness import MODES, is_correct
 from data_gen.explainers.ground_truth import attach_ground_truth
-from data_gen.images import DEFAULT_MAX_PIXELS, ImageError, cap_pixels, load_image, thumbnail_png
+from data_gen.images import thumbnail_png
 from data_gen.build import (build_adapter, build_explainer, build_source, dist_env, model_fingerprint,
                             resolve_model_path)
 from data_gen.guard import check_same_settings
 from data_gen.sources.base import Item, Source
-from data_gen.sources.video import load_video
 from data_gen.writer import ShardWriter, index_key, read_manifests, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
+from predictor.media import DEFAULT_MAX_PIXELS, ImageError, cap_pixels, load_image, load_video
 from predictor.schema import Sample, make_meta
 from predictor.versions import versions
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from data_gen.images import DEFAULT_MAX_PIXELS, ImageError
 from evaluation.aggregate import aggregate
 from data_gen.writer import index_key
 from evaluation.records import append_record, resume, skipped_record
+from predictor.media import DEFAULT_MAX_PIXELS, ImageError, cap_pixels, load_image, load_video
 
 
 @dataclass
@@ -64,9 +64,6 @@ class Media:
 
 def load_media(item, s: ItemSettings) -> Media:
     """An item's image or video, capped as data_gen caps it (so pruning runs at the labels' token count)."""
-    from data_gen.images import cap_pixels, load_image
-    from data_gen.sources.video import load_video
-
     if item.modality == "video":
         frames, fps = load_video(item.video, item.fps, s.max_pixels, s.max_video_pixels)
         return Media(frames=frames, fps=fps)

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_gen.images import ImageError
 from data_gen.writer import index_key
+from predictor.media import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from data_gen.images import DEFAULT_MAX_PIXELS
 from evaluation.aggregate import (aggregate, aggregate_swap, generalisation_scales, headline, swap_table,
                                   table_heading)
 from evaluation.fidelity import HeldOut, fidelity_section, held_out
 from evaluation.items import ItemSettings, evaluate_records
 from evaluation.records import skipped_line, skipped_summary
+from predictor.media import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("eval")
 
@@ -111,7 +111,7 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     command is not refused as "other settings"."""
     from data_gen.build import build_adapter, build_explainer, build_source, resolve_model_path
     from data_gen.lock import WriterLock
-    from predictor.export import load_predictor
+    from predictor.export import load_export
     from predictor.hub import resolve_export
     from predictor.runtime import make_method
 
@@ -119,7 +119,7 @@ def run_eval(s: EvalSettings) -> dict[str, Any]:
     pred_model, export_cfg, pred_dir = None, {}, None
     if s.predictor and ("predictor" in s.methods or s.fidelity.get("shards") is not False):
         pred_dir = resolve_export(s.predictor)  # a folder, or a hub id's cached snapshot
-        pred_model = load_predictor(pred_dir)
+        pred_model = load_export(pred_dir)
         export_cfg = pred_model.export_config
     # explicit fidelity settings that cannot give held-out samples fail now, not after every item
     held = held_out(export_cfg, s.fidelity, str(pred_dir) if pred_dir is not None else None)

@@ -9,8 +9,8 @@ import importlib
 
 _WHERE = {
     "SCHEMA_VERSION": "schema", "Sample": "schema", "SampleError": "schema", "decode": "schema",
-    "encode": "schema", "make_meta": "schema", "validate": "schema", "PredictorConfig": "model",
-    "RelevancePredictor": "model", "build_features": "features", "load_predictor": "export",
+    "encode": "schema", "make_meta": "schema", "validate": "schema", "PredictorConfig": "config",
+    "RelevancePredictor": "model", "build_features": "features", "load_predictor": "hub",
     "save_predictor": "export", "read_export_config": "export",
 }
 __all__ = list(_WHERE)

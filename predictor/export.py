@@ -1,6 +1,8 @@
 """The export folder that inference loads: config.json + model.safetensors + README.md.
 
-Loading needs torch and safetensors only; there is no pickle anywhere in the folder. Training
+This module is the folder format and only that: writing and reading a folder on this machine (hub repo ids
+resolve to a folder in predictor.hub, above it). Loading needs torch and safetensors only; there is no
+pickle anywhere in the folder. Training
 checkpoints (Lightning .ckpt) are never what inference loads: `export` turns one into this.
 
 config.json is untrusted input: its types, ranges and versions are checked, and the tensor shapes
@@ -21,7 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.schema import MODALITIES, SCHEMA_VERSION, SUPPORTED_VERSIONS
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ def save_predictor(
     trained_on: what the shards were (model id, adapter, explainer, modality, sample counts, N_v range)
     metrics: validation metrics at export time; training: the recipe (target keep, epochs, ...)
     modality: "image" or "video", the prompts it scores (the runtime refuses the other); None: trained_on's,
-    else the model's `modality` (set by load_predictor), else "image"
+    else the model's `modality` (set by load_export), else "image"
     """
     path = Path(path)
     config = {
@@ -78,6 +81,15 @@ def save_predictor(
     return path
 
 
+def save_pretrained(model: RelevancePredictor, save_directory: str | os.PathLike, **export_fields) -> Path:
+    """save_predictor, with trained_on / metrics / training defaulting to those the model was loaded with
+    (so that a loaded export saves again as it was)."""
+    loaded = model.export_config or {}
+    for k in ("trained_on", "metrics", "training"):
+        export_fields.setdefault(k, loaded.get(k))
+    return save_predictor(model, save_directory, **export_fields)
+
+
 def _modality_to_save(modality: str | None, trained_on: dict[str, Any], model_modality: str | None) -> str:
     recorded = trained_on.get("modality")
     if isinstance(recorded, dict):  # summarise's per-value counts: the shards mixed modalities
@@ -98,15 +110,10 @@ def _rmtree(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
-def load_predictor(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                   revision: str | None = None, cache_dir: str | None = None,
-                   token: str | bool | None = None) -> RelevancePredictor:
-    """Rebuild an exported predictor (eval mode) from its folder or a hub repo id ("org/name", resolved
-    through the local HF cache, downloaded if missing unless HF_HUB_OFFLINE=1; `revision`: a branch, tag or
-    commit). `.modality` is what it was trained on; `.export_config` the whole config.json."""
-    from predictor.hub import resolve_export
-
-    path = resolve_export(path, revision=revision, cache_dir=cache_dir, token=token)
+def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RelevancePredictor:
+    """Rebuild an exported predictor (eval mode) from its folder (predictor.load_predictor also takes hub
+    repo ids). `.modality` is what it was trained on; `.export_config` the whole config.json."""
+    path = Path(path)
     cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(
@@ -197,6 +204,8 @@ def model_card(config: dict[str, Any], repo_id: str | None = None, base_model: s
     """The export's README.md: hub metadata (library_name, base_model, tags, license, modality) and a
     "how to use" block that runs as written once the MLLM and an image are at hand.
     repo_id / location: what the snippet loads (the hub id, else the folder); base_model: the MLLM's hub id."""
+    from huggingface_hub import ModelCardData  # here, not at the top: `import predictor` stays free of it
+
     p, t, m = config["predictor"], config["trained_on"], config["metrics"]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(m.items())) or "| (none recorded) | |"
     trained = "\n".join(f"- {k}: {v}" for k, v in sorted(t.items()) if k not in ("modality", "versions", "labeller"))
@@ -207,11 +216,9 @@ def model_card(config: dict[str, Any], repo_id: str | None = None, base_model: s
                                 "training (python train.py)": t.get("versions")})
     modality = config["modality"]
     mllm = base_model or t.get("model_id") or "<path of the MLLM>"
-    meta = {"library_name": "relevance-predictor", "license": license, "modality": modality,
-            "tags": ["token-pruning", "visual-token-pruning", "multimodal", modality]}
-    if base_model:
-        meta["base_model"] = base_model
-    header = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items())  # JSON scalars/lists are YAML
+    header = ModelCardData(library_name="relevance-predictor", license=license, base_model=base_model,
+                           tags=["token-pruning", "visual-token-pruning", "multimodal", modality],
+                           modality=modality).to_yaml()
     media = ('image = Image.open("example.jpg").convert("RGB")   # any image\n'
              'prompt = adapter.prepare(image, "What is in the picture?")') if modality == "image" else (
             'frames = [Image.open(f"frame{i}.jpg").convert("RGB") for i in range(8)]   # sampled frames\n'

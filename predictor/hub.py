@@ -1,33 +1,63 @@
-"""Predictor exports on the Hugging Face Hub: resolve a repo id to a local folder, and publish one.
+"""Predictor exports on the Hugging Face Hub: load one by folder or repo id, and publish one.
 
     python -m predictor.hub push checkpoints/predictor-reference my-org/my-predictor --base-model Qwen/Qwen2-VL-7B-Instruct
     python -m predictor.hub download my-org/my-predictor [--revision v1]
 
-A hub repo holds exactly an export folder (config.json + model.safetensors + README.md), so a
-downloaded snapshot is loaded by the same checks as a local folder. With `HF_HUB_OFFLINE=1` the id
-is resolved through the local HF cache only. huggingface_hub is imported only when an id is used.
+A hub repo holds exactly an export folder (config.json + model.safetensors + README.md, predictor.export),
+so a downloaded snapshot is loaded by the same checks as a local folder. With `HF_HUB_OFFLINE=1` the id
+is resolved through the local HF cache only. `load_predictor` / `save_pretrained` (predictor.export) /
+`push_to_hub` are PyTorchModelHubMixin's from_pretrained / save_pretrained / push_to_hub as functions, not
+mixin methods: the model class does no I/O (predictor.model sits below this module), and the mixin's default
+config.json is not the export's validated one.
+huggingface_hub is imported on first use, not by `import predictor`.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from predictor.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, load_predictor, model_card
+import torch
+
+from predictor.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, load_export, model_card, save_pretrained
+from predictor.model import RelevancePredictor
 
 EXPORT_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
-# org/name: what the hub accepts (huggingface_hub.utils.validate_repo_id has the full rules)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 
 def looks_like_repo_id(name: str) -> bool:
-    """True for "org/name" that is not a path on this machine (absolute, ./ ../ or ~ paths never are)."""
-    return bool(_REPO_ID.match(name)) and not name.startswith((".", "~")) and ".." not in name
+    """True for "org/name" as the hub accepts it (absolute, ./ ../ or ~ paths never are). A bare "name",
+    which the hub also accepts, is refused: here it is far more often a mistyped folder."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def load_predictor(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                   revision: str | None = None, cache_dir: str | None = None,
+                   token: str | bool | None = None) -> RelevancePredictor:
+    """Rebuild an exported predictor (eval mode) from its folder or a hub repo id ("org/name", resolved
+    through the local HF cache, downloaded if missing unless HF_HUB_OFFLINE=1; `revision`: a branch, tag or
+    commit). `.modality` is what it was trained on; `.export_config` the whole config.json."""
+    folder = resolve_export(name_or_path, revision=revision, cache_dir=cache_dir, token=token)
+    return load_export(folder, map_location)
+
+
+def push_to_hub(model: RelevancePredictor, repo_id: str, **push_kwargs) -> Any:
+    """Save `model` to a temporary export folder (save_pretrained) and upload it (push_export's options)."""
+    with tempfile.TemporaryDirectory(prefix="predictor-") as tmp:
+        return push_export(save_pretrained(model, f"{tmp}/export"), repo_id, **push_kwargs)
 
 
 def resolve_export(name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None,
@@ -49,7 +79,7 @@ def resolve_export(name_or_path: str | os.PathLike, revision: str | None = None,
             "(python train.py writes one) or a repo id such as my-org/my-predictor")
     folder = _snapshot(name, revision, cache_dir, token)
     missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
-    if missing:
+    if missing:  # the snapshot folder is at hand: asking the cache per file (try_to_load_from_cache) adds nothing
         raise FileNotFoundError(
             f"predictor {name!r}{_at(revision)}: the cached snapshot {folder} lacks {', '.join(missing)} (an "
             f"interrupted download, or a repo that is not a predictor export); run: {_download_cmd(name, revision)}")
@@ -94,12 +124,16 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, token: 
 
 
 def _cached_revisions(repo_id: str, cache_dir: str | None) -> list[str]:
-    from huggingface_hub import constants
+    """The refs, then the commits (12 hex digits), of `repo_id` that the local HF cache holds."""
+    from huggingface_hub import constants, scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
 
-    root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-    refs = sorted(p.name for p in (root / "refs").glob("*")) if (root / "refs").is_dir() else []
-    snaps = sorted(p.name[:12] for p in (root / "snapshots").glob("*")) if (root / "snapshots").is_dir() else []
-    return refs + snaps
+    try:  # the folder named now: scan_cache_dir's own default is the one read when huggingface_hub was imported
+        repos = scan_cache_dir(cache_dir or constants.HF_HUB_CACHE).repos
+    except CacheNotFound:
+        return []
+    revisions = [r for repo in repos if repo.repo_id == repo_id and repo.repo_type == "model" for r in repo.revisions]
+    return sorted(ref for r in revisions for ref in r.refs) + sorted(r.commit_hash[:12] for r in revisions)
 
 
 def push_export(export_dir: str | os.PathLike, repo_id: str, *, base_model: str | None = None,
@@ -114,7 +148,7 @@ def push_export(export_dir: str | os.PathLike, repo_id: str, *, base_model: str 
     if not (export_dir / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{export_dir}: not a predictor export (no {CONFIG_NAME}); pass the folder "
                                 "train.py printed last, or export one with python train.py export_from=<ckpt>")
-    config = load_predictor(export_dir).export_config  # every check of loading: never publish a broken export
+    config = load_export(export_dir).export_config  # every check of loading: never publish a broken export
     if not looks_like_repo_id(repo_id):
         raise ValueError(f"repo id {repo_id!r}: expected org/name (e.g. my-org/qwen2vl-7b-relevance)")
     base_model = base_model or hub_base_model(config)

@@ -13,90 +13,20 @@ as a (M, C) matrix of the batch's M valid tokens. So `norm="batch"` takes its st
 running statistics) from the valid tokens of the whole batch only: padding, and how conv2d and
 conv3d group samples by grid, change nothing.
 
-Plain nn.Module: no Lightning, no transformers. Everything needed to rebuild it is in
-`PredictorConfig`, which the export stores as config.json.
+Plain nn.Module: no Lightning, no transformers, no files. Everything needed to rebuild it is in
+`predictor.config.PredictorConfig`; predictor.export writes and reads it with the weights, predictor.hub
+loads an export by folder or hub repo id.
 """
 from __future__ import annotations
-
-import numbers
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from predictor.features import INPUTS, num_channels
+from predictor.config import PredictorConfig
 
-ARCHS = ("conv1d", "conv2d", "conv3d")
-DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}  # convolution dims per arch
-NORMS = ("none", "layer", "batch")
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
-
-
-@dataclass
-class PredictorConfig:
-    arch: str = "conv1d"
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # depth = len(widths)
-    kernel_size: int = 5  # odd; the paper does not publish it
-    norm: str = "layer"  # "layer": each token over its channels, batch-size free; "batch": valid tokens only
-    activation: str = "gelu"
-    inputs: list[str] = field(default_factory=lambda: ["attn"])  # see predictor.features.INPUTS
-    num_heads: int = 0  # H of the per-head attention, needed only when "attn_heads" is an input
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        # types too, not only values: an export's config.json is user input (see predictor.export)
-        for name, choices in (("arch", ARCHS), ("norm", NORMS), ("activation", tuple(ACTIVATIONS))):
-            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
-                raise _bad(name, f"one of the available {list(choices)}", getattr(self, name))
-        if not _is_int(self.kernel_size) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise _bad("kernel_size", "an odd int >= 1", self.kernel_size)
-        if not _is_list(self.widths) or not self.widths or not all(_is_int(w) and w >= 1 for w in self.widths):
-            raise _bad("widths", "a non-empty list of ints >= 1, one per layer", self.widths)
-        if not _is_list(self.inputs) or not self.inputs or not all(isinstance(i, str) for i in self.inputs):
-            raise _bad("inputs", f"a non-empty list of names from {list(INPUTS)}", self.inputs)
-        if not _is_int(self.num_heads) or self.num_heads < 0:
-            raise _bad("num_heads", "an int >= 0", self.num_heads)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
-            raise _bad("dropout", "a number in [0, 1)", self.dropout)
-        self.widths, self.inputs = [int(w) for w in self.widths], list(self.inputs)
-        self.kernel_size, self.num_heads, self.dropout = int(self.kernel_size), int(self.num_heads), float(self.dropout)
-        num_channels(self.inputs, self.num_heads)  # raises on unknown inputs
-
-    @property
-    def in_channels(self) -> int:
-        return num_channels(self.inputs, self.num_heads)
-
-    @property
-    def needs_grid(self) -> bool:
-        return self.arch != "conv1d" or "coords" in self.inputs
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PredictorConfig":
-        names = {f.name for f in fields(cls)}
-        if not isinstance(d, Mapping):
-            raise ValueError(f"predictor config: expected a mapping with keys {sorted(names)}, found {d!r}")
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown predictor config keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_list(v) -> bool:
-    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
-
-
-def _bad(name: str, expected: str, found) -> ValueError:
-    return ValueError(f"predictor config field {name!r}: expected {expected}, found {found!r}")
+DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}  # convolution dims per arch (predictor.config.ARCHS)
+ACTIVATION_MODULES = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}  # per predictor.config.ACTIVATIONS
 
 
 class _ChannelNorm(nn.Module):
@@ -148,7 +78,7 @@ class SeparableBlock(nn.Module):
         self.depthwise = conv(c_in, c_in, k, padding=k // 2, groups=c_in)
         self.pointwise = conv(c_in, c_out, 1)
         self.norm = _norm(cfg.norm, c_out)
-        self.act = ACTIVATIONS[cfg.activation]()
+        self.act = ACTIVATION_MODULES[cfg.activation]()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,35 +108,8 @@ class RelevancePredictor(nn.Module):
     Returns probabilities: 0 on padded positions, each row sums to 1 over its valid tokens.
     """
 
-    modality: str | None = None  # "image" | "video" once loaded from an export (load_predictor); None: unknown
+    modality: str | None = None  # "image" | "video" once loaded from an export (predictor.export); None: unknown
     export_config: dict | None = None  # the export's config.json once loaded (trained_on, metrics, training)
-
-    # The hub trio (what PyTorchModelHubMixin offers), on the export layout: config.json + model.safetensors.
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, map_location: str = "cpu",
-                        cache_dir: str | None = None, token: str | bool | None = None) -> "RelevancePredictor":
-        """An export folder or a hub repo id (see predictor.load_predictor)."""
-        from predictor.export import load_predictor
-
-        return load_predictor(name_or_path, map_location, revision=revision, cache_dir=cache_dir, token=token)
-
-    def save_pretrained(self, save_directory: str, **export_fields) -> "Path":
-        """Write an export folder; trained_on / metrics / training default to those it was loaded with."""
-        from predictor.export import save_predictor
-
-        loaded = self.export_config or {}
-        for k in ("trained_on", "metrics", "training"):
-            export_fields.setdefault(k, loaded.get(k))
-        return save_predictor(self, save_directory, **export_fields)
-
-    def push_to_hub(self, repo_id: str, **push_kwargs):
-        """Save to a temporary export folder and upload it (see predictor.hub.push_export for the options)."""
-        import tempfile
-
-        from predictor.hub import push_export
-
-        with tempfile.TemporaryDirectory(prefix="predictor-") as tmp:
-            return push_export(self.save_pretrained(f"{tmp}/export"), repo_id, **push_kwargs)
 
     def __init__(self, config: PredictorConfig):
         super().__init__()

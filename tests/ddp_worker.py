@@ -10,7 +10,8 @@ import sys
 import torch
 from production import Recording, production_trainer
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.training import ShardDataModule
 from predictor.training.streaming import StreamingDataModule
 

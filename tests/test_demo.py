@@ -44,7 +44,7 @@ def test_demo_gives_a_large_image_data_gens_token_count(tmp_path):
     import shutil
 
     from data_gen.build import build_adapter
-    from data_gen.images import cap_pixels, load_image
+    from predictor.media import cap_pixels, load_image
     from data_gen.run import DataGenConfig
     from predictor.runtime.demo import prepare_input
 

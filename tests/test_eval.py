@@ -10,7 +10,8 @@ import torch
 from models import tiny_image, tiny_models  # noqa: F401  (fixture)
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 
 def run_eval(**kw):
@@ -122,7 +123,7 @@ def test_killed_evaluation_resumes_with_the_same_results(setup):
     import evaluation as eval_py
     from data_gen.build import build_adapter
     from data_gen.sources.synthetic_scenes import SyntheticScenes
-    from predictor.export import load_predictor
+    from predictor import load_predictor
     from predictor.runtime import make_method
 
     root, model_dir, export = setup

@@ -15,7 +15,8 @@ from PIL import Image
 from models import tiny_image, tiny_model_dir
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(explainer={"name": "gae"}, methods=["attention", "random"], keeps=[1.0, 0.5], max_new_tokens=2,
@@ -162,7 +163,7 @@ def test_eval_caps_pixels_as_data_gen_does(setup, tmp_path):
     """An image over the pixel cap is downscaled as data_gen downscales it, so eval prunes at the
     token count the labels were made at; the cap is data_gen's by default and recorded."""
     import evaluation as eval_py
-    from data_gen.images import cap_pixels, load_image
+    from predictor.media import cap_pixels, load_image
     from data_gen.build import build_adapter
     from data_gen.run import DataGenConfig
 

@@ -7,7 +7,8 @@ import pytest
 from models import tiny_model_dir
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 
 @pytest.fixture(scope="module")

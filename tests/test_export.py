@@ -6,8 +6,10 @@ import sys
 import pytest
 import torch
 
-from predictor.export import load_predictor, read_export_config, save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor import load_predictor
+from predictor.export import read_export_config, save_predictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 
 def test_export_then_load_in_fresh_process(tmp_path):

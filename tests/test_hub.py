@@ -13,8 +13,10 @@ from huggingface_hub import ModelCard, constants
 
 from predictor import load_predictor, read_export_config, save_predictor
 from predictor.hub import main as hub_main
-from predictor.hub import push_export, resolve_export
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.export import save_pretrained
+from predictor.hub import push_export, push_to_hub, resolve_export
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 ROOT = Path(__file__).resolve().parents[1]
 REV_A, REV_B = "a" * 40, "b" * 40
@@ -57,7 +59,6 @@ def test_repo_id_loads_from_the_offline_cache_by_ref_tag_and_commit(cache):
     assert _same(load_predictor("my-org/pred", revision="v1"), load_predictor(cache / "a"))
     assert _same(load_predictor("my-org/pred", revision=REV_A), load_predictor(cache / "a"))
     assert main.export_config["trained_on"]["model_id"] == "Qwen/Qwen2-VL-7B-Instruct"
-    assert _same(RelevancePredictor.from_pretrained("my-org/pred", revision="v1"), load_predictor(cache / "a"))
 
 
 def test_offline_misses_say_what_to_run(cache):
@@ -125,7 +126,7 @@ def test_push_refuses_what_it_cannot_describe_or_load(tmp_path):
         push_export(_export(tmp_path / "m", 0), "not a repo", api=FakeApi())
 
 
-def test_push_command_and_the_mixin_trio(tmp_path, monkeypatch, capsys):
+def test_push_command_and_the_hub_trio(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     api = FakeApi()
@@ -136,10 +137,10 @@ def test_push_command_and_the_mixin_trio(tmp_path, monkeypatch, capsys):
     assert hub_main(["push", str(tmp_path / "nope"), "my-org/pred"]) == 1
     assert "not a predictor export" in capsys.readouterr().err
 
-    model = RelevancePredictor.from_pretrained(str(exp))
-    again = model.save_pretrained(str(tmp_path / "again"))  # keeps what it was trained on
+    model = load_predictor(str(exp))
+    again = save_pretrained(model, str(tmp_path / "again"))  # keeps what it was trained on
     assert read_export_config(again)["trained_on"] == read_export_config(exp)["trained_on"]
-    model.push_to_hub("my-org/pred2", api=(api2 := FakeApi()))
+    push_to_hub(model, "my-org/pred2", api=(api2 := FakeApi()))
     assert api2.calls[-1][1] == "my-org/pred2"
     assert api2.files["model.safetensors"] == (exp / "model.safetensors").read_bytes()
 

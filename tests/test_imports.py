@@ -1,4 +1,5 @@
-"""`import predictor` stays light: no transformers, no Lightning (serving stacks install only torch)."""
+"""`import predictor` stays light: no transformers, no Lightning (serving stacks install only torch); and the
+packages import only downwards (docs/architecture.md)."""
 import subprocess
 import sys
 
@@ -31,7 +32,19 @@ def test_evaluation_and_its_split_need_no_lightning(tmp_path):
     write_synthetic_shards(tmp_path, 20, grids=[(1, 4, 4)], samples_per_shard=20)
     out = run("import sys, torch, evaluation\n"
               "from evaluation.fidelity import fidelity\n"
-              "from predictor.model import PredictorConfig, RelevancePredictor\n"
+              "from predictor.config import PredictorConfig\n"
+              "from predictor.model import RelevancePredictor\n"
               f"res = fidelity(RelevancePredictor(PredictorConfig(widths=[4])), {str(tmp_path)!r}, 0.5, progress=False)\n"
               "print(res['predictor']['n'] > 0, 'pytorch_lightning' in sys.modules, 'lightning' in sys.modules)")
     assert out.split() == ["True", "False", "False"]
+
+
+def test_packages_import_only_downwards():
+    """pyproject's first import-linter contract, read from the source here too (lazy imports included), so that
+    it holds where import-linter is not installed; `lint-imports` (.ci/run) checks every contract."""
+    from test_dependencies import MODULES, _imports
+
+    rank = {"predictor": 0, "data_gen": 1, "evaluation": 2}  # bottom to top
+    up = sorted((m, o) for m in MODULES if m.split(".")[0] in rank for o in _imports(m)[1]
+                if rank[o.split(".")[0]] > rank[m.split(".")[0]])
+    assert not up, f"imports of a higher package (importer, imported): {up}"

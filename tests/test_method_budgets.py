@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+
+from predictor.model import RelevancePredictor
 from predictor.runtime import METHODS, ScoreContext, make_method
 
 N, D, HEADS = 64, 8, 2  # an 8 x 8 grid of visual tokens

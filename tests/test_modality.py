@@ -8,8 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from predictor.export import load_predictor, read_export_config, save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor import load_predictor
+from predictor.export import read_export_config, save_predictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.runtime import PredictorScores, ScoreContext, make_method
 
 TINY = PredictorConfig(widths=[4, 8], inputs=["attn", "coords"])

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from predictor.features import build_features, num_channels
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 
 SMALL = [8, 16, 16]
 

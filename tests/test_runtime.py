@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from predictor.adapters.attention import ATTN_IMPL
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.runtime import (METHODS, ClusterAggregation, budget_for, deepstack_batch, instruction_attention, kmeans, left_pad,
                                make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
 

@@ -3,8 +3,8 @@ import json
 import pytest
 from PIL import Image
 
-from data_gen.images import ImageError, cap_pixels, load_image
 from data_gen.sources.base import SOURCES, get_source
+from predictor.media import ImageError, cap_pixels, load_image
 
 
 def _image(path, size=(56, 28), colour=(200, 30, 30)):

@@ -8,7 +8,9 @@ import pytorch_lightning as pl
 import torch
 from production import Recording, planned_steps, production_trainer, write_uneven_shards
 
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+
+from predictor.model import RelevancePredictor
 from predictor.schema import SampleError
 from predictor.training import ShardDataModule, write_synthetic_shards
 from predictor.training.data import make_datamodule

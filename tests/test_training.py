@@ -7,8 +7,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from predictor.export import load_predictor, read_export_config
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor import load_predictor
+from predictor.export import read_export_config
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.schema import SampleError
 from predictor.training import (EvenBatchSampler, PredictorModule, ShardDataModule, collate, is_val_key,
                                 write_synthetic_shards)

@@ -12,7 +12,8 @@ from data_gen.run import DataGenConfig, check_same_labeller, labeller_settings
 from models import tiny_image, tiny_model_dir
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.versions import versions
 
 TRANSFORMERS = version("transformers").split("+")[0]

@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_gen.images import ImageError, load_image
 from data_gen.sources.base import Item, get_source
-from data_gen.sources.video import FrameSampling, VideoFile, load_video
+from predictor.media import FrameSampling, ImageError, VideoFile, load_image, load_video
 
 
 def _frames(folder, n, size=(56, 28)):

@@ -22,7 +22,7 @@ class Item:
     id: stable across runs (same source + same item -> same id); becomes the shard `__key__`
     image: a path, or a PIL image for generated sources; loading is deferred to `load_image` so
            that a bad file fails inside the per-item error handling, not while listing the source
-    video: the frames (paths, PIL images, arrays, tensors) or a `video.VideoFile` decoded in the loop
+    video: the frames (paths, PIL images, arrays, tensors) or a `predictor.media.VideoFile` decoded in the loop
     fps: frames per second of `video` as given (after the source's frame sampling): the processor
          times the frames with it; None: unknown, or read from the file when a VideoFile is decoded
     extra: source-specific data carried into metadata (e.g. ground-truth relevance of scenes)

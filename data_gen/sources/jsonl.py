@@ -5,7 +5,7 @@
     {"id": "v2", "video": "clips/dog.mp4", "instruction": "What does the dog do?", "answer": "jumps"}
 
 A line has an image or a video: a list of frame paths (`fps`, optional, is the rate they were
-extracted at) or a video file (decoded in the loop; see data_gen/sources/video.py). Image and frame paths are relative to `image_root` (default: the folder of the jsonl file) and must stay
+extracted at) or a video file (decoded in the loop; see predictor/media.py). Image and frame paths are relative to `image_root` (default: the folder of the jsonl file) and must stay
 inside it unless `allow_outside_root`. Without an id field, the id is a hash of (image, instruction),
 so the same line gets the same id in every run. Lines are decoded and parsed when read, so one
 malformed line (bad JSON, bytes that are not UTF-8) is skipped by the loop with its reason and
@@ -19,7 +19,8 @@ import os
 
 from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
-from data_gen.sources.video import FrameSampling, video_value
+from data_gen.sources.video import video_value
+from predictor.media import FrameSampling
 
 
 def content_id(*parts: str) -> str:

@@ -6,7 +6,7 @@
 
 Every (human, gpt) turn pair of a record that has one image, or a video (LLaVA-Video's
 `"video": "clips/x.mp4"`, or a list of frame paths with an optional `"fps"`; see
-data_gen/sources/video.py for sampling), is an item; the `<image>` and `<video>` tags are removed from
+predictor.media.FrameSampling for sampling), is an item; the `<image>` and `<video>` tags are removed from
 the instruction. Records without an image or video (text-only) or with several images are left out.
 A `.jsonl` file (one record per line) is read the same way. Item ids are `<record id>-<turn>`.
 Image, frame and video paths are relative to `image_root` and must stay inside it unless `allow_outside_root`.
@@ -23,7 +23,8 @@ from pathlib import Path
 from data_gen.images import image_path
 from data_gen.sources.base import SOURCES, Item, Source
 from data_gen.sources.jsonl import parse_line, read_lines
-from data_gen.sources.video import FrameSampling, check_video, video_value
+from data_gen.sources.video import check_video, video_value
+from predictor.media import FrameSampling
 
 TAGS = ("<image>", "<video>")
 

@@ -64,7 +64,7 @@ def prepare_input(image: str, question: str, model: str, model_path: str, device
 def run(image: str, question: str, model: str, model_path: str, predictor: str, keep: float | None,
         budget: int | None, out: str, max_new_tokens: int, device: str, revision: str | None = None) -> dict:
     """Answer with all tokens and pruned; write the overlay PNG; return the figures printed."""
-    from predictor.export import load_predictor
+    from predictor.hub import load_predictor
     from predictor.runtime.generate import make_context, prefill, prune_context, pruned_generate
     from predictor.runtime.report import kept_overlay
     from predictor.runtime import make_method

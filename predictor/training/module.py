@@ -15,7 +15,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from predictor.metrics import RETENTIONS, kl_div, relevance_metrics, topk_recall
-from predictor.model import PredictorConfig, RelevancePredictor
+from predictor.config import PredictorConfig
+from predictor.model import RelevancePredictor
 from predictor.targets import make_target, num_kept
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}

@@ -127,7 +127,8 @@ def train(cfg: DictConfig) -> Path:
     import torch
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from predictor.model import PredictorConfig, RelevancePredictor
+    from predictor.config import PredictorConfig
+    from predictor.model import RelevancePredictor
     from predictor.training import PredictorModule, RelevanceFigureCallback
     from predictor.versions import versions
     from predictor.training.data import make_datamodule

@@ -18,7 +18,7 @@ from typing import Any
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from predictor.media import DEFAULT_MAX_PIXELS
+from predictor.media import DEFAULT_MAX_PIXELS, FrameSampling, VideoFile, cap_pixels, load_image, load_video
 
 SERVED_METHODS = ("predictor", "attention", "random", "cluster")  # token selectors of predictor.runtime
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -111,14 +111,9 @@ class RelevancePruned(lmms):
         instruction = context.replace("<image>", "").strip()
         visual = visuals[0]
         if isinstance(visual, (str, Path)) and str(visual).lower().endswith(VIDEO_SUFFIXES):
-            from data_gen.sources.video import FrameSampling, VideoFile, load_video
-
             frames, fps = load_video(VideoFile(str(visual), FrameSampling(self.num_frames)), None, self.max_pixels,
                                      self.max_video_pixels)
             return self.adapter.prepare(None, instruction, video=frames, fps=fps)
-        from data_gen.images import load_image
-        from predictor.media import cap_pixels
-
         return self.adapter.prepare(cap_pixels(load_image(visual), self.max_pixels), instruction)
 
 
