@@ -28,7 +28,7 @@ def write_uneven_shards(out: Path) -> list[Path]:
 
 def planned_steps(dm, world: int, workers: int, epochs: int) -> list[int]:
     """Per epoch, the training batches every rank takes per the streaming plan of `dm` (set up)."""
-    from predictor.training.streaming import plan_epoch
+    from predictor.training.epochs import plan_epoch
 
     counts = [ix.train for ix in dm.train_index if not ix.corrupt]
     return [sum(len(sizes) for _, sizes in plan_epoch(counts, e, dm.seed, world, workers, dm.batch_size, True)[0])

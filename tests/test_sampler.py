@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from predictor.training.data import EvenBatchSampler
+from predictor.training.epochs import EvenBatchSampler
 
 GRID = list(itertools.product([1, 2, 3, 5, 7, 8, 10, 31, 64, 100], [1, 2, 3, 4, 16], [1, 2, 3, 4, 8]))
 

@@ -14,7 +14,8 @@ from predictor.model import RelevancePredictor
 from predictor.schema import SampleError
 from predictor.training import ShardDataModule, write_synthetic_shards
 from predictor.training.data import make_datamodule
-from predictor.training.streaming import StreamingDataModule, plan_epoch, worker_skips
+from predictor.training.epochs import plan_epoch, worker_skips
+from predictor.training.streaming import StreamingDataModule
 from predictor.training.synthetic import write_damaged_shards
 
 INPUTS = ["attn", "attn_heads", "coords"]

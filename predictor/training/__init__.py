@@ -1,14 +1,16 @@
 """Training side of the predictor: Lightning, webdataset and matplotlib live here (and only here).
 
-ShardDataModule (shards -> padded batches), PredictorModule (KL loss, optimiser, schedule,
-validation metrics), RelevanceFigureCallback, export helpers and planted-pattern shards for tests.
+ShardDataModule and StreamingDataModule (shards -> padded batches; their one data policy is
+`datamodule.DataModule`), PredictorModule (KL loss, optimiser, schedule, validation metrics),
+RelevanceFigureCallback, export helpers and planted-pattern shards for tests.
 Names are imported on first use, so `predictor.training.shards` (webdataset only) can find
 shards, or fail with its message, before Lightning's multi-second import.
 """
 import importlib
 
 _WHERE = {
-    "EvenBatchSampler": "data", "ShardDataModule": "data", "collate": "data", "is_val_key": "data",
+    "EvenBatchSampler": "epochs", "ShardDataModule": "memory", "StreamingDataModule": "streaming",
+    "make_datamodule": "data", "collate": "batches", "is_val_key": "datamodule",
     "export_checkpoint": "export", "export_module": "export", "headline": "export", "RelevanceFigureCallback": "figures",
     "PredictorModule": "module", "read_shards": "shards", "resolve_shards": "shards",
     "write_synthetic_shards": "synthetic",

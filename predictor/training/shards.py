@@ -1,10 +1,18 @@
-"""Finding and reading WebDataset shards into memory, through `predictor.schema.decode`.
+"""Finding and reading WebDataset shards, through `predictor.schema.decode`.
 
-Datasets of this project are small (the paper: 8-12K samples of a few thousand floats), so the
-reader decodes every shard once into a list of samples; training then never waits on I/O.
+Shards may be local paths (folders, globs, brace patterns `shard-r{00000..00007}-{000000..000099}.tar`),
+`pipe:` commands or URLs (`tar_stream` opens those). Either way a tar is trusted only if it was written to
+its end (`check_tar_end`): tar readers stop quietly at a truncation that falls on a file boundary; members
+become samples by `group_members`, and a corrupt shard under data.strict is refused by `corrupt_shard`.
+
+In memory (`read_shards`): datasets of this project are small (the paper: 8-12K samples of a few thousand
+floats), so every shard is decoded once into a list of samples; training then never waits on I/O.
 A corrupt shard (an unreadable or truncated tar) is skipped and counted; a bad sample (breaks the
 schema, or repeats a key already read from its shard) is skipped alone, never the rest of its shard.
 With `strict=True` the first of either raises an error naming the shard and the sample.
+Streamed (`tar_stream`): raw samples of one shard at a time, the same grouping and end check; the caller
+decodes. (That module is apart because it opens URLs with fsspec, which eval's fidelity check, a reader of
+local shards through this module, does not install.)
 """
 from __future__ import annotations
 
@@ -99,18 +107,29 @@ class ReadStats:
     skip_reasons: list[str] = field(default_factory=list)  # the first few, for the log
 
 
-def _check_complete(path: Path) -> None:
-    """A tar written to its end is a whole number of 512-byte blocks ending in two zero blocks.
-    Streaming readers stop quietly at a truncation that falls on a file boundary; this does not."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 1024))
-        tail = f.read()
+def corrupt_shard(url, reason: str, after: int | None = None) -> ValueError:
+    """The strict mode's error for an unreadable or truncated shard (reason: "<exception type>: <message>")."""
+    read = "" if after is None else f" after {after} samples;"
+    return ValueError(f"shard {url} is corrupt ({reason});{read} regenerate it with python -m data_gen, "
+                      "or set data.strict=false to skip it")
+
+
+def check_tar_end(size: int, tail: bytes) -> None:
+    """A tar written to its end is a whole number of 512-byte blocks ending in two zero blocks (`tail`:
+    its last 1024 bytes)."""
     if size < 1024 or size % 512 or tail.count(0) != len(tail):
         raise tarfile.ReadError(f"truncated tar ({size} bytes, no end-of-archive marker)")
 
 
-def _group(files: Iterator[dict], url: str) -> Iterator[dict]:
+def check_complete(path: Path) -> None:
+    """`check_tar_end` of a local file, before it is read."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 1024))
+        check_tar_end(size, f.read())
+
+
+def group_members(files: Iterator[dict], url: str) -> Iterator[dict]:
     """Tar members -> raw samples {"__key__", "__url__", ext: bytes}: consecutive members sharing a key
     (the name up to the first dot of its base name, as writers name them). A member whose extension the
     open sample already has starts a new sample with the same key (two samples under one key), which
@@ -139,9 +158,9 @@ def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
     bad: list[str] = []
     seen: set[str] = set()
     try:
-        _check_complete(path)
+        check_complete(path)
         with open(path, "rb") as f:
-            for raw in _group(tar_file_iterator(f), str(path)):
+            for raw in group_members(tar_file_iterator(f), str(path)):
                 try:
                     if raw["__key__"] in seen:
                         raise SampleError(raw["__key__"], "__key__", "a key once per shard",
@@ -162,9 +181,7 @@ def read_shard(path: Path, load_heads: bool = True, strict: bool = False,
         if isinstance(e, SampleError):
             raise
         if strict:
-            raise ValueError(f"shard {path} is corrupt ({type(e).__name__}: {e}); "
-                             f"after {len(out)} samples; regenerate it with python -m data_gen, "
-                             "or set data.strict=false to skip it") from e
+            raise corrupt_shard(path, f"{type(e).__name__}: {e}", after=len(out)) from e
         stats.corrupt_shards.append(f"{path}: {type(e).__name__}: {e}")
         log.warning("skipping corrupt shard %s (%s: %s)", path, type(e).__name__, e)
         return []
