@@ -26,7 +26,7 @@ def _on_grid(v: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def relevance_figure(batch: dict, pred: torch.Tensor, title: str = "", rows: list[int] | None = None):
-    """matplotlib Figure for a batch from `ShardDataModule.figure_batch` and its predictions (B, N):
+    """matplotlib Figure for a batch from `DataModule.figure_batch` (either store) and its predictions (B, N):
     one row per sample in `rows` (default: all)."""
     import matplotlib
 
