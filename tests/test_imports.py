@@ -27,7 +27,7 @@ def test_training_package_imports():
 
 def test_evaluation_and_its_split_need_no_lightning(tmp_path):
     """eval's fidelity check reads shards and the training split without importing Lightning."""
-    from predictor.training import write_synthetic_shards
+    from synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(tmp_path, 20, grids=[(1, 4, 4)], samples_per_shard=20)
     out = run("import sys, torch, evaluation\n"

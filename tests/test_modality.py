@@ -98,7 +98,7 @@ def test_allow_modality_mismatch_is_ignored_by_other_methods():  # eval builds e
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    from predictor.training import write_synthetic_shards
+    from synthetic_shards import write_synthetic_shards
 
     out = tmp_path_factory.mktemp("mixed")
     write_synthetic_shards(out, 12, grids=[(1, 4, 4)], prefix="img", seed=0)
@@ -123,7 +123,8 @@ def test_training_on_mixed_modalities_refused_or_filtered(mixed):
 
 
 def test_data_modality_with_none_of_it_refused(tmp_path):
-    from predictor.training import ShardDataModule, write_synthetic_shards
+    from predictor.training import ShardDataModule
+    from synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(tmp_path, 5, grids=[(1, 4, 4)])
     with pytest.raises(ValueError, match=r"data.modality=video.*no video samples.*5 image"):

@@ -308,7 +308,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
 
 def test_last_checkpoint_is_the_latest_epoch_after_a_kill(tmp_path):
-    from predictor.training import write_synthetic_shards
+    from synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(tmp_path / "shards", 120, grids=[(1, 6, 6)], samples_per_shard=120, num_heads=2)
     # lr 0: val/kl never improves after epoch 0, so only a last.ckpt rewritten every epoch has epoch 3 in it

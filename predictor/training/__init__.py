@@ -1,7 +1,8 @@
 """Training side of the predictor: Lightning, webdataset and matplotlib live here (and only here).
 
 ShardDataModule (shards -> padded batches), PredictorModule (KL loss, optimiser, schedule,
-validation metrics), RelevanceFigureCallback, export helpers and planted-pattern shards for tests.
+validation metrics), RelevanceFigureCallback and export helpers (tests/synthetic_shards.py writes
+planted-pattern shards for the tests).
 Names are imported on first use, so `predictor.training.shards` (webdataset only) can find
 shards, or fail with its message, before Lightning's multi-second import.
 """
@@ -11,7 +12,6 @@ _WHERE = {
     "EvenBatchSampler": "data", "ShardDataModule": "data", "collate": "data", "is_val_key": "data",
     "export_checkpoint": "export", "export_module": "export", "headline": "export", "RelevanceFigureCallback": "figures",
     "PredictorModule": "module", "read_shards": "shards", "resolve_shards": "shards",
-    "write_synthetic_shards": "synthetic",
 }
 __all__ = list(_WHERE)
 
