@@ -38,7 +38,8 @@ def test_folder_is_a_small_documented_hf_checkpoint(record):
 def _heldout(record, size, n):
     """The first n scenes of the recorded evaluation set at `size`, drawn as in training (the source's `heldout`
     split is the stream the training evaluated), with their ground truth."""
-    source = SyntheticScenes(num_items=n, seed=record["seed"], split="heldout", sizes=[size], **record["config"]["scenes"])
+    source = SyntheticScenes(num_items=n, seed=record["seed"], split="heldout", sizes=[size],
+                             **record["config"]["scenes"])
     return [source[i] for i in range(n)]
 
 
