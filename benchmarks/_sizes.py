@@ -86,7 +86,7 @@ def random_qwen2_vl(size: str | dict, device: str, dtype: torch.dtype, max_pixel
     """Qwen2-VL adapter over a random model with the language model `size` (a name of SIZES or a text
     config) and a tiny vision tower (the benchmarks time the LLM), allocated and initialised on `device`
     in `dtype` (a 7B model never passes through host memory in fp32)."""
-    from data_gen.hf_build import DEFAULT_WORDS, make_qwen2_vl
+    from reference_mllm.tiny_models import DEFAULT_WORDS, make_qwen2_vl
     from predictor.adapters import get_adapter
     from predictor.adapters.attention import ATTN_IMPL, register
 

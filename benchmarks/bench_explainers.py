@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_gen import scenes
+from reference_mllm import scenes
 from data_gen.correctness import normalise
 from data_gen.sources.synthetic_scenes import SyntheticScenes
 from predictor.targets import num_kept

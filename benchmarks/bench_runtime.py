@@ -51,7 +51,7 @@ QWEN3_SIZES = {"qwen3_8b": dict(hidden_size=4096, num_hidden_layers=36, num_atte
 
 def random_qwen3_vl(text: dict, device: str, dtype: torch.dtype, image_px: int, name: str):
     """Qwen3-VL adapter over a random model: language model `text`, a tiny vision tower with 3 DeepStack layers."""
-    from data_gen.hf_build import DEFAULT_WORDS, make_qwen3_vl
+    from reference_mllm.tiny_models import DEFAULT_WORDS, make_qwen3_vl
     from predictor.adapters import get_adapter
 
     with torch.device(device):

@@ -19,7 +19,7 @@ from collections import Counter
 
 import numpy as np
 
-from data_gen import scenes
+from reference_mllm import scenes
 from data_gen.sources.synthetic_scenes import SyntheticScenes
 from predictor.targets import num_kept
 

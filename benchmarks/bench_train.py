@@ -28,11 +28,12 @@ import tempfile
 import time
 
 import torch
+from _planted import write_synthetic_shards
 
 from predictor.config import PredictorConfig
 
 from predictor.model import RelevancePredictor
-from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
+from predictor.training import PredictorModule, ShardDataModule
 
 
 def sync(device: str) -> None:

@@ -3,7 +3,7 @@
     python benchmarks/bench_video_arch.py                         # CPU: a few minutes
     python benchmarks/bench_video_arch.py --samples 3000 --epochs 20 --widths 32 64 128 256 512
 
-Writes temporal planted-pattern shards (`predictor.training.synthetic.planted_clip`: the object is in
+Writes temporal planted-pattern shards (`planted_clip` in tests/synthetic_shards.py: the object is in
 t // 4 consecutive frames, a distractor that layer 0 sees as strongly drifts through all of them),
 trains each architecture on the same train/val split with the same recipe, and prints the
 validation metrics at the last epoch, with layer-0 attention used directly and random scores as
@@ -18,11 +18,12 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from _planted import write_synthetic_shards
 
 from predictor.config import PredictorConfig
 
 from predictor.model import RelevancePredictor
-from predictor.training import PredictorModule, ShardDataModule, write_synthetic_shards
+from predictor.training import PredictorModule, ShardDataModule
 
 ARCHS = {  # name -> (arch, inputs, kernel_size)
     "conv1d": ("conv1d", ["attn"], 5),

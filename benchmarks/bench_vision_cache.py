@@ -33,7 +33,7 @@ def main() -> None:
     from PIL import Image
 
     from data_gen.explainers import get_explainer
-    from data_gen.hf_build import DEFAULT_WORDS, make_qwen2_vl
+    from reference_mllm.tiny_models import DEFAULT_WORDS, make_qwen2_vl
     from predictor.adapters import get_adapter
     from predictor.adapters.attention import ATTN_IMPL, register
 

@@ -5,7 +5,7 @@
     python benchmarks/diagnose_gae.py --rule abs                    # the project's default rule
 
 The reference model answers through two attention hops that its training guides on head 0
-(data_gen/reference_train): in layer 1 the question's naming word ("red") attends to the object, in
+(reference_mllm/train): in layer 1 the question's naming word ("red") attends to the object, in
 layer 2 the answer position attends to that word. gae's relevance of the object is (about) the
 product of the rule's entries along that path, Abar = mean over heads of max(dScore/dA * A, 0). For
 correctly answered test scenes this prints gae's rank of the named object's main token and, for the
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from _answered import answered, scene_source
-from data_gen import scenes
+from reference_mllm import scenes
 from data_gen.explainers._common import answer_scores
 from predictor.targets import num_kept
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from predictor.training import write_synthetic_shards
+from _planted import write_synthetic_shards
 
 
 def main() -> None:

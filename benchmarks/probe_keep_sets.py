@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from _answered import answered, scene_source
-from data_gen import scenes
+from reference_mllm import scenes
 from data_gen.correctness import normalise
 from predictor.runtime import make_context
 from predictor.runtime.generate import prune_context

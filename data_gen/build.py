@@ -48,7 +48,7 @@ def resolve_model_path(path: str) -> str:
         except Exception:
             pass
     hint = ("the reference model is committed in the repository (restore it with: git checkout -- "
-            "checkpoints/reference-qwen2vl) and can be rebuilt with: python -m data_gen.reference_train"
+            "checkpoints/reference-qwen2vl) and can be rebuilt with: python -m reference_mllm.train"
             if "reference-qwen2vl" in path else
             f"download it first (hf download {path if '/' in path else '<org/name>'} --local-dir <dir>, "
             "huggingface_hub's CLI) and set model.path=<dir>")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from data_gen.text import normalise
+from predictor.text import normalise
 
 # a reference given as a bare option letter, optionally bracketed and followed by the option text
 _REF_LETTER = re.compile(r"^\s*[\(\[]?([A-Za-z])[\)\]\.:]?(\s+.*)?$", re.DOTALL)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from data_gen.choice import listed_options, option_letter, reference_option, stated_letter
-from data_gen.text import normalise
+from predictor.text import normalise
 
 MODES = ("auto", "exact", "choice", "vqa", "none")
 __all__ = ["MODES", "is_correct", "normalise", "option_letter", "score", "stated_letter"]

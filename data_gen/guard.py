@@ -18,8 +18,8 @@ def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: 
                         allow_version_change: bool = False) -> None:
     """Resuming a job whose folder holds `path` is only safe with the settings that made it: write
     `settings` there on the first run; on later runs raise ValueError (nothing done yet) naming every
-    key that differs (keys in `ignore` may differ). `why` says what resuming would spoil. A key the
-    file does not have (recorded by an older version) cannot be checked: it is added, with a warning.
+    key that differs (keys in `ignore` may differ), a key the file does not record included. `why` says
+    what resuming would spoil.
 
     `settings["versions"]` (predictor.versions) is checked for torch and transformers: another release of
     either is refused with both versions named, unless `allow_version_change` (the config key of that
@@ -28,17 +28,13 @@ def check_same_settings(path: Path, settings: dict[str, Any], why: str, ignore: 
         old = json.loads(path.read_text())
         _check_versions(path, old.get("versions"), settings.get("versions"), allow_version_change)
         ignore = (*ignore, "versions")
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and k in old and old[k] != v}
+        diff = {k: v for k, v in settings.items() if k not in ignore and (k not in old or old[k] != v)}
         if diff:
-            what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            what = "; ".join(f"{k}: {old[k]!r} there, {v!r} now" if k in old else f"{k}: not recorded there, {v!r} now"
+                             for k, v in diff.items())
             raise ValueError(f"{path.parent} was made with other settings ({what}). {why} Write to a new "
                              f"folder (out=...), or delete {path.parent} to start over.")
-        unknown = sorted(set(settings) - set(old))
-        if not unknown:
-            return
-        log.warning("%s does not record %s (an older version wrote it): resuming assumes they were %s",
-                    path, ", ".join(unknown), {k: settings[k] for k in unknown})
-        settings = {**settings, **old}
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -46,7 +46,7 @@ def held_out(export_cfg: dict[str, Any], fid: dict[str, Any], predictor: str | N
     vf = fid.get("val_fraction") or trained.get("val_fraction")
     if vf is None:
         raise ValueError(f"{predictor}/config.json does not record the training split's val_fraction "
-                         "(exported before it was recorded); set fidelity.val_fraction=<the "
+                         "(it was saved without a training record); set fidelity.val_fraction=<the "
                          "data.val_fraction it was trained with>, or fidelity.val_only=false")
     return _check_local(HeldOut(shards, float(vf), f"keys of {shards} held out by hash (val_fraction {vf:g})"))
 
@@ -62,7 +62,7 @@ def _recorded(trained: dict[str, Any], predictor: str, fid: dict[str, Any]) -> H
         found = HeldOut(trained["shards"], float(vf),
                         f"keys of {trained['shards']} held out by hash in training (val_fraction {vf:g})")
     else:
-        return (f"{predictor}/config.json records no held-out shards (exported before trained_on recorded them); "
+        return (f"{predictor}/config.json records no held-out shards (it was saved without a training record); "
                 "set fidelity.shards=<the shards it was trained on> to score their held-out keys")
     try:
         return _check_local(found)

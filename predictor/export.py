@@ -13,7 +13,6 @@ its files 0644 whatever the umask, so other users of a shared cluster can load i
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -26,8 +25,6 @@ from safetensors.torch import load_file, save_file
 from predictor.config import PredictorConfig
 from predictor.model import RelevancePredictor
 from predictor.schema import MODALITIES, SCHEMA_VERSION, SUPPORTED_VERSIONS
-
-log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "relevance-predictor"
 EXPORT_VERSION = 1
@@ -131,8 +128,8 @@ def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
 
 def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
-    """config.json of an export, with its format, versions, modality and predictor section validated.
-    `modality` is always set: exports older than the field get trained_on's, else "image" (with a warning)."""
+    """config.json of an export, with its format, versions, modality and predictor section validated. A format
+    change bumps EXPORT_VERSION, and a folder of another version is refused with a message to re-export it."""
     file = Path(path) / CONFIG_NAME
     try:
         config = json.loads(file.read_text())
@@ -158,18 +155,11 @@ def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_modality(config: dict[str, Any], file: Path) -> str:
-    if "modality" in config:
-        if config["modality"] not in MODALITIES:
-            raise ValueError(f"{file}: field 'modality': expected 'image' or 'video', found {config['modality']!r}; "
-                             "set it to what the predictor was trained on, or re-export it")
-        return config["modality"]
-    trained = config.get("trained_on")
-    recorded = trained.get("modality") if isinstance(trained, dict) else None
-    if recorded in MODALITIES:
-        return recorded
-    log.warning("%s has no 'modality' field and trained_on.modality is %r: assuming 'image'; add "
-                '"modality": "video" to it if it was trained on video', file, recorded)
-    return "image"
+    if config.get("modality") not in MODALITIES:
+        found = repr(config["modality"]) if "modality" in config else "no such field"
+        raise ValueError(f"{file}: field 'modality': expected 'image' or 'video', found {found}; "
+                         "set it to what the predictor was trained on, or re-export it")
+    return config["modality"]
 
 
 def check_weights(path: str | os.PathLike, cfg: PredictorConfig) -> None:

@@ -60,7 +60,7 @@ _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: _Conv3d}
 
 
 def _norm(kind: str, c: int) -> nn.Module:
-    """A norm over (M, C) tokens; BatchNorm1d there has BatchNorm2d's state-dict keys (older exports load)."""
+    """A norm over (M, C) tokens: the conv output flattened to channels, whatever the dimensionality."""
     if kind == "layer":
         return _ChannelNorm(c)
     if kind == "batch":

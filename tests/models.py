@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from data_gen.hf_build import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
+from reference_mllm.tiny_models import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
 
 # family -> adapter name that loads it
 ADAPTER_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",

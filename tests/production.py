@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from predictor.training import PredictorModule, write_synthetic_shards
+from synthetic_shards import write_synthetic_shards
+
+from predictor.training import PredictorModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

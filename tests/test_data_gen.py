@@ -177,7 +177,7 @@ def test_abort_past_failure_rate(tmp_path):
 
 
 def test_missing_model_path_says_how_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="reference-qwen2vl.*reference_train"):
+    with pytest.raises(FileNotFoundError, match="reference-qwen2vl.*reference_mllm.train"):
         resolve_model_path(str(tmp_path / "reference-qwen2vl"))
     with pytest.raises(FileNotFoundError, match="model.path"):
         resolve_model_path(str(tmp_path / "nowhere"))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from production import planned_steps, write_uneven_shards
+from synthetic_shards import write_synthetic_shards
 
-from predictor.training import ShardDataModule, write_synthetic_shards
+from predictor.training import ShardDataModule
 from predictor.training.streaming import StreamingDataModule
 
 

@@ -16,7 +16,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = ("predictor", "data_gen", "evaluation")
+OWN = ("predictor", "data_gen", "evaluation", "reference_mllm")
 SELF = "relevance-predictor"
 # import name -> distribution for modules that may not be installed here (lmms-eval is installed with --no-deps)
 KNOWN = {"lmms_eval": "lmms-eval", "torchcodec": "torchcodec", "PIL": "pillow", "yaml": "pyyaml"}
@@ -94,7 +94,7 @@ def _under(*prefixes: str) -> list[str]:
 ENTRIES = {
     "core": [m for m in MODULES if m.startswith("predictor") and MODULES[m].parent == ROOT / "predictor"
              and m != "predictor.cli"],
-    "data_gen": _under("data_gen", "predictor.adapters"),
+    "data_gen": _under("data_gen", "predictor.adapters", "reference_mllm"),  # the reference MLLMs: data_gen's stack
     "train": _under("predictor.training", "predictor.cli", "train"),
     "eval": _under("evaluation", "eval", "predictor.runtime"),
     "lmms": _under("predictor.integrations"),

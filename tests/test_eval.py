@@ -23,7 +23,7 @@ def run_eval(**kw):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from data_gen.hf_build import DEFAULT_WORDS, build_qwen2_vl
+    from reference_mllm.tiny_models import DEFAULT_WORDS, build_qwen2_vl
 
     root = tmp_path_factory.mktemp("eval")
     model_dir = build_qwen2_vl(root / "mllm", list(DEFAULT_WORDS))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from data_gen.hf_build import LLAVA_OV_SPECIAL, QWEN2_VL_SPECIAL, build_tokenizer
+from reference_mllm.tokenizer import LLAVA_OV_SPECIAL, QWEN2_VL_SPECIAL, build_tokenizer
 from models import FAMILIES, tiny_image, tiny_models  # noqa: F401 (tiny_models: a fixture)
 
 

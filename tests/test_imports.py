@@ -27,7 +27,7 @@ def test_training_package_imports():
 
 def test_evaluation_and_its_split_need_no_lightning(tmp_path):
     """eval's fidelity check reads shards and the training split without importing Lightning."""
-    from predictor.training import write_synthetic_shards
+    from synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(tmp_path, 20, grids=[(1, 4, 4)], samples_per_shard=20)
     out = run("import sys, torch, evaluation\n"
@@ -44,7 +44,7 @@ def test_packages_import_only_downwards():
     it holds where import-linter is not installed; `lint-imports` (.ci/run) checks every contract."""
     from test_dependencies import MODULES, _imports
 
-    rank = {"predictor": 0, "data_gen": 1, "evaluation": 2}  # bottom to top
+    rank = {"predictor": 0, "reference_mllm": 1, "data_gen": 2, "evaluation": 3}  # bottom to top
     up = sorted((m, o) for m in MODULES if m.split(".")[0] in rank for o in _imports(m)[1]
                 if rank[o.split(".")[0]] > rank[m.split(".")[0]])
     assert not up, f"imports of a higher package (importer, imported): {up}"

@@ -1,7 +1,6 @@
 """Per-modality predictors (issue 13): the export records its modality, the runtime refuses a predictor of
 the other modality unless told otherwise, and training refuses shards that mix modalities."""
 import json
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,14 +46,12 @@ def test_export_refuses_bad_or_contradicting_modality(tmp_path):
         _export(tmp_path, trained_on={"modality": {"image": 3, "video": 2}})
 
 
-def test_older_export_without_modality(tmp_path, caplog):
+def test_export_without_modality_is_refused(tmp_path):
+    """No fallback to trained_on or to "image": a folder without the field is not this export version's."""
     out = _export(tmp_path, trained_on={"modality": "video"})
     _rewrite(out, lambda c: c.pop("modality"))
-    assert load_predictor(out).modality == "video"  # from trained_on
-    _rewrite(out, lambda c: c["trained_on"].pop("modality"))
-    with caplog.at_level(logging.WARNING, logger="predictor.export"):
-        assert load_predictor(out).modality == "image"
-    assert "assuming 'image'" in caplog.text and "config.json" in caplog.text
+    with pytest.raises(ValueError, match=r"config.json: field 'modality': expected 'image' or 'video', found no such"):
+        load_predictor(out)
 
 
 @pytest.mark.parametrize("value", ["audio", 3, None, ["video"]])
@@ -98,7 +95,7 @@ def test_allow_modality_mismatch_is_ignored_by_other_methods():  # eval builds e
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    from predictor.training import write_synthetic_shards
+    from synthetic_shards import write_synthetic_shards
 
     out = tmp_path_factory.mktemp("mixed")
     write_synthetic_shards(out, 12, grids=[(1, 4, 4)], prefix="img", seed=0)
@@ -123,7 +120,8 @@ def test_training_on_mixed_modalities_refused_or_filtered(mixed):
 
 
 def test_data_modality_with_none_of_it_refused(tmp_path):
-    from predictor.training import ShardDataModule, write_synthetic_shards
+    from predictor.training import ShardDataModule
+    from synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(tmp_path, 5, grids=[(1, 4, 4)])
     with pytest.raises(ValueError, match=r"data.modality=video.*no video samples.*5 image"):

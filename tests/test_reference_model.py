@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from data_gen.correctness import normalise
-from data_gen.reference_train import heldout_items
+from data_gen.sources.synthetic_scenes import SyntheticScenes
 
 REF = Path(__file__).resolve().parents[1] / "checkpoints" / "reference-qwen2vl"
 MARGIN = 0.07  # about 2 of 32 scenes
@@ -30,14 +30,17 @@ def test_folder_is_a_small_documented_hf_checkpoint(record):
     size = sum(p.stat().st_size for p in REF.rglob("*") if p.is_file())
     assert size < 10 * 2**20, f"reference model folder is {size / 2**20:.1f} MiB, the limit is 10 MiB"
     card = (REF / "README.md").read_text()
-    assert "not a general MLLM" in card and "python -m data_gen.reference_train" in card
+    assert "not a general MLLM" in card and "python -m reference_mllm.train" in card
     assert record["heldout_accuracy"]["224x224"] >= 0.95
     assert min(record["heldout_accuracy"].values()) >= 0.93  # 2x and 4x the visual tokens too
 
 
 def _heldout(record, size, n):
-    """The first n scenes of the recorded evaluation set at `size`, drawn as in training."""
-    return heldout_items(record["seed"], size, n, record["config"]["scenes"])
+    """The first n scenes of the recorded evaluation set at `size`, drawn as in training (the source's `heldout`
+    split is the stream the training evaluated), with their ground truth."""
+    source = SyntheticScenes(num_items=n, seed=record["seed"], split="heldout", sizes=[size],
+                             **record["config"]["scenes"])
+    return [source[i] for i in range(n)]
 
 
 def _accuracy(adapter, items):

@@ -1,4 +1,4 @@
-"""data_gen.reference_train: the recipe's checks, its scene batches, and a few real steps that save a
+"""reference_mllm.train: the recipe's checks, its scene batches, and a few real steps that save a
 loadable, deterministic model."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_gen import scenes
-from data_gen.reference_train import RefTrainConfig, evaluate, heldout_items, main, train
-from data_gen.reference_train.batches import TrainBatches
+from reference_mllm import scenes
+from reference_mllm.train import RefTrainConfig, evaluate, heldout_items, main, train
+from reference_mllm.train.batches import TrainBatches
 
 TINY = dict(steps=3, visual_tokens_per_step=64, sizes=[[112, 112]], size_weights=[1.0], eval_items=1,
             eval_sizes=[[112, 112]])
@@ -18,7 +18,7 @@ TINY = dict(steps=3, visual_tokens_per_step=64, sizes=[[112, 112]], size_weights
 
 @pytest.fixture(scope="module")
 def processor():
-    from data_gen.hf_build import make_qwen2_vl
+    from reference_mllm.tiny_models import make_qwen2_vl
 
     cfg = RefTrainConfig()
     return make_qwen2_vl(scenes.scene_words(), text=cfg.text, vision=cfg.vision, max_pixels=cfg.max_pixels)[1]
@@ -47,7 +47,7 @@ def test_batches_mark_the_named_object_and_its_naming_word(processor):
 
 
 def test_token_drop_keeps_the_named_object_and_masks_only_visual_tokens(processor):
-    from data_gen.reference_train.batches import drop_tokens
+    from reference_mllm.train.batches import drop_tokens
 
     rng = np.random.default_rng(0)
     named = np.zeros(64, dtype=bool)
@@ -193,7 +193,7 @@ def test_layer0_losses_measure_what_they_push():
     naming word's mass on the object; the guidance the mass along the three lookup hops."""
     import math
 
-    from data_gen.reference_train.losses import guidance, layer0_cue, layer0_position_bias
+    from reference_mllm.train.losses import guidance, layer0_cue, layer0_position_bias
 
     s, h, w = 12, 2, 4  # 2 text tokens, then a 2 x 4 image (positions 2..9), then 2 instruction tokens
     rows = torch.tensor([0.0] * 4 + [1.0] * 4)  # the visual tokens' normalised rows
@@ -221,7 +221,7 @@ def test_layer0_losses_measure_what_they_push():
 def test_a_few_video_steps_save_a_model_the_adapter_loads_and_answers_a_video_prompt(tmp_path):
     """Issue 13: the video reference model's recipe (`--video`) trains on synthetic_video clips through the
     video path (pixel_values_videos, video_grid_thw), and the saved folder answers a clip through the adapter."""
-    from data_gen.reference_train.config import video_config
+    from reference_mllm.train.config import video_config
     from data_gen.sources.synthetic_video import SyntheticVideo
 
     torch.set_num_threads(1)
@@ -245,8 +245,8 @@ def test_a_few_video_steps_save_a_model_the_adapter_loads_and_answers_a_video_pr
 
 
 def test_video_batches_mark_the_named_object_in_its_frames_only(processor):
-    from data_gen import video_scenes
-    from data_gen.reference_train.config import video_config
+    from reference_mllm.clips import object_relevance
+    from reference_mllm.train.config import video_config
 
     tok = processor.tokenizer
     stream = TrainBatches(video_config(steps=1, visual_tokens_per_step=128), processor,
@@ -261,7 +261,7 @@ def test_video_batches_mark_the_named_object_in_its_frames_only(processor):
         q = c.questions[0]
         visual = batch["input_ids"][b] == tok.convert_tokens_to_ids("<|video_pad|>")
         on = target[b][visual].numpy()
-        assert on.sum() >= 1 and (on == (video_scenes.object_relevance(c, q.target) > 0)).all()
+        assert on.sum() >= 1 and (on == (object_relevance(c, q.target) > 0)).all()
         assert set(np.flatnonzero(on) // 16) == {f // 2 for f in q.frames}  # only the frame pairs it is in
         assert tok.convert_ids_to_tokens(int(batch["input_ids"][b, word_pos[b]])) == c.objects[q.target].colour
         assert tok.convert_ids_to_tokens(int(batch["input_ids"][b, type_pos[b]])) == "shape"

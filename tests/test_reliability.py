@@ -273,14 +273,13 @@ def test_resume_with_other_label_settings_is_refused(tmp_path, change):
         check_same_labeller(out, settings(**change))
 
 
-def test_labeller_record_of_an_older_version_is_completed(tmp_path):
+def test_labeller_record_without_a_setting_is_refused(tmp_path):
+    """A setting the record lacks cannot be checked, so resuming is refused rather than assumed."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "labeller.json").write_text(json.dumps({"adapter": "qwen2_vl", "model_fingerprint": "f"}))
-    check_same_labeller(str(out), {"adapter": "qwen2_vl", "model_fingerprint": "f", "max_new_tokens": 16})
-    assert json.loads((out / "labeller.json").read_text())["max_new_tokens"] == 16
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        check_same_labeller(str(out), {"adapter": "qwen2_vl", "model_fingerprint": "f", "max_new_tokens": 8})
+    with pytest.raises(ValueError, match="max_new_tokens: not recorded there, 16 now"):
+        check_same_labeller(str(out), {"adapter": "qwen2_vl", "model_fingerprint": "f", "max_new_tokens": 16})
 
 
 # --- 4. last.ckpt is the latest epoch: kill mid-run, resume from the killed epoch ----------------------------
@@ -308,7 +307,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
 
 def test_last_checkpoint_is_the_latest_epoch_after_a_kill(tmp_path):
-    from predictor.training import write_synthetic_shards
+    from synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(tmp_path / "shards", 120, grids=[(1, 6, 6)], samples_per_shard=120, num_heads=2)
     # lr 0: val/kl never improves after epoch 0, so only a last.ckpt rewritten every epoch has epoch 3 in it

@@ -24,7 +24,7 @@ def _image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def adapter(request, tmp_path_factory):
-    from data_gen.hf_build import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
+    from reference_mllm.tiny_models import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
     from predictor.adapters import get_adapter
 
     out = tmp_path_factory.mktemp(request.param)

@@ -7,16 +7,16 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from production import Recording, planned_steps, production_trainer, write_uneven_shards
+from synthetic_shards import write_damaged_shards, write_synthetic_shards
 
 from predictor.config import PredictorConfig
 
 from predictor.model import RelevancePredictor
 from predictor.schema import SampleError
-from predictor.training import ShardDataModule, write_synthetic_shards
+from predictor.training import ShardDataModule
 from predictor.training.data import make_datamodule
 from predictor.training.epochs import plan_epoch, worker_skips
 from predictor.training.streaming import StreamingDataModule
-from predictor.training.synthetic import write_damaged_shards
 
 INPUTS = ["attn", "attn_heads", "coords"]
 

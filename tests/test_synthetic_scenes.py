@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from data_gen import scenes
 from data_gen.sources import SOURCES, get_source
 from data_gen.sources.synthetic_scenes import SyntheticScenes
+from reference_mllm import scenes
 
 
 def test_registered():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from data_gen.sources.base import get_source
-from data_gen.video_scenes import TEMPORAL_PATCH, ClipConfig
+from reference_mllm.clips import TEMPORAL_PATCH, ClipConfig
 
 TOKEN = 28
 
@@ -91,7 +91,7 @@ def test_bad_clip_settings_are_refused(kw, match):
 def test_no_distractor_shares_a_named_objects_token():
     """A video token merges a frame pair: in the pairs a named object shows in, its cell holds no other object
     in either frame, so its tokens never mix it with a distractor."""
-    from data_gen.video_scenes import make_clip
+    from reference_mllm.clips import make_clip
 
     for seed in range(30):
         clip = make_clip(np.random.default_rng(seed), 112, 112, ClipConfig(num_objects=(10, 10)))

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from predictor.training import write_synthetic_shards
+from synthetic_shards import write_synthetic_shards
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 

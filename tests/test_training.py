@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from synthetic_shards import write_damaged_shards, write_synthetic_shards
 
 from predictor import load_predictor
 from predictor.export import read_export_config
 from predictor.config import PredictorConfig
 from predictor.model import RelevancePredictor
 from predictor.schema import SampleError
-from predictor.training import (EvenBatchSampler, PredictorModule, ShardDataModule, collate, is_val_key,
-                                write_synthetic_shards)
-from predictor.training.synthetic import write_damaged_shards
+from predictor.training import EvenBatchSampler, PredictorModule, ShardDataModule, collate, is_val_key
 
 SMALL = [16, 32, 64]
 
@@ -197,7 +196,7 @@ def test_per_head_input_refuses_shards_without_heads_or_with_other_counts(shards
 
 def test_temporal_clip_ground_truth(tmp_path):
     """The object's frames carry the relevance; layer 0 sees the drifting distractor in every frame as strongly."""
-    from predictor.training.synthetic import planted_clip
+    from synthetic_shards import planted_clip
 
     s = planted_clip("k", (8, 6, 6), np.random.default_rng(0))
     assert s.meta["modality"] == "video" and s.meta["grid"] == [8, 6, 6]

@@ -1,9 +1,9 @@
 """`synthetic_scenes`: drawn scenes whose answer-bearing object, hence true relevance, is known.
 
-Item i is a pure function of (seed, split, i): any rank can draw any item, in any order. The
-splits are disjoint random streams: `train` trains the reference MLLM, `heldout` measures it
+Item i is a pure function of (seed, split, i) (`reference_mllm.streams`): any rank can draw any item, in any
+order. The splits are disjoint random streams: `train` trains the reference MLLM, `heldout` measures it
 (and is the default for label generation), `test` is left for evaluation. The scene defaults
-(`data_gen.scenes.SceneConfig`) are the ones the committed reference MLLM was trained on.
+(`reference_mllm.scenes.SceneConfig`) are the ones the committed reference MLLM was trained on.
 
 Each item's `extra` carries the ground truth (JSON-serialisable, goes into shard metadata):
     gt_relevance: (h*w,) fraction of the answer-bearing object's pixels inside each visual token
@@ -20,27 +20,15 @@ from typing import Sequence
 
 import numpy as np
 
-from data_gen import scenes
 from data_gen.sources.base import SOURCES, Item, Source
+from reference_mllm import scenes
+from reference_mllm.streams import SceneStream
 
-SPLITS = {"train": 0, "heldout": 1, "test": 2}
 _DEFAULT = scenes.SceneConfig()
 
 
 def _gt(scene: scenes.Scene, index: int) -> list[float]:
     return [round(float(v), 6) for v in scenes.object_relevance(scene, index)]
-
-
-def checked_sizes(split: str, sizes: Sequence[Sequence[int]], token_px: int = scenes.TOKEN_PX) -> list[tuple[int, int]]:
-    """A generated source's split and [[height, width], ...] checked (ValueError naming the option)."""
-    if split not in SPLITS:
-        raise ValueError(f"source.split={split!r}: expected one of {', '.join(SPLITS)}")
-    out = [tuple(int(v) for v in s) for s in sizes]
-    if not out or any(len(s) != 2 for s in out):
-        raise ValueError(f"source.sizes={sizes!r}: expected a non-empty list of [height, width]")
-    for h, w in out:
-        scenes.check_size(h, w, token_px)
-    return out
 
 
 # Items are drawn on demand, so the stream is long: a run takes its first `max_items` (data_gen's and
@@ -49,7 +37,7 @@ STREAM_LENGTH = 1_000_000
 
 
 @SOURCES.register("synthetic_scenes")
-class SyntheticScenes(Source):
+class SyntheticScenes(SceneStream, Source):
     scale_options = ("sizes",)  # larger images, more cells: more visual tokens
     cell_sized = True  # draws per visual-token cell: data_gen/eval pass the adapter's token_px
     unique_ids = True  # ids are (split, seed, index): data_gen need not draw every scene to look for repeats
@@ -60,28 +48,16 @@ class SyntheticScenes(Source):
                  question_types: Sequence[str] = _DEFAULT.question_types, clutter: int = _DEFAULT.clutter,
                  placement: str = _DEFAULT.placement, token_px: int = scenes.TOKEN_PX):
         """sizes: [[height, width], ...] in px, multiples of token_px (the side of one visual token's cell);
-        item i draws one of them at random. The rest is `data_gen.scenes.SceneConfig` (objects per scene,
+        item i draws one of them at random. The rest is `reference_mllm.scenes.SceneConfig` (objects per scene,
         their size, question types, clutter, placement)."""
         if num_items < 0:
             raise ValueError(f"source.num_items={num_items}: expected >= 0")
-        self.token_px = int(token_px)
-        self.sizes = checked_sizes(split, sizes, self.token_px)
-        self.num_items, self.seed, self.split = int(num_items), int(seed), split
-        self.config = scenes.SceneConfig(num_objects=tuple(num_objects), radius=tuple(radius),
-                                         question_types=tuple(question_types), clutter=int(clutter),
-                                         placement=str(placement))
+        config = scenes.SceneConfig(num_objects=tuple(num_objects), radius=tuple(radius),
+                                    question_types=tuple(question_types), clutter=int(clutter),
+                                    placement=str(placement))
+        SceneStream.__init__(self, num_items, seed, split, sizes, config, token_px)
         scenes.make_scene(np.random.default_rng(0), *self.sizes[0], config=self.config,
                           token_px=self.token_px)  # bad settings fail here
-
-    def __len__(self) -> int:
-        return self.num_items
-
-    def scene(self, i: int) -> scenes.Scene:
-        if not 0 <= i < self.num_items:
-            raise IndexError(f"item {i} out of range for {self.num_items} synthetic scenes")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
-        h, w = self.sizes[int(rng.integers(len(self.sizes)))]
-        return scenes.make_scene(rng, h, w, config=self.config, token_px=self.token_px)
 
     def __getitem__(self, i: int) -> Item:
         s = self.scene(i)

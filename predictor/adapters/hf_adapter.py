@@ -116,7 +116,7 @@ class HFAdapter(Adapter):
                                                   tokenize=False)
         if video is None and fps is not None:
             raise ValueError(f"fps={fps} was given with an image; fps describes video frames: pass video= or drop fps")
-        media = {"images": [image]} if video is None else self._video_kwargs(video, fps)
+        media = {"images": [image]} if video is None else self.video_kwargs(video, fps)
         inputs = self.processor(text=[text], return_tensors="pt", **media, **self._processor_kwargs())
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         ids = inputs["input_ids"][0].cpu()
@@ -128,10 +128,11 @@ class HFAdapter(Adapter):
                         modality=modality, segments=segments, extra={"prompt_text": text})
 
     @staticmethod
-    def _video_kwargs(video: Any, fps: float | None) -> dict:
+    def video_kwargs(video: Any, fps: float | None) -> dict:
         """Processor arguments for one clip of already sampled frames: the processor samples none
         (frame sampling is the source's job), and the true fps travels as video metadata, which is
-        where Qwen2.5-VL reads its frame timing (second_per_grid_ts) from."""
+        where Qwen2.5-VL reads its frame timing (second_per_grid_ts) from. Public: the reference MLLMs
+        train on exactly these inputs (reference_mllm.train)."""
         if isinstance(video, (str, os.PathLike)):  # the metadata below would count characters, not frames
             raise ValueError(f"video={str(video)!r} is a path; prepare() takes decoded frames: decode and sample "
                              f"the file first (the video sources do, with torchcodec)")

@@ -55,9 +55,7 @@ class Qwen2VLAdapter(HFAdapter):
         kw = {"image_grid_thw": inputs.get("image_grid_thw"), "video_grid_thw": inputs.get("video_grid_thw")}
         if "second_per_grid_ts" in inputs:  # Qwen2.5-VL video timing
             kw["second_per_grid_ts"] = inputs["second_per_grid_ts"]
-        mm = inputs.get("mm_token_type_ids")
-        if mm is None:  # older processors: derive the modality of every token
-            mm = (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
+        mm = inputs["mm_token_type_ids"]  # each token's modality, from the processor (transformers >= 5.23)
         pos, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=mm, **kw)  # (3, 1, S)
         if answer_len:
             nxt = pos[..., -1].amax() + 1  # the last prompt token is text: its three ids are equal

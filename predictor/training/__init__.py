@@ -2,7 +2,8 @@
 
 ShardDataModule and StreamingDataModule (shards -> padded batches; their one data policy is
 `datamodule.DataModule`), PredictorModule (KL loss, optimiser, schedule, validation metrics),
-RelevanceFigureCallback, export helpers and planted-pattern shards for tests.
+RelevanceFigureCallback and export helpers (tests/synthetic_shards.py writes planted-pattern shards
+for the tests).
 Names are imported on first use, so `predictor.training.shards` (webdataset only) can find
 shards, or fail with its message, before Lightning's multi-second import.
 """
@@ -13,7 +14,6 @@ _WHERE = {
     "make_datamodule": "data", "collate": "batches", "is_val_key": "datamodule",
     "export_checkpoint": "export", "export_module": "export", "headline": "export", "RelevanceFigureCallback": "figures",
     "PredictorModule": "module", "read_shards": "shards", "resolve_shards": "shards",
-    "write_synthetic_shards": "synthetic",
 }
 __all__ = list(_WHERE)
 

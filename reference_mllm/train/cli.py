@@ -1,17 +1,17 @@
-"""`python -m data_gen.reference_train [options]`: the command line over `RefTrainConfig`."""
+"""`python -m reference_mllm.train [options]`: the command line over `RefTrainConfig`."""
 from __future__ import annotations
 
 import argparse
 import json
 
-from data_gen.reference_train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
-from data_gen.reference_train.loop import train
+from reference_mllm.train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
+from reference_mllm.train.loop import train
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data_gen.reference_train import __doc__ as doc
+    from reference_mllm.train import __doc__ as doc
 
-    p = argparse.ArgumentParser(prog="python -m data_gen.reference_train", description=doc.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reference_mllm.train", description=doc.split("\n\n")[0])
     p.add_argument("--video", action="store_true",
                    help=f"train the video reference model on synthetic_video clips (config.video_config; default "
                         f"--out {VIDEO_OUT}, --steps {video_config().steps})")

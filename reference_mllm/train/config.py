@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_gen.scenes import SceneConfig
-from data_gen.video_scenes import ClipConfig
+from reference_mllm.clips import ClipConfig
+from reference_mllm.scenes import SceneConfig
 
 DEFAULT_OUT = "checkpoints/reference-qwen2vl"
 VIDEO_OUT = "checkpoints/reference-qwen2vl-video"
@@ -46,13 +46,13 @@ class RefTrainConfig:
     # (height, width) px and how often each is drawn; 224x224 is the main size
     sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 224]])
     size_weights: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
-    # the scenes (data_gen.scenes.SceneConfig): synthetic_scenes' defaults, so that the source as a user
+    # the scenes (reference_mllm.scenes.SceneConfig): synthetic_scenes' defaults, so that the source as a user
     # builds it asks what this model was trained to answer
     scenes: dict = field(default_factory=lambda: SceneConfig().to_dict())
     # "video": train on `synthetic_video` clips (frame pairs x 28 px cells) instead of images; `video_config`
     # is the video reference model's recipe
     modality: str = "image"
-    # the clips (data_gen.video_scenes.ClipConfig), used when modality="video": synthetic_video's defaults
+    # the clips (reference_mllm.clips.ClipConfig), used when modality="video": synthetic_video's defaults
     clips: dict = field(default_factory=lambda: ClipConfig().to_dict())
     eval_items: int = 200  # held-out scenes per evaluated size
     eval_sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 448]])
@@ -91,7 +91,7 @@ class RefTrainConfig:
 
 
 def video_config(**changes) -> RefTrainConfig:
-    """The video reference model's recipe (`python -m data_gen.reference_train --video`): the image recipe on
+    """The video reference model's recipe (`python -m reference_mllm.train --video`): the image recipe on
     synthetic_video's 112 x 112 x 8-frame clips (64 video tokens), with `changes` on top."""
     video = dict(out=VIDEO_OUT, modality="video", steps=2200, sizes=[[112, 112]], size_weights=[1.0],
                  eval_sizes=[[112, 112]])

@@ -11,7 +11,7 @@ Visual tokens follow Qwen2-VL's video layout: frames are merged in pairs (tempor
 pair into (h, w) cells of `token_px` (28 by default; the adapter's, e.g. 32 for Qwen3-VL), token order
 t-major then row-major. The ground truth of a token
 (t, y, x) is the share of the named object's pixels, over every frame it is visible in, that fall
-in cell (y, x) of frames 2t and 2t + 1. Objects use `data_gen.scenes`' shapes, colours, cell
+in cell (y, x) of frames 2t and 2t + 1. Objects use `reference_mllm.drawing`'s shapes, colours, cell
 placement and rasteriser, so the ground truth can be recomputed from the drawn frames.
 """
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_gen import scenes
-from data_gen.scenes import COLOURS, SHAPES, TOKEN_PX, SceneObject
+from reference_mllm import drawing
+from reference_mllm.drawing import COLOURS, SHAPES, TOKEN_PX, SceneObject
 
 TEMPORAL_PATCH = 2  # Qwen2-VL / Qwen2.5-VL merge frames in pairs
+FPS = 2.0  # the clips' nominal frame rate: 8 frames = 4 seconds
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ClipConfig:
     num_frames: int = 8  # a multiple of TEMPORAL_PATCH
     num_objects: tuple[int, int] = (6, 10)  # [min, max] distractors plus the two named objects
     target_frames: int = 2  # frames in which each named object is visible (consecutive)
-    radius: tuple[int, int] = scenes.CELL_RADIUS
+    radius: tuple[int, int] = drawing.CELL_RADIUS
 
     def __post_init__(self) -> None:
         for name in ("num_objects", "radius"):
@@ -88,8 +89,8 @@ def object_relevance(clip: Clip, index: int) -> np.ndarray:
     obj = clip.objects[index]
     for f, pos in enumerate(clip.tracks[index]):
         if pos is not None:
-            counts[f // TEMPORAL_PATCH] += scenes.cell_counts(
-                scenes.object_mask(_at(obj, *pos), clip.height, clip.width), clip.token_px)
+            counts[f // TEMPORAL_PATCH] += drawing.cell_counts(
+                drawing.object_mask(_at(obj, *pos), clip.height, clip.width), clip.token_px)
     counts = counts.reshape(-1)
     return (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
@@ -97,7 +98,7 @@ def object_relevance(clip: Clip, index: int) -> np.ndarray:
 def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, config: ClipConfig = ClipConfig(),
               token_px: int = TOKEN_PX) -> Clip:
     """Draw one clip and its questions (see the module docstring); token_px: the model's visual-token cell."""
-    scenes.check_size(height, width, token_px)
+    drawing.check_size(height, width, token_px)
     h, w = height // token_px, width // token_px
     lo, hi = config.num_objects
     n = min(int(rng.integers(lo, hi + 1)), h * w)
@@ -107,7 +108,7 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
     free = [c for c in COLOURS if c not in colours]
     colours += [free[int(rng.integers(len(free)))] for _ in range(n - 2)]
     shapes = [SHAPES[int(rng.integers(len(SHAPES)))] for _ in range(n)]
-    fills = scenes._fills(rng, colours)
+    fills = drawing.fills(rng, colours)
     radii = [int(rng.integers(config.radius[0], config.radius[1] + 1)) for _ in range(n)]
 
     # the two named objects: one cell each, visible in their own runs of frames
@@ -116,7 +117,7 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
     home = [int(c) for c in rng.choice(h * w, size=2, replace=False)]
     tracks: list[list[tuple[int, int] | None]] = []
     for k in range(2):
-        pos = scenes.cell_centre(rng, home[k], w, radii[k], token_px)
+        pos = drawing.cell_centre(rng, home[k], w, radii[k], token_px)
         tracks.append([pos if f in visible[k] else None for f in range(config.num_frames)])
     pairs = [{f // TEMPORAL_PATCH for f in v} for v in visible]
     # distractors: a free cell per frame (never a named object's cell in its frame pairs), so they move
@@ -128,20 +129,20 @@ def make_clip(rng: np.random.Generator, height: int = 112, width: int = 112, con
             taken = ({home[j] for j in range(2) if f // TEMPORAL_PATCH in pairs[j]}
                      | set(_cells_at(tracks[2:k], f, w, token_px)))
             cells = [c for c in range(h * w) if c not in taken]
-            track.append(scenes.cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k], token_px)
+            track.append(drawing.cell_centre(rng, cells[int(rng.integers(len(cells)))], w, radii[k], token_px)
                          if cells else None)
         tracks.append(track)
 
     first = [next(p for p in tr if p is not None) for tr in tracks]
     objects = [SceneObject(shapes[k], colours[k], fills[k], *first[k], radii[k]) for k in range(n)]
-    background = scenes._background(rng, height, width)
+    background = drawing.background(rng, height, width)
     frames = []
     for f in range(config.num_frames):
         img = Image.fromarray(background)
         draw = ImageDraw.Draw(img)
         for k in range(n):
             if tracks[k][f] is not None:
-                scenes._draw_shape(draw, _at(objects[k], *tracks[k][f]), objects[k].fill)
+                drawing.draw_shape(draw, _at(objects[k], *tracks[k][f]), objects[k].fill)
         frames.append(img)
     questions = [ClipQuestion(k, tuple(sorted(visible[k])), f"What shape was the {colours[k]} object?", shapes[k])
                  for k in range(2)]
@@ -154,7 +155,7 @@ def _cells_at(tracks: list[list[tuple[int, int] | None]], f: int, w: int, px: in
 
 def token_labels(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
     """Per video token (t, y, x), the colour and shape index of the object covering most of cell (y, x) in
-    frame 2t or 2t + 1 (as `scenes.token_labels` for one image; the reference model's auxiliary loss).
+    frame 2t or 2t + 1 (as `reference_mllm.scenes.token_labels` for one image; the reference model's auxiliary loss).
 
     -> (colour (t*h*w,) int64, shape (t*h*w,) int64); 0 = background, i+1 = COLOURS/SHAPES entry i.
     """
@@ -168,10 +169,10 @@ def token_labels(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
         for f, pos in enumerate(track):
             if pos is None:
                 continue
-            share = scenes.cell_counts(scenes.object_mask(_at(obj, *pos), clip.height, clip.width), clip.token_px)
+            share = drawing.cell_counts(drawing.object_mask(_at(obj, *pos), clip.height, clip.width), clip.token_px)
             share = share.reshape(-1) / clip.token_px ** 2
             pair = f // TEMPORAL_PATCH
-            take = (share >= scenes.MIN_CELL_SHARE) & (share > best[pair])
+            take = (share >= drawing.MIN_CELL_SHARE) & (share > best[pair])
             best[pair, take] = share[take]
             colour[pair, take] = colour_ids[obj.colour]
             shape[pair, take] = shape_ids[obj.shape]

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_gen import scenes, video_scenes
-from data_gen.sources.synthetic_scenes import SyntheticScenes
-from data_gen.sources.synthetic_video import FPS, SyntheticVideo
+from reference_mllm import clips, scenes
+from reference_mllm.clips import FPS
+from reference_mllm.streams import ClipStream, SceneStream
 
 
 def chat_prompt(processor: Any, instruction: str, modality: str = "image") -> str:
@@ -24,7 +24,7 @@ def media_inputs(image: Any = None, video: Any = None, fps: float | None = None)
     them (no resampling; the fps as metadata), so that training sees the inputs inference sees."""
     from predictor.adapters.hf_adapter import HFAdapter
 
-    return {"images": [image]} if video is None else HFAdapter._video_kwargs(video, fps)
+    return {"images": [image]} if video is None else HFAdapter.video_kwargs(video, fps)
 
 
 def make_batch(processor: Any, examples: list[tuple[Any, str, str]], eos_id: int, pad_id: int,
@@ -75,10 +75,10 @@ class Example:
     grid: tuple[int, int, int]  # (t, h, w) visual tokens
 
 
-def example(drawn: scenes.Scene | video_scenes.Clip) -> Example:
-    if isinstance(drawn, video_scenes.Clip):
+def example(drawn: scenes.Scene | clips.Clip) -> Example:
+    if isinstance(drawn, clips.Clip):
         q = drawn.questions[0]
-        named, (colour, shape) = video_scenes.object_relevance(drawn, q.target) > 0, video_scenes.token_labels(drawn)
+        named, (colour, shape) = clips.object_relevance(drawn, q.target) > 0, clips.token_labels(drawn)
         return Example(drawn.frames, q.text, q.answer, drawn.objects[q.target].colour, "shape", named, colour, shape,
                        drawn.grid)
     q = drawn.questions[0]
@@ -87,18 +87,34 @@ def example(drawn: scenes.Scene | video_scenes.Clip) -> Example:
                    scenes.object_relevance(drawn, drawn.target) > 0, colour, shape, drawn.grid)
 
 
-def heldout_items(seed: int, size: list[int], n: int, scene_config: dict, modality: str = "image") -> list:
+@dataclass(frozen=True)
+class Asked:
+    """One held-out question as `loop.evaluate` reads it; the pipeline's `Item` has the same fields, so evaluate
+    takes the `synthetic_scenes` / `synthetic_video` items of the same split too."""
+
+    instruction: str
+    answer: str
+    image: Any = None
+    video: Any = None
+    fps: float | None = None
+    modality: str = "image"
+
+
+def heldout_items(seed: int, size: list[int], n: int, scene_config: dict, modality: str = "image") -> list[Asked]:
     """The first n held-out scenes (video: clips, `scene_config` a ClipConfig dict) of one size, drawn as the
-    reference model's training scenes were."""
-    cls = SyntheticScenes if modality == "image" else SyntheticVideo
-    source = cls(num_items=n, seed=seed, split="heldout", sizes=[size], **scene_config)
-    return [source[i] for i in range(n)]
+    reference model's training scenes were (the `synthetic_scenes` / `synthetic_video` sources' `heldout` split)."""
+    if modality == "image":
+        stream = SceneStream(n, seed, "heldout", [size], scenes.SceneConfig(**scene_config))
+        return [Asked(s.question, s.answer, image=s.image) for s in map(stream.scene, range(n))]
+    stream = ClipStream(n, seed, "heldout", [size], clips.ClipConfig(**scene_config))
+    return [Asked(c.questions[0].text, c.questions[0].answer, video=c.frames, fps=FPS, modality="video")
+            for c in map(stream.clip, range(n))]
 
 
 def batch_size(cfg, size: list[int]) -> int:
     """Scenes (clips) per step at `size`: the same visual-token budget per step at every size."""
     h, w = size
-    frames = 1 if cfg.modality == "image" else cfg.clips["num_frames"] // video_scenes.TEMPORAL_PATCH
+    frames = 1 if cfg.modality == "image" else cfg.clips["num_frames"] // clips.TEMPORAL_PATCH
     return max(1, cfg.visual_tokens_per_step // ((h // scenes.TOKEN_PX) * (w // scenes.TOKEN_PX) * frames))
 
 
@@ -142,9 +158,9 @@ class TrainBatches(torch.utils.data.IterableDataset):
         self.cfg, self.processor, self.eos_id, self.pad_id = cfg, processor, eos_id, pad_id
         self.image_token_id = image_token_id
         self.per_step = max(batch_size(cfg, s) for s in cfg.sizes)
-        cls, options = (SyntheticScenes, cfg.scenes) if cfg.modality == "image" else (SyntheticVideo, cfg.clips)
-        self.sources = [cls(num_items=cfg.steps * self.per_step, seed=cfg.seed, split="train", sizes=[s], **options)
-                        for s in cfg.sizes]
+        stream, config = ((SceneStream, scenes.SceneConfig(**cfg.scenes)) if cfg.modality == "image"
+                          else (ClipStream, clips.ClipConfig(**cfg.clips)))
+        self.sources = [stream(cfg.steps * self.per_step, cfg.seed, "train", [s], config) for s in cfg.sizes]
         self.weights = np.asarray(cfg.size_weights, dtype=np.float64) / sum(cfg.size_weights)
 
     def scene_indices(self, step: int) -> tuple[int, range]:
@@ -161,7 +177,7 @@ class TrainBatches(torch.utils.data.IterableDataset):
             draw = self.sources[k].scene if self.cfg.modality == "image" else self.sources[k].clip
             yield self.encode([draw(i) for i in items], np.random.default_rng([self.cfg.seed, step, 1]))
 
-    def encode(self, drawn: list[scenes.Scene] | list[video_scenes.Clip], rng: np.random.Generator | None = None):
+    def encode(self, drawn: list[scenes.Scene] | list[clips.Clip], rng: np.random.Generator | None = None):
         """rng: draws the dropped tokens (None: nothing dropped)."""
         drawn = [example(d) for d in drawn]
         batch = make_batch(self.processor, [(d.media, d.question, d.answer) for d in drawn], self.eos_id, self.pad_id,

@@ -1,7 +1,7 @@
 """The model card (README.md) written next to the reference MLLM's weights."""
 from __future__ import annotations
 
-from data_gen import scenes
+from reference_mllm import scenes
 
 BAR = 0.95  # held-out accuracy the reference model must reach with all visual tokens
 
@@ -25,7 +25,7 @@ def model_card(record: dict) -> str:
 distractor strokes, and the questions {" and ".join(asked[q] for q in sc["question_types"])}, where the named
 colour or shape is unique in the scene."""
     name, flag, heldout = "reference-qwen2vl", "", "`synthetic_scenes` split `heldout`"
-    settings, sized = "`data_gen.scenes.SceneConfig`", "image"
+    settings, sized = "`reference_mllm.scenes.SceneConfig`", "image"
     if video:
         cl = cfg["clips"]
         lo, hi = cl["num_objects"]
@@ -34,7 +34,7 @@ video tokens) of {lo}-{hi} objects ({len(scenes.COLOURS)} colours x {len(scenes.
 28 x 28 px cell; the distractors move from cell to cell, the named object (a colour no other object has) is
 visible in only {cl['target_frames']} consecutive frames, and the question is "What shape was the <colour> object?"."""
         name, flag, heldout = "reference-qwen2vl-video", " --video", "`synthetic_video` split `heldout`"
-        settings, sized = "`data_gen.video_scenes.ClipConfig`", "frame"
+        settings, sized = "`reference_mllm.clips.ClipConfig`", "frame"
     return f"""# {name}: a test model for this pipeline, not a general MLLM
 {status}
 A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture (transformers'
@@ -54,7 +54,7 @@ adapter = load_adapter("qwen2_vl", "checkpoints/{name}")
 
 ## Training
 
-    python -m data_gen.reference_train{flag} --seed {record['seed']} --steps {record['steps']}
+    python -m reference_mllm.train{flag} --seed {record['seed']} --steps {record['steps']}
 
 {record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
 seed and thread count give byte-identical weights), {sized} sizes {cfg['sizes']} drawn with weights

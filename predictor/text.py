@@ -1,4 +1,5 @@
-"""Answer text normalisation shared by the correctness modes and the option extraction."""
+"""Answer text normalisation: one rule for data_gen's correctness modes and option extraction, and for the
+reference MLLMs' held-out accuracy (reference_mllm), which may not import data_gen."""
 from __future__ import annotations
 
 import re

@@ -11,18 +11,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data_gen import scenes
-from data_gen.correctness import normalise
-from data_gen.reference_train.batches import TrainBatches, chat_prompt, heldout_items, media_inputs
-from data_gen.reference_train.card import model_card
-from data_gen.reference_train.config import RefTrainConfig
-from data_gen.reference_train.losses import AuxHead, guidance, layer0_cue, layer0_position_bias
+from predictor.text import normalise
+from reference_mllm import scenes
+from reference_mllm.train.batches import TrainBatches, chat_prompt, heldout_items, media_inputs
+from reference_mllm.train.card import model_card
+from reference_mllm.train.config import RefTrainConfig
+from reference_mllm.train.losses import AuxHead, guidance, layer0_cue, layer0_position_bias
 
 
 @torch.no_grad()
 def evaluate(model: Any, processor: Any, items: list, max_new_tokens: int = 4) -> float:
     """Answer accuracy with greedy generation from the chat-template prompt (normalised exact match); items are
-    image or video `Item`s."""
+    image or video questions (`batches.Asked`, or the pipeline's `Item`s)."""
     model.eval()
     correct = 0
     for item in items:
@@ -36,7 +36,7 @@ def evaluate(model: Any, processor: Any, items: list, max_new_tokens: int = 4) -
 
 def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
     """Train, evaluate on held-out scenes at each `eval_sizes`, save to `cfg.out`; -> the record."""
-    from data_gen.hf_build import make_qwen2_vl, save_model
+    from reference_mllm.tiny_models import make_qwen2_vl, save_model
 
     cfg.validate()
     torch.set_num_threads(cfg.threads)

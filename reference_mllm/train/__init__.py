@@ -1,17 +1,17 @@
 """Train the reference MLLM: a small Qwen2-VL, from scratch, on `synthetic_scenes`.
 
-    python -m data_gen.reference_train                    # -> checkpoints/reference-qwen2vl/
-    python -m data_gen.reference_train --steps 200 --out /tmp/ref   # a quick look
-    python -m data_gen.reference_train --video            # -> checkpoints/reference-qwen2vl-video/
+    python -m reference_mllm.train                    # -> checkpoints/reference-qwen2vl/
+    python -m reference_mllm.train --steps 200 --out /tmp/ref   # a quick look
+    python -m reference_mllm.train --video            # -> checkpoints/reference-qwen2vl-video/
 
 `--video` (`config.video_config`) trains a second model, on `synthetic_video` clips, with the same recipe:
 video tokens stand where image tokens stood (pixel_values_videos, video_grid_thw) and the named object's
 tokens are those of the frame pairs it is visible in.
 
-The model is transformers' own `Qwen2VLForConditionalGeneration` (built by `data_gen.hf_build`),
+The model is transformers' own `Qwen2VLForConditionalGeneration` (built by `reference_mllm.tiny_models`),
 trained on the chat-template prompt + answer + `<|im_end|>`, so greedy generation through the
 `qwen2_vl` adapter answers and stops. Deterministic given `--seed` (same threads, same machine).
-The scenes are `synthetic_scenes`' defaults (`data_gen.scenes.SceneConfig`), recorded in the saved
+The scenes are `synthetic_scenes`' defaults (`reference_mllm.scenes.SceneConfig`), recorded in the saved
 training.json, so the source as a user builds it asks what the model answers.
 
 What makes a model this small learn in minutes (BENCHMARKS.md has the runs):
@@ -27,9 +27,9 @@ The auxiliary head is dropped when saving: the saved folder is a plain Qwen2-VL.
 Files: config.py (the recipe), batches.py (scenes -> batches), losses.py, loop.py (training and
 held-out evaluation), card.py (the model card), cli.py.
 """
-from data_gen.reference_train.batches import chat_prompt, heldout_items, make_batch
-from data_gen.reference_train.cli import main
-from data_gen.reference_train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
-from data_gen.reference_train.loop import evaluate, train
+from reference_mllm.train.batches import chat_prompt, heldout_items, make_batch
+from reference_mllm.train.cli import main
+from reference_mllm.train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
+from reference_mllm.train.loop import evaluate, train
 
 __all__ = ["DEFAULT_OUT", "VIDEO_OUT", "RefTrainConfig", "video_config", "chat_prompt", "evaluate", "heldout_items", "main", "make_batch", "train"]

@@ -1,5 +1,7 @@
 """Planted-pattern shards for tests and benchmarks, written through `predictor.schema.encode`
-and webdataset's ShardWriter, exactly as `data_gen` writes real ones.
+and webdataset's ShardWriter, exactly as `data_gen` writes real ones. A test fixture, not part of the
+library: tests import it as `synthetic_shards` (pytest puts tests/ on sys.path), benchmarks through
+benchmarks/_planted.py.
 
 The pattern: on a (1, h, w) grid the oracle relevance is a sharp blob at a random place; the
 "layer-0 attention" holds a weaker, blurred copy of that blob under a strong bias towards the end

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data_gen import scenes
-from data_gen.reference_train.config import GUIDED
+from reference_mllm import scenes
+from reference_mllm.train.config import GUIDED
 
 EPS = 1e-6
 

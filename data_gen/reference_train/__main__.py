@@ -1,3 +1,0 @@
-from data_gen.reference_train.cli import main
-
-main()

@@ -1,0 +1,3 @@
+from reference_mllm.train.cli import main
+
+main()
