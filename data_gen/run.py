@@ -30,7 +30,7 @@ from data_gen.explainers.ground_truth import attach_ground_truth
 from data_gen.images import thumbnail_png
 from data_gen.build import (build_adapter, build_explainer, build_source, dist_env, model_fingerprint,
                             resolve_model_path)
-from data_gen.guard import check_same_settings
+from data_gen.settings_guard import check_same_settings
 from data_gen.sources.base import Item, Source
 from data_gen.writer import ShardWriter, index_key, read_manifests, safe_key
 from predictor.cli import DISK_ERRNOS, with_path
