@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from data_gen.build import dist_env, resolve_model_path
-from data_gen.run import DataGenConfig, run
+from data_gen.config import DataGenConfig
+from data_gen.run import run
 from data_gen.sources.base import Item, Source
 from data_gen.writer import read_manifests
 from predictor.adapters.base import Prepared
@@ -191,7 +192,7 @@ def test_missing_model_path_says_how_to_get_it(tmp_path):
 
 def test_labeller_record_refuses_a_different_model(tmp_path):
     from data_gen.build import model_fingerprint
-    from data_gen.run import check_same_labeller
+    from data_gen.labeller import check_same_labeller
 
     model = tmp_path / "m"
     model.mkdir()

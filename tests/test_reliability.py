@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from data_gen.lock import FolderInUse
-from data_gen.run import DataGenConfig, check_same_labeller, labeller_settings, run
+from data_gen.config import DataGenConfig
+from data_gen.labeller import check_same_labeller, labeller_settings
+from data_gen.run import run
 from data_gen.sources.base import Item
 from data_gen.writer import ShardWriter, read_manifests, tar_keys
 from predictor.cli import describe, one_line_errors
