@@ -120,5 +120,5 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
     return Sample(key=key, attn=heads.mean(0), relevance=rel, meta=meta,
                   attn_heads=heads if cfg.save_heads else None,
                   thumbnail=thumbnail_png(thumb_src, cfg.thumbnail_size) if cfg.thumbnails else None,
-                  extra=files)
+                  extra_files=files)
 
