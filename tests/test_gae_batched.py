@@ -1,4 +1,4 @@
-"""gae's per-token backward passes batched (issue 16), and label generation running the vision tower once
+"""gae's per-token backward passes batched, and label generation running the vision tower once
 per item."""
 import pytest
 import torch

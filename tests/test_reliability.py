@@ -81,7 +81,7 @@ def test_second_writer_on_a_rank_is_refused_naming_the_holder(tmp_path):
 
 
 def test_two_data_gen_runs_on_one_out_lose_nothing(tmp_path):
-    """The issue's report: two runs on one out= with shard sizes 20 and 10 lost 10 items silently."""
+    """Two runs on one out= (shard sizes 20 and 10) lose no item: the second is refused while the first writes."""
     n = 50
     make_items(tmp_path / "img", n)
     out, gate = tmp_path / "out", tmp_path / "gate"
@@ -132,7 +132,7 @@ def test_duplicate_ids_are_skipped_and_never_written_twice(tmp_path, world):
 
 
 def test_duplicate_jsonl_ids_end_to_end(tmp_path):
-    """The issue's report: two jsonl lines with id `dup` made the reader reject their whole shard."""
+    """Two jsonl lines with id `dup`: the second is skipped as duplicate_id, so no shard holds one key twice."""
     from data_gen.sources.jsonl import JsonlSource
     from predictor.training.shards import read_shards, resolve_shards
 
@@ -191,7 +191,7 @@ def test_reader_drops_one_bad_sample_not_the_shard(tmp_path):
 
 # --- 3. a full disk in the middle of a shard's commit ----------------------------------------------------
 def test_full_disk_during_manifest_append_loses_and_duplicates_nothing(tmp_path, monkeypatch):
-    """The issue's report: after ENOSPC in a manifest append and freeing space, 157 samples for 150 items."""
+    """ENOSPC in a manifest append, then space freed and the run resumed: each item ends up exactly once."""
     n, out = 40, tmp_path / "out"
     items = make_items(tmp_path / "img", n)
     real = ShardWriter._append
