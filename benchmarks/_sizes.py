@@ -12,7 +12,7 @@ import torch
 # Qwen2-VL-2B/7B language models (config.json of the released checkpoints); "tiny" is the CPU test size
 SIZES = {
     "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=512),  # bench_datagen's CPU default, as in BENCHMARKS.md since issue 3
+                  intermediate_size=512),  # bench_datagen's CPU default, the size BENCHMARKS.md reports
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128),
     "2b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,

@@ -2,10 +2,10 @@
 
     python benchmarks/bench_datagen.py                      # CPU: 'small' Qwen2-VL LM, S ~ 256/1024/2048, T = 1/16
     python benchmarks/bench_datagen.py --device cuda --dtype bfloat16 --size 7b --lengths 1300 --answers 16 --item
-    python benchmarks/bench_datagen.py --saved --answers 1  # gae before/after issue 11 (fp32 mask per layer)
+    python benchmarks/bench_datagen.py --saved --answers 1  # gae with and without an fp32 mask saved per layer
 
 Methods: `batched` = gae with chunk 16 (one backward pass carries up to 16 answer tokens), `loop` = gae with
-chunk 1 (one backward per answer token: gae before issue 16), `reference` = data_gen/explainers/reference.py
+chunk 1 (one backward per answer token), `reference` = data_gen/explainers/reference.py
 (every layer's (H, S, S) maps kept, full S x S rollout). Random weights at the shapes of --size
 (benchmarks/_sizes.py; speed does not depend on them), or an existing Qwen2-VL folder with --model.
 
@@ -15,8 +15,8 @@ sample prepared, one warm-up call at a short length). CUDA: one process; torch.c
 minus the allocation before the call. FLOP/s: the matmul FLOPs of gae (_sizes.gae_flops, the same count for
 every method) per second, against the device's bf16 peak where one is known. --item also times the rest of a
 label-generation item (greedy generate of T tokens, layer-0 attention): samples/s = 1 / (that + method).
---saved compares gae with gae as it was before issue 11 (each layer saved its own fp32 (1, 1, S, S) additive
-mask) and adds the MB saved for backward (distinct storages seen by saved_tensors_hooks), all and in (S, S).
+--saved compares gae with a variant in which each layer saves its own fp32 (1, 1, S, S) additive
+mask and adds the MB saved for backward (distinct storages seen by saved_tensors_hooks), all and in (S, S).
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def _worker(args) -> list[dict]:
             if args.item:  # the rest of a label-generation item: answer, layer-0 attention
                 _sync(cuda)
                 t0 = time.perf_counter()
-                p.extra.pop("visual_features", None)
+                p.cache.visual_features = None
                 adapter.model.generation_config.min_new_tokens = n_t  # random weights: no early EOS
                 adapter.generate(p, max_new_tokens=n_t)
                 adapter.layer0_attention(p)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16")
     ap.add_argument("--model", default=None, help="an existing Qwen2-VL folder instead of random weights")
     ap.add_argument("--item", action="store_true", help="also time generate + layer-0 attention: samples/s")
-    ap.add_argument("--saved", action="store_true", help="gae before/after issue 11 instead of the three methods")
+    ap.add_argument("--saved", action="store_true", help="gae with and without a saved fp32 mask per layer instead of the three methods")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--one-process", action="store_true",
                     help="CPU: all runs in one process (quick; no peak memory, the resident peak only grows)")

@@ -1,4 +1,4 @@
-"""The GPU suite (issue 16): label generation, pruned prefill and the paper's training recipe at 7B size.
+"""The GPU suite: label generation, pruned prefill and the paper's training recipe at 7B size.
 Run it through `benchmarks/gpu_suite.sh`, which prints the versions it runs with.
 
     benchmarks/gpu_suite.sh                                   # 7B shapes, bf16, cuda; ~ minutes on one H100/H200

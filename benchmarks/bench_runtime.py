@@ -6,7 +6,7 @@ For each model: prefill (LLM forward over the prompt embeddings, batch 1, with K
 tower is excluded because it runs the same for every method) of the full prompt and of the prompt
 pruned to 50% and 25% of its visual tokens, and the scoring overhead (layer-0 instruction-to-visual
 attention from q/k + the predictor) as a share of the full prefill.
-Goals (issue 5): overhead < 3% of full prefill; prefill at 25% < 40% of full.
+Goals: overhead < 3% of full prefill; prefill at 25% < 40% of full.
 
 Models: `reference` = checkpoints/reference-qwen2vl (if present); `2b` = a Qwen2-VL-2B-sized language
 model (28 layers, hidden 1536, 12 heads, 2 KV heads, MLP 8960) with random weights and a tiny vision

@@ -4,7 +4,7 @@ embedding (before: the explainer's pass and layer-0 attention each re-ran the vi
     python benchmarks/bench_vision_cache.py                   # 2B-shaped, depth-reduced config, 448 px
     python benchmarks/bench_vision_cache.py --image 224 --repeats 3
 
-One item = what `data_gen` does with it: greedy answer (transformers' generate; since issue 16 from the
+One item = what `data_gen` does with it: greedy answer (transformers' generate, from the
 cached features, so "now" is one tower pass per item), the gae explainer, layer-0 attention. The model is Qwen2-VL-2B-shaped (vision: embed 1280,
 16 heads; text: hidden 1536, 12 heads, 2 KV heads) with depths cut by the same factor (vision 32 -> 8,
 text 28 -> 7), so that the tower's share of the work stays about the real one while a CPU run takes
@@ -36,6 +36,7 @@ def main() -> None:
     from reference_mllm.tiny_models import DEFAULT_WORDS, make_qwen2_vl
     from predictor.adapters import get_adapter
     from predictor.adapters.attention import ATTN_IMPL, register
+    from predictor.adapters.base import PromptCache
 
     px = args.image
     model, processor = make_qwen2_vl(list(DEFAULT_WORDS), text=TEXT, vision=VISION, max_pixels=px * px,
@@ -48,18 +49,18 @@ def main() -> None:
     gae = get_explainer("gae")()
 
     def item(cached: bool) -> None:
-        prepared.extra.clear()
+        prepared.cache = PromptCache()
         ids, _ = adapter.generate(prepared, max_new_tokens=args.answer)
         ids = ids if ids.numel() else torch.tensor([5])
         if not cached:
-            prepared.extra.clear()
+            prepared.cache = PromptCache()
         gae(adapter, prepared, ids)
         if not cached:
-            prepared.extra.clear()
+            prepared.cache = PromptCache()
         adapter.layer0_attention(prepared)
 
     def tower() -> None:
-        prepared.extra.clear()
+        prepared.cache = PromptCache()
         adapter.visual_features(prepared)
 
     best = {"recomputed": float("inf"), "cached": float("inf"), "tower": float("inf")}

@@ -31,6 +31,8 @@ import re
 import tarfile
 from typing import Any
 
+from webdataset import TarWriter
+
 from data_gen.lock import WriterLock
 from predictor.cli import with_path
 from predictor.schema import Sample, encode
@@ -119,6 +121,9 @@ def _shard_index(name: str) -> int:
 class ShardWriter:
     """One rank's shard sequence. Use as a context manager; `close()` finishes the open shard.
 
+    Each tar is written by webdataset's `TarWriter`; its `ShardWriter` is not used because it names and closes
+    shards itself, with no temporary name, manifest or resume, which are the commit sequence above.
+
     out: output folder; rank: this worker's index (distinct names per rank); shard_size: samples
     per shard. Keys already finished by any rank are in `self.done`. Raises `FolderInUse` when
     another live process writes this rank of `out`.
@@ -132,7 +137,7 @@ class ShardWriter:
         self.stem = f"{prefix}-r{rank:05d}"
         self.manifest_path = os.path.join(out, f"manifest-r{rank:05d}.jsonl")
         self._lock = WriterLock(os.path.join(out, f".lock-r{rank:05d}"), f"{out} (rank {rank})").acquire()
-        self._tar: tarfile.TarFile | None = None
+        self._tar: TarWriter | None = None
         self._file = None
         self._manifest = None
         self._pending: dict[str, int | None] = {}  # key -> source index, of the samples in the open temp shard
@@ -189,16 +194,14 @@ class ShardWriter:
         tmp = self._shard_path(self._next_index) + ".tmp"
         try:
             if self._tar is None:
+                # we open the file so that finish_shard can fsync it before the rename; fixed mtime: same input,
+                # same tar; encoder=False: schema.encode already made the bytes
                 self._file = open(tmp, "wb")
-                self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-            key = raw.pop("__key__")
-            for ext, data in raw.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same input, same tar
-                self._tar.addfile(info, _BytesReader(data))
+                self._tar = TarWriter(self._file, encoder=False, mtime=0)
+            self._tar.write(raw)
         except OSError as e:
             raise with_path(e, tmp) from e
-        self._pending[key] = index
+        self._pending[sample.key] = index
         if len(self._pending) >= self.shard_size:
             self.finish_shard()
 
@@ -262,15 +265,3 @@ class ShardWriter:
         else:  # on other exceptions the open shard is finished too: its samples are complete and valid
             self.close()
 
-
-class _BytesReader:
-    """Minimal file-like for tarfile.addfile without copying into BytesIO."""
-
-    def __init__(self, data: bytes):
-        self._data, self._pos = memoryview(data), 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else min(len(self._data), self._pos + n)
-        chunk = self._data[self._pos:end].tobytes()
-        self._pos = end
-        return chunk

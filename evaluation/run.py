@@ -87,7 +87,7 @@ def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[
     """Items already evaluated in out/ are reused only if they were made the same way; max_items may
     grow (more items are evaluated), figures and progress do not matter."""
     from data_gen.build import model_fingerprint
-    from data_gen.guard import check_same_settings
+    from data_gen.settings_guard import check_same_settings
     from predictor.versions import versions
 
     check_same_settings(settings_file, {

@@ -108,16 +108,10 @@ def check_overrides(config_dir: Path, config_name: str, argv: list[str], open_ke
     command's group choices does not have, naming the closest key. Hydra checks its own keys
     (`hydra.*`) and group choices; `+parent.name=v` is allowed where `open_keys` allows it."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    args = get_args_parser().parse_args(argv)
-    try:
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except HydraException:  # a malformed override: Hydra's own message says where
-        return
+    overrides = _overrides(argv)
     names = [o.key_or_group.split("@")[0] for o in overrides]  # group@package=choice: the group
     groups = [o for o, k in zip(overrides, names) if (Path(config_dir) / k).is_dir() or k.startswith("hydra/")]
     keys = [o for o in overrides if o not in groups and not o.key_or_group.startswith("hydra.")]
@@ -144,6 +138,24 @@ def check_overrides(config_dir: Path, config_name: str, argv: list[str], open_ke
         hint = f"did you mean {close[0]}? " if close else ""
         raise KeyError(f"unknown key {key} in the override {o.input_line!r}; {hint}"
                        f"(--help lists the main options; --cfg job prints them all)")
+
+
+def _overrides(argv: list[str]) -> list:
+    """The overrides among the command line's words, parsed by Hydra's public override grammar (the plugin API),
+    not its private argv parser: Hydra's flags start with '-', and a flag's value (`job`, a config name, a
+    path) never has an override's form, so every other word that parses is an override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, out = OverridesParser.create(), []
+    for word in argv:
+        if word.startswith("-"):
+            continue
+        try:
+            out.append(parser.parse_override(word))
+        except HydraException:  # not an override, or a malformed one: Hydra's own message says where
+            continue
+    return out
 
 
 def _paths(node, prefix: str = "") -> Iterator[str]:

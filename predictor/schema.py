@@ -69,7 +69,7 @@ class Sample:
     meta: dict[str, Any]
     attn_heads: torch.Tensor | None = None  # (H, N_v)
     thumbnail: bytes | None = None  # PNG bytes
-    extra: dict[str, bytes] = field(default_factory=dict)  # other files of the sample, passed through
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # other files of the sample ("gt_rel.npy"), passed through
 
     @property
     def num_visual(self) -> int:
@@ -191,7 +191,7 @@ def encode(sample: Sample) -> dict[str, Any]:
         out[EXT_HEADS] = _npy_bytes(sample.attn_heads.detach().cpu().to(torch.float16).numpy())
     if sample.thumbnail is not None:
         out[EXT_THUMB] = sample.thumbnail
-    out.update(sample.extra)
+    out.update(sample.extra_files)
     return out
 
 
@@ -213,7 +213,7 @@ def decode(raw: dict[str, Any], load_heads: bool = True) -> Sample:
     if load_heads and EXT_HEADS in raw:
         heads = torch.from_numpy(_npy_load(key, EXT_HEADS, raw[EXT_HEADS]))
     known = {"__key__", "__url__", "__local_path__", EXT_ATTN, EXT_REL, EXT_META, EXT_HEADS, EXT_THUMB}
-    extra = {k: v for k, v in raw.items() if k not in known and not k.startswith("__")}
+    extra_files = {k: v for k, v in raw.items() if k not in known and not k.startswith("__")}
     sample = Sample(key=key, attn=attn, relevance=rel, meta=meta, attn_heads=heads,
-                    thumbnail=raw.get(EXT_THUMB), extra=extra)
+                    thumbnail=raw.get(EXT_THUMB), extra_files=extra_files)
     return validate(sample)

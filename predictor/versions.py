@@ -2,7 +2,7 @@
 
 Labels are numbers computed by torch and transformers (the MLLM's forward, its processor's resizing and chat
 template, the explainer's backward): another release can change them. `labeller.json`, `eval-settings.json` and
-an export's `trained_on` record these versions, and resuming a folder under others is refused (guard.py).
+an export's `trained_on` record these versions, and resuming a folder under others is refused (data_gen/settings_guard.py).
 Read from the installed distributions' metadata: nothing here imports torch or transformers.
 """
 from __future__ import annotations

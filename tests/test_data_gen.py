@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from data_gen.build import dist_env, resolve_model_path
-from data_gen.run import DataGenConfig, run
+from data_gen.config import DataGenConfig
+from data_gen.run import run
 from data_gen.sources.base import Item, Source
 from data_gen.writer import read_manifests
 from predictor.adapters.base import Prepared
@@ -149,7 +150,7 @@ def test_loop_writes_valid_samples_and_skips_bad_input(tmp_path):
     s = next(x for x in samples if x.meta["item_id"] == "item.1")
     assert s.meta["grid"] == [1, 2, 3] and s.attn_heads.shape == (2, 6) and s.thumbnail.startswith(b"\x89PNG")
     assert s.meta["adapter"] == "fake" and s.meta["explainer"] == "fake_gae" and s.meta["correct"] is True
-    assert s.meta["source_extra"] == {"question_type": "shape"} and s.extra["gt_rel.npy"].startswith(b"\x93NUMPY")
+    assert s.meta["source_extra"] == {"question_type": "shape"} and s.extra_files["gt_rel.npy"].startswith(b"\x93NUMPY")
     assert done["index-000000013"]["reason"] == "bad_item"
     assert json.loads((tmp_path / "out" / "summary-r00000.json").read_text())["written"] == 6
     # re-running the finished command does nothing and loses nothing
@@ -191,7 +192,7 @@ def test_missing_model_path_says_how_to_get_it(tmp_path):
 
 def test_labeller_record_refuses_a_different_model(tmp_path):
     from data_gen.build import model_fingerprint
-    from data_gen.run import check_same_labeller
+    from data_gen.labeller import check_same_labeller
 
     model = tmp_path / "m"
     model.mkdir()
@@ -292,7 +293,7 @@ def test_cli_end_to_end_tiny_qwen2_vl(tiny_models, tmp_path):
         assert s.meta["adapter"] == "qwen2_vl" and s.meta["explainer"] == "gae" and s.meta["grid"] == [1, 4, 4]
         assert s.meta["source_extra"]["question_type"] in ("shape", "colour")
         assert s.relevance.sum() > 0 and s.attn_heads.shape == (4, 16)
-        assert np.load(__import__("io").BytesIO(s.extra["gt_rel.npy"])).shape == (16,)
+        assert np.load(__import__("io").BytesIO(s.extra_files["gt_rel.npy"])).shape == (16,)
     summary = json.loads((out / "summary-r00000.json").read_text())
     assert summary["written"] == 3 and summary["visual_tokens_per_sample"] == 16
     # resuming into the same folder with another explainer would mix labels: refused, nothing touched
@@ -342,16 +343,16 @@ def test_qwen3_vl_labels_synthetic_scenes_in_its_32_px_cells(tiny_models, tmp_pa
     for s in _check_exactly_once(tmp_path / "out", 2):
         assert s.meta["adapter"] == "qwen3_vl" and s.meta["grid"] == [1, 4, 3]
         assert s.relevance.shape == (12,) and torch.isfinite(s.relevance).all() and s.relevance.sum() > 0
-        assert np.load(__import__("io").BytesIO(s.extra["gt_rel.npy"])).shape == (12,)
+        assert np.load(__import__("io").BytesIO(s.extra_files["gt_rel.npy"])).shape == (12,)
     with pytest.raises(ValueError, match=r"source.token_px=28.*covers 32 px"):
         main(model=model, source={**source, "sizes": [[112, 112]], "token_px": 28}, explainer={"name": "gae"},
              options={"out": str(tmp_path / "other"), "max_items": 1, "progress": False})
 
 
-def test_renamed_option_says_its_new_name():
+def test_unknown_option_is_refused_with_the_available_ones():
     from data_gen.run import main
 
-    with pytest.raises(KeyError, match=r"max_samples is now max_items"):
+    with pytest.raises(KeyError, match=r"unknown data_gen option\(s\) \['max_samples'\].*available: .*max_items"):
         main(model={}, source={}, explainer={}, options={"max_samples": 5})
 
 

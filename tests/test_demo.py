@@ -45,7 +45,7 @@ def test_demo_gives_a_large_image_data_gens_token_count(tmp_path):
 
     from data_gen.build import build_adapter
     from predictor.media import cap_pixels, load_image
-    from data_gen.run import DataGenConfig
+    from data_gen.config import DataGenConfig
     from predictor.runtime.demo import prepare_input
 
     mllm = tmp_path / "mllm"  # the reference MLLM with Qwen2-VL-7B's processor cap (12845056 px), as a real one

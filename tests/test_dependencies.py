@@ -23,7 +23,6 @@ KNOWN = {"lmms_eval": "lmms-eval", "torchcodec": "torchcodec", "PIL": "pillow", 
 # declared but imported by no module of ours, each for a reason
 RUNTIME_ONLY = {
     "torchvision": "transformers' video processors and fast image processors import it",
-    "filelock": "lmms-eval 0.7.3's evaluator imports filelock._api (gone in filelock 4) without declaring it",
     "import-linter": "its lint-imports command checks the layer contracts in pyproject.toml (.ci/run)",
 }
 

@@ -284,7 +284,7 @@ def test_instruction_swap_check_separates_blind_from_instruction_following_metho
         name = "named"
 
         def scores(self, ctx):
-            return ctx.prepared.extra["gt_relevance"]
+            return ctx.prepared.ground_truth
 
     root, model_dir, _ = setup
     adapter = build_adapter({"adapter": "qwen2_vl", "path": str(model_dir), "dtype": "float32", "device": "cpu",

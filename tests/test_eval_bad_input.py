@@ -165,7 +165,7 @@ def test_eval_caps_pixels_as_data_gen_does(setup, tmp_path):
     import evaluation as eval_py
     from predictor.media import cap_pixels, load_image
     from data_gen.build import build_adapter
-    from data_gen.run import DataGenConfig
+    from data_gen.config import DataGenConfig
 
     model, export = setup
     Image.new("RGB", (224, 224), (200, 30, 30)).save(tmp_path / "big.png")  # 64 tokens uncapped

@@ -126,7 +126,7 @@ def test_data_gen_with_ground_truth_labels_writes_the_scenes_relevance(tmp_path,
     assert len(samples) == 3
     for s in samples:
         assert s.meta["explainer"] == "ground_truth"
-        gt = np.load(io.BytesIO(s.extra["gt_rel.npy"]))
+        gt = np.load(io.BytesIO(s.extra_files["gt_rel.npy"]))
         np.testing.assert_allclose(s.relevance.numpy(), gt)
         assert gt.max() > 0.99  # each object lies inside one visual token (placement cell)
 
@@ -143,7 +143,7 @@ def test_gae_abs_rule_keeps_paths_the_positive_clamp_drops(loaded):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gae_holds_no_attention_sized_tensor_per_layer(family, loaded):
     """The memory claim of gae.py: the forward saves q, k, v per layer and nothing of (S, S) per layer
-    (issue 11 item 11: a (1, 1, S, S) fp32 additive mask was saved by every layer)."""
+    (an additive (1, 1, S, S) fp32 mask saved by every layer would make backward memory grow with depth)."""
     adapter, p = loaded[family]
     n = p.seq_len + len(ANSWER)
     square: dict[int, int] = {}  # storage -> bytes, of every saved tensor whose last two dims are (S, S)

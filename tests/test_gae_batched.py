@@ -1,4 +1,4 @@
-"""gae's per-token backward passes batched (issue 16), and label generation running the vision tower once
+"""gae's per-token backward passes batched, and label generation running the vision tower once
 per item."""
 import pytest
 import torch
@@ -55,7 +55,8 @@ def test_chunk_must_be_positive():
 def test_label_generation_runs_the_vision_tower_once_per_item(family, loaded):
     """data_gen's per-item work (generate, gae, layer-0 attention) runs the tower once, and generate's answer
     from the cached features equals the model's own generate from pixels."""
-    from data_gen.run import DataGenConfig, process_item
+    from data_gen.config import DataGenConfig
+    from data_gen.item import process_item
     from data_gen.sources.base import Item
 
     adapter, _ = loaded[family]
@@ -81,7 +82,8 @@ def test_label_generation_runs_the_vision_tower_once_per_item(family, loaded):
 
 def test_chunk_is_not_a_label_setting(tmp_path):
     """Resuming with another chunk is allowed: it changes memory, not labels."""
-    from data_gen.run import DataGenConfig, labeller_settings
+    from data_gen.config import DataGenConfig
+    from data_gen.labeller import labeller_settings
 
     (tmp_path / "config.json").write_text("{}")
     model, cfg = {"path": str(tmp_path)}, DataGenConfig(out=str(tmp_path / "out"))

@@ -19,7 +19,7 @@ def _embeds(kind: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     if kind == "identical":
         return torch.ones(N, D)
-    if kind == "48 identical + 16 distinct":  # the case: cluster kept 17 of 32
+    if kind == "48 identical + 16 distinct":  # cluster must not keep 17 of 32 here
         return torch.cat([torch.ones(48, D), torch.randn(16, D, generator=g)])
     if kind == "two values":  # every token ties with half the others
         return torch.cat([torch.zeros(N // 2, D), torch.ones(N // 2, D)])

@@ -1,4 +1,4 @@
-"""Per-modality predictors (issue 13): the export records its modality, the runtime refuses a predictor of
+"""Per-modality predictors: the export records its modality, the runtime refuses a predictor of
 the other modality unless told otherwise, and training refuses shards that mix modalities."""
 import json
 from pathlib import Path

@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from data_gen.lock import FolderInUse
-from data_gen.run import DataGenConfig, check_same_labeller, labeller_settings, run
+from data_gen.config import DataGenConfig
+from data_gen.labeller import check_same_labeller, labeller_settings
+from data_gen.run import run
 from data_gen.sources.base import Item
 from data_gen.writer import ShardWriter, read_manifests, tar_keys
 from predictor.cli import describe, one_line_errors
@@ -79,7 +81,7 @@ def test_second_writer_on_a_rank_is_refused_naming_the_holder(tmp_path):
 
 
 def test_two_data_gen_runs_on_one_out_lose_nothing(tmp_path):
-    """The issue's report: two runs on one out= with shard sizes 20 and 10 lost 10 items silently."""
+    """Two runs on one out= (shard sizes 20 and 10) lose no item: the second is refused while the first writes."""
     n = 50
     make_items(tmp_path / "img", n)
     out, gate = tmp_path / "out", tmp_path / "gate"
@@ -130,7 +132,7 @@ def test_duplicate_ids_are_skipped_and_never_written_twice(tmp_path, world):
 
 
 def test_duplicate_jsonl_ids_end_to_end(tmp_path):
-    """The issue's report: two jsonl lines with id `dup` made the reader reject their whole shard."""
+    """Two jsonl lines with id `dup`: the second is skipped as duplicate_id, so no shard holds one key twice."""
     from data_gen.sources.jsonl import JsonlSource
     from predictor.training.shards import read_shards, resolve_shards
 
@@ -189,7 +191,7 @@ def test_reader_drops_one_bad_sample_not_the_shard(tmp_path):
 
 # --- 3. a full disk in the middle of a shard's commit ----------------------------------------------------
 def test_full_disk_during_manifest_append_loses_and_duplicates_nothing(tmp_path, monkeypatch):
-    """The issue's report: after ENOSPC in a manifest append and freeing space, 157 samples for 150 items."""
+    """ENOSPC in a manifest append, then space freed and the run resumed: each item ends up exactly once."""
     n, out = 40, tmp_path / "out"
     items = make_items(tmp_path / "img", n)
     real = ShardWriter._append

@@ -30,14 +30,14 @@ def npy(a):
 
 
 def test_round_trip_with_heads_thumbnail_and_extra():
-    s = sample(attn_heads=torch.rand(4, 6), thumbnail=b"\x89PNG fake", extra={"note.txt": b"hi"})
+    s = sample(attn_heads=torch.rand(4, 6), thumbnail=b"\x89PNG fake", extra_files={"note.txt": b"hi"})
     raw = encode(s)
     back = decode(raw)
     assert back.key == "k1" and back.grid == (1, 2, 3) and back.num_visual == 6
     torch.testing.assert_close(back.attn, s.attn)
     torch.testing.assert_close(back.relevance, s.relevance)
     torch.testing.assert_close(back.attn_heads.float(), s.attn_heads.half().float())
-    assert back.thumbnail == b"\x89PNG fake" and back.extra == {"note.txt": b"hi"}
+    assert back.thumbnail == b"\x89PNG fake" and back.extra_files == {"note.txt": b"hi"}
     assert back.meta == s.meta and back.meta["schema_version"] == SCHEMA_VERSION
     assert decode(raw, load_heads=False).attn_heads is None
 

@@ -227,7 +227,8 @@ def test_image_paths_stay_inside_the_image_root(tmp_path):
 def test_jsonl_bad_bytes_in_data_gen_skip_one_line(tmp_path):
     """The data_gen loop over a jsonl with one undecodable line: that line is a bad_item (its line
     number in the manifest), every other line is written."""
-    from data_gen.run import DataGenConfig, run
+    from data_gen.config import DataGenConfig
+    from data_gen.run import run
     from test_data_gen import FakeAdapter, fake_explainer, read_out
 
     _image(tmp_path / "a.png")

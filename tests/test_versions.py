@@ -8,7 +8,8 @@ from importlib.metadata import version
 
 import pytest
 
-from data_gen.run import DataGenConfig, check_same_labeller, labeller_settings
+from data_gen.config import DataGenConfig
+from data_gen.labeller import check_same_labeller, labeller_settings
 from models import tiny_image, tiny_model_dir
 from predictor.adapters.attention import ATTN_IMPL
 from predictor.export import save_predictor

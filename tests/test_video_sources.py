@@ -230,7 +230,8 @@ def _explain(adapter, prepared, answer_ids):
 
 
 def test_data_gen_writes_video_samples(tmp_path):
-    from data_gen.run import DataGenConfig, run
+    from data_gen.config import DataGenConfig
+    from data_gen.run import run
     from test_data_gen import ListSource, read_out
 
     paths = _frames(tmp_path / "clip", 8, size=(56, 56))

@@ -13,7 +13,7 @@ def _sample(key, n_v=6):
     meta = make_meta(model_id="m", adapter="fake", explainer="gae", modality="image", grid=[1, 2, n_v // 2],
                      instruction="q", reference_answer="a", generated_answer="a", correct=True, answer_tokens=1)
     return Sample(key=key, attn=torch.full((n_v,), 1.0 / n_v), relevance=torch.arange(n_v).float(), meta=meta,
-                  extra={"gt_rel.npy": b"\x93NUMPY"})
+                  extra_files={"gt_rel.npy": b"\x93NUMPY"})
 
 
 def _read(out):
@@ -36,7 +36,7 @@ def test_shards_are_atomic_and_readable(tmp_path):
                                        "shard-r00003-000001.tar"]
     samples = _read(out)
     assert [s.key for s in samples] == ["a", "b", "c"]
-    assert samples[0].extra == {"gt_rel.npy": b"\x93NUMPY"} and samples[2].relevance.tolist() == list(range(6))
+    assert samples[0].extra_files == {"gt_rel.npy": b"\x93NUMPY"} and samples[2].relevance.tolist() == list(range(6))
     done = read_manifests(out)
     assert done["c"] == {"key": "c", "status": "written", "shard": "shard-r00003-000001.tar"}
     with open(os.path.join(out, "manifest-r00003.jsonl")) as f:  # each shard's lines close with its count

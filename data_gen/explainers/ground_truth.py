@@ -19,9 +19,9 @@ KEY = "gt_relevance"
 
 
 def attach_ground_truth(prepared, extra: Mapping[str, Any] | None) -> None:
-    """Copy an item's `extra.gt_relevance` (if it has one) onto `prepared.extra` for this explainer."""
+    """Copy an item's `extra.gt_relevance` (if it has one) onto `prepared.ground_truth` for this explainer."""
     if extra and KEY in extra:
-        prepared.extra[KEY] = torch.as_tensor(extra[KEY], dtype=torch.float32).reshape(-1)
+        prepared.ground_truth = torch.as_tensor(extra[KEY], dtype=torch.float32).reshape(-1)
 
 
 def _missing(what: str) -> ValueError:
@@ -37,7 +37,7 @@ class GroundTruth:
             raise _missing(f"the source's first item ({source[0].id!r})")
 
     def __call__(self, adapter, prepared, answer_ids: torch.Tensor) -> torch.Tensor:
-        rel = prepared.extra.get(KEY)
+        rel = prepared.ground_truth
         if rel is None:
             raise _missing("this item")
         if rel.numel() != prepared.num_visual:

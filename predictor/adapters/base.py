@@ -32,6 +32,15 @@ def load_adapter(name: str, path: str, **kwargs: Any) -> "Adapter":
 
 
 @dataclass
+class PromptCache:
+    """What the vision tower's pass over one prompt leaves for later calls on the same prompt: label
+    generation embeds each prompt several times (layer-0 attention, the explainer's pass)."""
+
+    visual_features: tuple[torch.Tensor, int] | None = None  # (N_v, D) projected visual tokens, placeholder id
+    deepstack: torch.Tensor | None = None  # (L, N_v, D) Qwen3-VL's DeepStack features of the same pass
+
+
+@dataclass
 class Prepared:
     """One (image or video, instruction) prompt, ready for the model.
 
@@ -40,6 +49,9 @@ class Prepared:
     instruction_positions: (N_i,) long, indices of the user-instruction tokens (no template tokens)
     grid: (t, h, w) of the visual tokens after merging, t*h*w == N_v
     segments: optional description of visual-token parts (schema `meta.segments`)
+    prompt_text: the chat-templated prompt the processor tokenised
+    ground_truth: (N_v,) the source's own relevance, for explainer=ground_truth (`attach_ground_truth`)
+    cache: the vision tower's outputs for this prompt (`PromptCache`)
     """
 
     inputs: dict[str, torch.Tensor]
@@ -48,7 +60,9 @@ class Prepared:
     grid: tuple[int, int, int]
     modality: str = "image"
     segments: list[dict] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    prompt_text: str | None = None
+    ground_truth: torch.Tensor | None = None
+    cache: PromptCache = field(default_factory=PromptCache)
 
     @property
     def num_visual(self) -> int:

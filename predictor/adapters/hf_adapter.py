@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from predictor.adapters.attention import ATTN_IMPL, capture, register
-from predictor.adapters.base import Adapter, DeepStack, Prepared, _strip_answer
+from predictor.adapters.base import Adapter, DeepStack, Prepared, PromptCache, _strip_answer
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -125,7 +125,7 @@ class HFAdapter(Adapter):
         instr = self._instruction_positions(text, instruction, ids, token_id, modality)
         grid, segments = self._visual_layout(inputs, visual)
         return Prepared(inputs=inputs, visual_positions=visual, instruction_positions=instr, grid=grid,
-                        modality=modality, segments=segments, extra={"prompt_text": text})
+                        modality=modality, segments=segments, prompt_text=text)
 
     @staticmethod
     def video_kwargs(video: Any, fps: float | None) -> dict:
@@ -194,22 +194,21 @@ class HFAdapter(Adapter):
             return torch.zeros(0, dtype=torch.long, device=self.device)
         return answer_ids.reshape(-1).to(self.device, torch.long)
 
-    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
+    def _visual_features(self, inputs: dict, cache: PromptCache) -> tuple[torch.Tensor, int]:
         """-> ((N_v, D) projected visual tokens in sequence order, the placeholder token id they replace).
-        Other outputs of the same tower pass that a family needs later go into `extra` (Qwen3-VL: DeepStack)."""
+        Other outputs of the same tower pass that a family needs later go into `cache` (Qwen3-VL: DeepStack)."""
         raise NotImplementedError
 
     def visual_features(self, prepared: Prepared) -> tuple[torch.Tensor, int]:
-        """The vision tower's output for this prompt, computed once and kept on `prepared.extra`: label
+        """The vision tower's output for this prompt, computed once and kept on `prepared.cache`: label
         generation embeds each prompt several times (layer-0 attention, the explainer's pass). No
         gradient flows into it: the tower is frozen, and the explainers attribute to the LLM's input
         embeddings."""
-        cached = prepared.extra.get("visual_features")
-        if cached is None:
+        cache = prepared.cache
+        if cache.visual_features is None:
             with torch.no_grad():
-                cached = self._visual_features(prepared.inputs, prepared.extra)
-            prepared.extra["visual_features"] = cached
-        return cached
+                cache.visual_features = self._visual_features(prepared.inputs, cache)
+        return cache.visual_features
 
     def embed(self, prepared: Prepared, answer_ids: torch.Tensor | None = None) -> torch.Tensor:
         inputs = prepared.inputs

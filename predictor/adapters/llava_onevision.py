@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from predictor.adapters.base import ADAPTERS, Prepared
+from predictor.adapters.base import ADAPTERS, Prepared, PromptCache
 from predictor.adapters.hf_adapter import HFAdapter
 
 
@@ -62,7 +62,7 @@ class LlavaOnevisionAdapter(HFAdapter):
         """(1, S + answer_len): 0, 1, 2, ..."""
         return torch.arange(prepared.seq_len + answer_len, device=self.device)[None]
 
-    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
+    def _visual_features(self, inputs: dict, cache: PromptCache) -> tuple[torch.Tensor, int]:
         cfg = self.model.config
         if "pixel_values" not in inputs:
             feats = self.model.model.get_video_features(

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from predictor.adapters.base import ADAPTERS, Prepared
+from predictor.adapters.base import ADAPTERS, Prepared, PromptCache
 from predictor.adapters.hf_adapter import HFAdapter
 
 
@@ -63,7 +63,7 @@ class Qwen2VLAdapter(HFAdapter):
             pos = torch.cat([pos, extra.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
         return pos
 
-    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
+    def _visual_features(self, inputs: dict, cache: PromptCache) -> tuple[torch.Tensor, int]:
         out, token = self._tower(inputs)
         return torch.cat(list(out.pooler_output), dim=0), token
 

@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from predictor.adapters.base import ADAPTERS, DeepStack, Prepared
+from predictor.adapters.base import ADAPTERS, DeepStack, Prepared, PromptCache
 from predictor.adapters.qwen2_vl import Qwen2VLAdapter
 
 
@@ -29,15 +29,15 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     MODEL_TYPES = {"qwen3_vl": "Qwen3VLForConditionalGeneration",
                    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
 
-    def _visual_features(self, inputs: dict, extra: dict) -> tuple[torch.Tensor, int]:
-        """As Qwen2-VL's; the same tower pass leaves the DeepStack features on `extra["deepstack"]` (L, N_v, D)."""
+    def _visual_features(self, inputs: dict, cache: PromptCache) -> tuple[torch.Tensor, int]:
+        """As Qwen2-VL's; the same tower pass leaves the DeepStack features on `cache.deepstack` (L, N_v, D)."""
         out, token = self._tower(inputs)
-        extra["deepstack"] = torch.stack([torch.cat(list(f), dim=0) for f in out.deepstack_features])
+        cache.deepstack = torch.stack([torch.cat(list(f), dim=0) for f in out.deepstack_features])
         return torch.cat(list(out.pooler_output), dim=0), token
 
     def deepstack(self, prepared: Prepared) -> torch.Tensor:
         self.visual_features(prepared)
-        return prepared.extra["deepstack"]
+        return prepared.cache.deepstack
 
     @contextlib.contextmanager
     def deepstack_inputs(self, deepstack: DeepStack | None):
