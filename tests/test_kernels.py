@@ -41,7 +41,10 @@ class StandInRMSNorm(torch.nn.Module):
 def _kernelize(model, **_):
     """What kernels.kernelize does for a matching layer: bind the kernel layer's forward to the instance."""
     for module in model.modules():
-        if getattr(type(module), "kernel_layer_name", None) == "RMSNorm":
+        # transformers' decorator names the layer; releases without the kernels integration have none, and
+        # there the class name says it
+        name = getattr(type(module), "kernel_layer_name", None) or type(module).__name__.removeprefix("_")
+        if name == "RMSNorm" or (not KERNELIZES_AT_LOAD and name.endswith("RMSNorm")):
             module.forward = MethodType(StandInRMSNorm.forward, module)
 
 

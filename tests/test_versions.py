@@ -45,14 +45,14 @@ def test_a_shard_folder_labelled_under_another_transformers_is_not_resumed(tmp_p
     check_same_labeller(str(out), _labeller(tmp_path))
     recorded = json.loads((out / "labeller.json").read_text())["versions"]
     assert recorded == versions()
-    _rewrite(out / "labeller.json", transformers="5.23.0")  # as if labelled before an upgrade
-    with pytest.raises(ValueError, match=rf"transformers 5\.23\.0 there, {TRANSFORMERS} now.*allow_version_change=true"):
+    _rewrite(out / "labeller.json", transformers="4.57.0")  # as if labelled before an upgrade
+    with pytest.raises(ValueError, match=rf"transformers 4\.57\.0 there, {TRANSFORMERS} now.*allow_version_change=true"):
         check_same_labeller(str(out), _labeller(tmp_path))
     with caplog.at_level(logging.WARNING):
         check_same_labeller(str(out), _labeller(tmp_path), allow_version_change=True)
-    assert "transformers 5.23.0 there" in caplog.text
+    assert "transformers 4.57.0 there" in caplog.text
     # the record keeps what the folder was started with
-    assert json.loads((out / "labeller.json").read_text())["versions"]["transformers"] == "5.23.0"
+    assert json.loads((out / "labeller.json").read_text())["versions"]["transformers"] == "4.57.0"
 
 
 def test_torch_is_guarded_and_the_projects_own_version_only_recorded(tmp_path):
