@@ -79,7 +79,7 @@ def build_tokenizer(words: list[str], family: str = "qwen2_vl"):
     from transformers import PreTrainedTokenizerFast
 
     fam = _family(family)
-    lexicon = sorted({w.lower() for text in list(words) + list(BASE_WORDS) for w in _WORD_RE_PY(text)})
+    lexicon = sorted({w.lower() for text in list(words) + list(BASE_WORDS) for w in _word_pieces(text)})
     vocab: dict[str, int] = {}
     for tok in [UNK, "\n", *string.digits, *string.punctuation, *lexicon]:
         vocab.setdefault(tok, len(vocab))
@@ -100,7 +100,7 @@ def build_tokenizer(words: list[str], family: str = "qwen2_vl"):
     return tokenizer
 
 
-def _WORD_RE_PY(text: str) -> list[str]:
+def _word_pieces(text: str) -> list[str]:
     """The pre-tokenizer's word pieces of `text` (lower-case letter runs), for building the lexicon."""
     import re
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SUMMARY_META = ("model_id", "adapter", "explainer", "modality", "schema_version")  # meta.json fields summarised
 
 
-def one_or_all(counts: Counter, name: str) -> Any:
+def summarise_field(counts: Counter, name: str) -> Any:
     """The one value of a metadata field, or {value: count} (warned) when the shards mix several."""
     if len(counts) > 1:
         log.warning("shards mix several %s values %s: a predictor is meant for one MLLM and modality",
@@ -99,7 +99,7 @@ class DataModule(pl.LightningDataModule):
         """`summary`: what the predictor is trained on, for the export's config.json (`trained_on`). meta: per
         SUMMARY_META field, the kept samples' values counted; n_v: (min, max, sum) of their N_v. `val_fraction`
         is recorded so that later fidelity checks (eval.py) score the same held-out keys."""
-        self.summary = {k: one_or_all(meta[k], k) for k in SUMMARY_META}
+        self.summary = {k: summarise_field(meta[k], k) for k in SUMMARY_META}
         self.summary.update(num_samples=num_train + num_val, num_train=num_train, num_val=num_val,
                             val_fraction=float(self.val_fraction),  # is_val_key(key, val_fraction): held out
                             num_shards=num_shards, corrupt_shards=corrupt_shards, skipped_samples=skipped_samples,

@@ -122,8 +122,8 @@ def drop_tokens(rng: np.random.Generator, named: np.ndarray, objects: np.ndarray
     """Pruning as training augmentation: with probability p, drop visual tokens of one scene as a pruning
     method would. The named object's tokens stay; of the others a random number (1 to half the tokens)
     stays, half of the time other objects first (as a saliency-driven selection keeps them), otherwise
-    uniformly. Without it the model leans on empty background tokens as attention sinks and fails when a
-    selection keeps only objects (BENCHMARKS.md).
+    uniformly. The model then cannot rely on empty background tokens as attention sinks, and answers when
+    a selection keeps only objects (BENCHMARKS.md, "Why the reference MLLM's training terms exist").
 
     named, objects: (N_v,) bool, the named object's tokens and every object's -> (N_v,) bool, dropped.
     """

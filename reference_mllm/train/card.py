@@ -100,7 +100,7 @@ def _layer0_note(cfg: dict) -> str:
   - why planted: a model this small does its lookup in layers 1-2, and left alone its layer 0 says nothing
     about which object the question names (the v1 model: at chance). Real MLLMs' first layer carries a weak
     instruction signal under a position bias; that is what the relevance predictor is built to exploit, so the
-    test model must have both for the benchmark to measure the method (BENCHMARKS.md, issue 10).""")
+    test model must have both for the benchmark to measure the method (BENCHMARKS.md, "The embedded default v2").""")
 
 
 def _drop_note(cfg: dict) -> str:

@@ -26,8 +26,8 @@ class RefTrainConfig:
     weight_decay: float = 0.01
     aux_weight: float = 1.0  # the vision tower's own signal: per-token colour and shape classifiers (losses.AuxHead)
     label_smoothing: float = 0.1  # on the answer loss: keeps the answer logit off saturation (gae, BENCHMARKS.md)
-    # Attention guidance (-log of attention mass) along the lookup (GUIDED). Without it the LLM sat at chance;
-    # with the type hop it learns faster (99.5% held-out after 4000 steps against 98.5%, BENCHMARKS.md).
+    # Attention guidance (-log of attention mass) along the lookup (GUIDED): a model this small learns the
+    # lookup only with it, and faster with the type hop (BENCHMARKS.md, "Why the reference MLLM's training terms exist").
     att_weight: float = 1.0
     # Layer 0 gets two properties the method assumes of real MLLMs, and nothing else:
     # a weak instruction cue (0: off): head 0's attention mass from the naming word onto the object is pushed
@@ -40,8 +40,8 @@ class RefTrainConfig:
     l0_position_bias: float = 2.0
     # pruning as augmentation: the share of training scenes whose visual tokens are partly dropped (masked out
     # of the attention) as a pruning method would, the named object's always kept (batches.drop_tokens).
-    # Without it the model needed empty background tokens as attention sinks: kept with 7 other objects
-    # and no background, the named object was answered in 15% of scenes (BENCHMARKS.md)
+    # It keeps the model from relying on empty background tokens as attention sinks, so that it answers from
+    # whatever a selection keeps (BENCHMARKS.md, "Why the reference MLLM's training terms exist").
     token_drop: float = 0.5
     # (height, width) px and how often each is drawn; 224x224 is the main size
     sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 224]])
@@ -57,9 +57,9 @@ class RefTrainConfig:
     eval_items: int = 200  # held-out scenes per evaluated size
     eval_sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 448]])
     threads: int = 1  # one thread: with other processes on the cores, 2 threads ran 5-7x slower
-    # initializer_range 0.1 (transformers' default: 0.02): from the smaller init the answer path (object ->
-    # question word -> answer position, three matrices deep) sat at chance for 1500 steps even with the
-    # attention guided; from 0.1 it reached 79% in 800 (clean inputs, BENCHMARKS.md)
+    # initializer_range 0.1 (transformers' default: 0.02): the answer path (object -> question word -> answer
+    # position) is three matrices deep, and from the smaller init it does not start learning in the steps this
+    # recipe has (BENCHMARKS.md, "Why the reference MLLM's training terms exist").
     text: dict = field(default_factory=lambda: dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
                                                     num_key_value_heads=2, intermediate_size=256,
                                                     initializer_range=0.1))
