@@ -27,7 +27,7 @@ import torch
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-REGENERATE_HINT = "regenerate the shards with: python -m data_gen out=<dir> (see README)"
+REGENERATE_HINT = "regenerate the shards with: python -m data_gen out=<dir> (see docs/data_gen.md)"
 
 # key in meta -> python type(s) accepted
 REQUIRED_META: dict[str, tuple[type, ...]] = {

@@ -215,7 +215,7 @@ def test_temporal_clip_ground_truth(tmp_path):
 
 
 def test_same_seed_same_shards_same_thread_count_give_byte_identical_weights(shards, tmp_path):
-    # README "Reproducibility": the export's weights depend on seed, shards, torch and the thread count only
+    # docs/export.md, "Reproducibility": the export's weights depend on seed, shards, torch and the thread count only
     from predictor.training.train import train
 
     torch.set_num_threads(2)  # the CI machine's count; intra-op reductions must not make the bytes vary

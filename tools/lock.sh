@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refresh requirements/lock.txt, the tested set that CI and the README's install use, from requirements/lock.in
 # (pyproject's [dev] extras, the pinned torch pair, and what lmms-eval imports). Then: run the suite on the new
-# lock in a brand-new venv (README "Dependencies"), and commit the lock with the figures.
+# lock in a brand-new venv (docs/dependencies.md), and commit the lock with the figures.
 #   tools/lock.sh                     newest versions pyproject's ranges allow
 #   tools/lock.sh --upgrade-package transformers    only move one package (uv's options pass through)
 set -euo pipefail

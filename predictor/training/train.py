@@ -183,7 +183,7 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         # streaming counts invalid samples as it meets them; versions: the libraries this training ran with
         module.hparams["trained_on"] = {**dm.summary, **recorded, "versions": versions()}
-        # seed, threads and torch: what the weights' bytes depend on (README: reproducibility)
+        # seed, threads and torch: what the weights' bytes depend on (docs/export.md, "Reproducibility")
         export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
                                    batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs, seed=cfg.seed,
                                    threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0])
