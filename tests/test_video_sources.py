@@ -173,13 +173,15 @@ def test_video_file_through_a_stub_decoder(tmp_path, monkeypatch):
 
 def test_video_file_through_torchcodec(tmp_path):
     """The real decoder, where torchcodec and FFmpeg's libraries are installed (skipped otherwise)."""
-    try:
-        from torchcodec.encoders import VideoEncoder
-    except Exception as e:  # not installed, or FFmpeg's libraries missing
-        pytest.skip(f"torchcodec unusable here: {type(e).__name__}: {str(e)[:100]}")
     clip = torch.zeros(12, 3, 32, 48, dtype=torch.uint8)
     clip[:, 0] = (torch.arange(12, dtype=torch.uint8) * 20)[:, None, None]
-    VideoEncoder(clip, frame_rate=6).to_file(str(tmp_path / "clip.mp4"))
+    try:
+        from torchcodec.encoders import VideoEncoder
+
+        encoder = VideoEncoder(clip, frame_rate=6)  # loads libtorchcodec and FFmpeg's libraries, lazily
+    except Exception as e:  # not installed (ImportError), or FFmpeg's libraries missing (RuntimeError)
+        pytest.skip(f"torchcodec unusable here: {type(e).__name__}: {str(e)[:100]}")
+    encoder.to_file(str(tmp_path / "clip.mp4"))
     rows = [{"id": "v", "video": "clip.mp4", "instruction": "q", "answer": "a"}]
     item = get_source("jsonl")(path=_jsonl(tmp_path / "v.jsonl", rows), num_frames=None, fps=3)[0]
     frames, fps = load_video(item.video, item.fps)

@@ -48,6 +48,6 @@ echo "== canary ($([ $floor = 1 ] && echo "floor: transformers $low" || echo new
 "$dir/venv/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE \
   '^(torch|torchvision|transformers|tokenizers|kernels|huggingface[-_]hub|pytorch-lightning|torchmetrics|webdataset|hydra-core|omegaconf|captum|datasets|safetensors|numpy|pillow|wandb|pytest|lmms[-_]eval|filelock)==' \
   | tr '\n' ' '; echo
-"$dir/venv/bin/python" -m pip check || echo "(pip check: the conflicts above are pyproject's caps, lifted on purpose)"
+"$dir/venv/bin/python" -m pip check || echo "(pip check: lmms-eval's own pins, and pyproject's caps lifted on purpose)"
 echo "== canary: tests"
 "$dir/venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
