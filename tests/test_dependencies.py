@@ -139,6 +139,10 @@ def test_nothing_is_declared_that_nothing_imports():
 
 
 def test_each_distribution_is_declared_once_on_each_install_path():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra, reqs in {"core": project["dependencies"], **project["optional-dependencies"]}.items():
+        names = [_norm(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in reqs]
+        assert len(names) == len(set(names)), f"[{extra}] declares {sorted({n for n in names if names.count(n) > 1})} twice"
     own, includes = _declared()
     for extra in own:
         if extra == "core":
