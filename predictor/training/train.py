@@ -182,11 +182,12 @@ def train(cfg: DictConfig) -> Path:
     export_dir = _export_dir(cfg, shards, run_dir)
     if trainer.is_global_zero:
         # streaming counts invalid samples as it meets them; versions: the libraries this training ran with
-        module.hparams["trained_on"] = {**dm.summary, **recorded, "versions": versions()}
+        ran_with = versions()
+        module.hparams["trained_on"] = {**dm.summary, **recorded, "versions": ran_with}
         # seed, threads and torch: what the weights' bytes depend on (docs/export.md, "Reproducibility")
         export_dir = export_module(module, export_dir, epochs=trainer.current_epoch,
                                    batch_size=d.batch_size, max_epochs=cfg.trainer.max_epochs, seed=cfg.seed,
-                                   threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0])
+                                   threads=torch.get_num_threads(), torch=ran_with["torch"])
         if cfg.logger.name == "wandb" and logger:
             import wandb
 
