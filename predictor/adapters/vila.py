@@ -164,6 +164,11 @@ class _Config:
         self.__dict__.update(top)
         self.text_config, self.vision_config = text_config, vision_config
 
+    def __getattr__(self, name: str) -> Any:  # anything else (e.g. _attn_implementation): the LLM's config
+        if name.startswith("__") or name in ("text_config", "vision_config"):
+            raise AttributeError(name)
+        return getattr(self.text_config, name)
+
 
 class VilaModel(nn.Module):
     """LLM + vision tower + projector, with the surface the adapters' machinery uses."""
@@ -206,11 +211,18 @@ class VilaModel(nn.Module):
             raise ValueError(f"the prompt has {int(mask.sum())} image-token slots for {features.shape[0]} visual tokens")
         return embeds.masked_scatter(mask[..., None].expand_as(embeds), features.to(embeds.dtype))
 
-    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **kwargs):
-        """The composed model's own forward (no caching of tower features): the LLM's output."""
-        feats = (self.encode_images(pixel_values).flatten(0, 1) if pixel_values is not None
-                 else torch.zeros(0, self.llm.config.hidden_size, device=input_ids.device))
-        return self.llm(inputs_embeds=self.embed(input_ids, feats), **kwargs)
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """The LLM's attention (the tower keeps its own)."""
+        self.llm.set_attn_implementation(attn_implementation)
+
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, **kwargs):
+        """The composed model's own forward (the tower runs on `pixel_values` every call): the LLM's output."""
+        if inputs_embeds is None:
+            feats = (self.encode_images(pixel_values).flatten(0, 1) if pixel_values is not None
+                     else torch.zeros(0, self.llm.config.hidden_size, device=input_ids.device))
+            inputs_embeds = self.embed(input_ids, feats)
+        return self.llm(inputs_embeds=inputs_embeds, **kwargs)
 
 
 # ---- loading -----------------------------------------------------------------------------------------
