@@ -252,6 +252,10 @@ def read_layout(path: str | Path) -> dict:
         raise ValueError(f"{root}: image_aspect_ratio={ratio!r}, s2={top.get('s2')!r}, "
                          f"dynamic_s2={top.get('dynamic_s2')!r}: only VILA1.5's single-tile images ('resize' or "
                          f"'pad', no S2) are supported; NVILA's dynamic S2 tiling is not")
+    kind = json.loads((root / "mm_projector" / "config.json").read_text()).get("mm_projector_type")
+    if kind not in ("mlp_downsample", "linear") and not re.fullmatch(r"mlp\d+x_gelu", str(kind)):
+        raise ValueError(f"{root}/mm_projector: mm_projector_type={kind!r} is not supported (VILA1.5 uses "
+                         f"mlp_downsample; linear and mlpNx_gelu also load); NVILA's 3 x 3 and S2 projectors do not")
     if top.get("mm_use_im_start_end") or top.get("mm_use_im_patch_token"):
         raise ValueError(f"{root}: mm_use_im_start_end / mm_use_im_patch_token are set; VILA1.5 checkpoints set "
                          f"neither, and the adapter writes no <im_start>/<im_patch> tokens")
@@ -440,8 +444,10 @@ class VilaAdapter(HFAdapter):
         input_ids = torch.tensor([expanded], dtype=torch.long)
         pixel_values = torch.stack([proc.image(f) for f in frames])
         slots = (input_ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
-        # the projector emits each image's tokens column by column; visual order is row-major
-        visual = slots.view(len(frames), per)[:, torch.arange(per).view(m, m).t().reshape(-1)].reshape(-1)
+        visual = slots
+        if self.model.mm_projector.kind == "mlp_downsample":
+            # it emits each image's tokens column by column; visual order is row-major
+            visual = slots.view(len(frames), per)[:, torch.arange(per).view(m, m).t().reshape(-1)].reshape(-1)
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": torch.ones_like(input_ids).to(self.device),
                   "pixel_values": pixel_values.to(self.device)}
         segments = None
