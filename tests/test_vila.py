@@ -216,3 +216,40 @@ def test_video_frames_are_images_in_sequence(vila):
     torch.testing.assert_close(p.inputs["pixel_values"][1], alone.inputs["pixel_values"][0])
     feats, _ = vila.visual_features(p)
     torch.testing.assert_close(feats[9:18], vila.visual_features(alone)[0], atol=1e-6, rtol=1e-5)
+
+
+def _run(args: list[str]) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, *args], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{args} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def test_data_gen_train_eval_on_tiny_vila(tiny_models, tmp_path):
+    """`python -m data_gen model=vila`, `python train.py`, `python eval.py model=vila` over a JSON-lines file of
+    images and videos (frame lists): VILA's 3 x 3 tokens per image (frame), coordinates from its grid."""
+    lines = []
+    for i in range(4):
+        tiny_image(97 + 7 * i, 61 + 5 * i, seed=i).save(tmp_path / f"img{i}.png")
+        lines.append(json.dumps({"id": f"q{i}", "image": f"img{i}.png", "instruction": INSTRUCTION, "answer": "circle"}))
+    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    shards, export = tmp_path / "shards", tmp_path / "export"
+    model = ["model=vila", f"model.path={tiny_models['vila']}", "model.device=cpu", "model.dtype=float32"]
+    source = ["source=jsonl", f"source.path={tmp_path / 'items.jsonl'}"]
+    _run(["-m", "data_gen", *model, *source, "correctness=none", "max_new_tokens=2", "shard_size=2", f"out={shards}",
+          "progress=false", f"hydra.run.dir={tmp_path}/h1"])
+    summary = json.loads((shards / "summary-r00000.json").read_text())
+    assert summary["written"] == 4 and summary["visual_tokens_per_sample"] == 9
+    _run(["train.py", f"data.shards={shards}", f"export_dir={export}", "trainer.max_epochs=1", "logger=none",
+          "data.val_fraction=0", "model.widths=[4,8]", f"hydra.run.dir={tmp_path}/h2"])
+    assert json.loads((export / "config.json").read_text())["trained_on"]["adapter"] == "vila"
+    _run(["eval.py", *model, *source, f"predictor={export}", "max_items=2", "max_new_tokens=2", "correctness=none",
+          "timing=false", "figures=1", "fidelity.shards=null", "progress=false", "generalisation=null",
+          f"out={tmp_path / 'eval'}", f"hydra.run.dir={tmp_path}/h3"])
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert res["results"]["predictor"]["0.5"]["n"] == 2 and res["results"]["predictor"]["0.5"]["visual_tokens"] == 5
