@@ -232,7 +232,7 @@ def _run(args: list[str]) -> str:
 
 def test_data_gen_train_eval_on_tiny_vila(tiny_models, tmp_path):
     """`python -m data_gen model=vila`, `python train.py`, `python eval.py model=vila` over a JSON-lines file of
-    images and videos (frame lists): VILA's 3 x 3 tokens per image (frame), coordinates from its grid."""
+    images: VILA's 3 x 3 tokens per image, coordinates from its grid; then video labels (synthetic clips)."""
     lines = []
     for i in range(4):
         tiny_image(97 + 7 * i, 61 + 5 * i, seed=i).save(tmp_path / f"img{i}.png")
@@ -253,3 +253,8 @@ def test_data_gen_train_eval_on_tiny_vila(tiny_models, tmp_path):
           f"out={tmp_path / 'eval'}", f"hydra.run.dir={tmp_path}/h3"])
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert res["results"]["predictor"]["0.5"]["n"] == 2 and res["results"]["predictor"]["0.5"]["visual_tokens"] == 5
+    # video: each of the source's num_frames frames is an image of 3 x 3 tokens, grid (frames, 3, 3)
+    _run(["-m", "data_gen", *model, "source=synthetic_video", "source.num_frames=4", "max_items=2", "correctness=none",
+          "max_new_tokens=2", f"out={tmp_path / 'video'}", "progress=false", f"hydra.run.dir={tmp_path}/h4"])
+    summary = json.loads((tmp_path / "video" / "summary-r00000.json").read_text())
+    assert summary["written"] == 2 and summary["visual_tokens_per_sample"] == 36
