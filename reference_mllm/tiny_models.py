@@ -255,7 +255,7 @@ def build_vila(out_dir: str | Path, words: list[str], *, text: dict | None = Non
     import transformers as tf
     from safetensors.torch import save_file
 
-    from predictor.adapters.vila import VilaProjector
+    from predictor.adapters.vila_model import VilaProjector
 
     out = Path(out_dir)
     tokenizer = build_tokenizer(list(words) + list(VILA_SYSTEM_WORDS), "vila")
