@@ -283,8 +283,8 @@ def build_vila(out_dir: str | Path, words: list[str], *, text: dict | None = Non
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.uniform_(0.5, 2.0), m.bias.uniform_(-0.5, 0.5)
     (out / "mm_projector").mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, str(out / "mm_projector" / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in proj.state_dict().items()},
+              str(out / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
     projector_cfg = {"architectures": ["MultimodalProjector"], "mm_projector_type": projector,
                      "model_type": "v2l_projector", "torch_dtype": "float32"}
     (out / "mm_projector" / "config.json").write_text(json.dumps(projector_cfg, indent=2))

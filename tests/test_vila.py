@@ -36,7 +36,8 @@ def test_tiny_folder_has_the_released_layout_and_keys(tiny_models):
                 "mm_vision_select_layer", "mm_use_im_start_end", "mm_use_im_patch_token", "s2", "num_video_frames"):
         assert top[key] == released["values"][key], key
     for sub in ("llm_cfg", "vision_tower_cfg", "mm_projector_cfg"):
-        for key in ("_name_or_path", "architectures", "model_type") + (("mm_projector_type",) if sub == "mm_projector_cfg" else ()):
+        extra = ("mm_projector_type",) if sub == "mm_projector_cfg" else ()
+        for key in ("_name_or_path", "architectures", "model_type", *extra):
             assert top[sub][key] == released[sub][key], (sub, key)
     assert top["mm_hidden_size"] == top["vision_tower_cfg"]["hidden_size"]
     assert top["hidden_size"] == top["llm_cfg"]["hidden_size"]
@@ -116,7 +117,8 @@ def test_keep_one_generation_is_the_composed_models_own(vila):
     stop = vila.tokenizer.eos_token_id
     expect = own.tolist()[:own.tolist().index(stop)] if stop in own.tolist() else own.tolist()
     assert ids.tolist() == expect
-    assert pruned_generate(vila, p, make_method("attention"), keep=1.0, max_new_tokens=6)[0].answer_ids.tolist() == expect
+    pruned = pruned_generate(vila, p, make_method("attention"), keep=1.0, max_new_tokens=6)[0]
+    assert pruned.answer_ids.tolist() == expect
 
 
 def test_templates_render_as_the_authors_conversation():
@@ -125,7 +127,8 @@ def test_templates_render_as_the_authors_conversation():
     msg = user_message([Image.new("RGB", (4, 4)), "Describe it."])
     assert msg == "<image>\nDescribe it."
     two = TEMPLATES["vicuna_v1"]
-    assert two.render([(two.roles[0], msg), (two.roles[1], None)]) == f"{VICUNA_SYSTEM} USER: <image>\nDescribe it. ASSISTANT:"
+    expect = f"{VICUNA_SYSTEM} USER: <image>\nDescribe it. ASSISTANT:"
+    assert two.render([(two.roles[0], msg), (two.roles[1], None)]) == expect
     assert two.stop == "</s>"
     l3 = TEMPLATES["llama_3"]
     assert l3.render([(l3.roles[0], msg), (l3.roles[1], None)]) == (
@@ -236,7 +239,8 @@ def test_data_gen_train_eval_on_tiny_vila(tiny_models, tmp_path):
     lines = []
     for i in range(4):
         tiny_image(97 + 7 * i, 61 + 5 * i, seed=i).save(tmp_path / f"img{i}.png")
-        lines.append(json.dumps({"id": f"q{i}", "image": f"img{i}.png", "instruction": INSTRUCTION, "answer": "circle"}))
+        lines.append(json.dumps({"id": f"q{i}", "image": f"img{i}.png", "instruction": INSTRUCTION,
+                                 "answer": "circle"}))
     (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
     shards, export = tmp_path / "shards", tmp_path / "export"
     model = ["model=vila", f"model.path={tiny_models['vila']}", "model.device=cpu", "model.dtype=float32"]

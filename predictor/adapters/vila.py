@@ -169,7 +169,8 @@ class VilaAdapter(HFAdapter):
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"model path {path!r} is not a local folder; set model.path=/path/to/VILA1.5-folder")
+            raise FileNotFoundError(f"model path {path!r} is not a local folder; set "
+                                    f"model.path=/path/to/VILA1.5-folder")
         if attn_implementation == ATTN_IMPL:
             register()
         top = read_layout(path)
@@ -183,7 +184,8 @@ class VilaAdapter(HFAdapter):
         template = pick_template(conv_mode, tokenizer)
         stop = tokenizer.convert_tokens_to_ids(template.stop)
         gc = model.generation_config
-        eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else [] if gc.eos_token_id is None else [gc.eos_token_id]
+        eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else [] if gc.eos_token_id is None else \
+            [gc.eos_token_id]
         if isinstance(stop, int) and stop != tokenizer.unk_token_id and stop not in eos:
             gc.eos_token_id = [*eos, stop]  # run_vila stops at the template's stop string
         processor = VilaProcessor(tokenizer, image_processor, template, top.get("image_aspect_ratio", "resize"))
@@ -263,8 +265,9 @@ class VilaAdapter(HFAdapter):
         segments = None
         if modality == "video":
             segments = [{"kind": "frame", "start": i * per, "grid": [1, m, m]} for i in range(len(frames))]
-        return Prepared(inputs=inputs, visual_positions=visual, instruction_positions=torch.tensor(instr, dtype=torch.long),
-                        grid=(len(frames), m, m), modality=modality, segments=segments, prompt_text=text)
+        return Prepared(inputs=inputs, visual_positions=visual,
+                        instruction_positions=torch.tensor(instr, dtype=torch.long), grid=(len(frames), m, m),
+                        modality=modality, segments=segments, prompt_text=text)
 
     def _messages(self, instruction: str, modality: str) -> list[dict]:
         """The conversation as message parts (the template supplies the system prompt)."""

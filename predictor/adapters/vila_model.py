@@ -123,7 +123,8 @@ class VilaModel(nn.Module):
         mask = input_ids == IMAGE_TOKEN_INDEX
         embeds = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))
         if int(mask.sum()) != features.shape[0]:
-            raise ValueError(f"the prompt has {int(mask.sum())} image-token slots for {features.shape[0]} visual tokens")
+            raise ValueError(f"the prompt has {int(mask.sum())} image-token slots for {features.shape[0]} "
+                             f"visual tokens")
         return embeds.masked_scatter(mask[..., None].expand_as(embeds), features.to(embeds.dtype))
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
