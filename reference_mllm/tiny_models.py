@@ -9,6 +9,7 @@ through `from_pretrained` (and our adapters) exactly like a real checkpoint.
     build_qwen2_vl(out_dir, words)          -> Path   (Qwen2-VL or, variant="qwen2_5_vl", Qwen2.5-VL)
     build_llava_onevision(out_dir, words)   -> Path
     build_qwen3_vl(out_dir, words)          -> Path   (Qwen3-VL or, moe=True, Qwen3-VL-MoE; DeepStack, 32 px tokens)
+    build_vila(out_dir, words)              -> Path   (a VILA1.5 folder: llm/, vision_tower/, mm_projector/)
     make_qwen2_vl(words) / make_llava_onevision(words) -> (model, processor) in memory (train, then save)
     save_model(model, processor, out_dir)   -> Path
 
@@ -213,6 +214,84 @@ def build_llava_onevision(out_dir: str | Path, words: list[str], **kwargs: Any) 
     """Save a random tiny LLaVA-OneVision to `out_dir`; see `make_llava_onevision`."""
     model, processor = make_llava_onevision(words, **kwargs)
     return save_model(model, processor, out_dir)
+
+
+# --- VILA1.5 ------------------------------------------------------------------------------------------
+
+# The VILA1.5 system prompt's words (vicuna_v1), so the tiny tokenizer spells the real prompt
+VILA_SYSTEM_WORDS = ("a chat between a curious user and an artificial intelligence assistant the assistant gives "
+                     "helpful detailed and polite answers to the user's questions").split()
+# SigLIP 70 px / 14 px patches: 5 x 5 patches, padded to 6 x 6 and merged 2 x 2 into 3 x 3 tokens (the
+# released 384 px tower: 27 x 27 patches, also odd, padded to 28 x 28: 14 x 14 = 196 tokens)
+TINY_VILA_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        patch_size=14, image_size=70)
+
+
+def vila_top_config(llm_cfg: dict, vision_cfg: dict, projector_cfg: dict, mm_hidden_size: int, hidden_size: int,
+                    image_aspect_ratio: str = "resize") -> dict:
+    """The top config.json of a VILA1.5 folder, with the released VILA1.5-3B's keys
+    (tests/fixtures/vila/README.md says where they were read)."""
+    return {
+        "_name_or_path": "tiny-vila1.5", "architectures": ["LlavaLlamaModel"], "drop_path_rate": 0.0,
+        "hidden_size": hidden_size, "image_aspect_ratio": image_aspect_ratio, "interpolate_mode": "linear",
+        "llm_cfg": {**llm_cfg, "_name_or_path": "./llm"}, "mm_hidden_size": mm_hidden_size,
+        "mm_projector_cfg": {**projector_cfg, "_name_or_path": "./mm_projector"}, "mm_projector_lr": None,
+        "mm_use_im_patch_token": False, "mm_use_im_start_end": False, "mm_vision_select_feature": "cls_patch",
+        "mm_vision_select_layer": -2, "model_dtype": "torch.float32", "model_type": "llava_llama",
+        "num_video_frames": 8, "resume_path": "./vlm", "s2": False, "s2_max_split_size": 336,
+        "s2_scales": "336,672,1008", "transformers_version": "4.36.2", "tune_language_model": True,
+        "tune_mm_projector": True, "tune_vision_tower": True, "vision_resolution": -1,
+        "vision_tower_cfg": {**vision_cfg, "_name_or_path": "./vision_tower"}}
+
+
+def build_vila(out_dir: str | Path, words: list[str], *, text: dict | None = None, vision: dict | None = None,
+               projector: str = "mlp_downsample", image_aspect_ratio: str = "resize", seed: int = 0) -> Path:
+    """Save a random tiny VILA1.5 checkpoint folder to `out_dir`, laid out as the released ones:
+    config.json (model_type llava_llama), llm/ (LlamaForCausalLM + tokenizer), vision_tower/
+    (SiglipVisionModel + SiglipImageProcessor config) and mm_projector/ (config.json + model.safetensors with
+    the authors' `layers.*` keys). Built with transformers' classes and our projector; fp32."""
+    import json
+
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    from predictor.adapters.vila_model import VilaProjector
+
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(list(words) + list(VILA_SYSTEM_WORDS), "vila")
+    text_cfg = {**TINY_TEXT, **(text or {})}
+    _seed(seed)
+    llm_config = tf.LlamaConfig(**text_cfg, vocab_size=len(tokenizer), max_position_embeddings=4096,
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    llm = tf.LlamaForCausalLM(llm_config).eval()
+    llm.generation_config.do_sample = False
+    llm.generation_config.eos_token_id = tokenizer.eos_token_id
+    llm.generation_config.pad_token_id = tokenizer.pad_token_id
+    llm.save_pretrained(out / "llm", safe_serialization=True)
+    tokenizer.save_pretrained(out / "llm")
+    vis = {**TINY_VILA_SIGLIP, **(vision or {})}
+    tower = tf.SiglipVisionModel(tf.SiglipVisionConfig(**vis)).eval()
+    tower.save_pretrained(out / "vision_tower", safe_serialization=True)
+    size = vis["image_size"]
+    tf.SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                               image_std=[0.5] * 3).save_pretrained(out / "vision_tower")
+    proj = VilaProjector(projector, vis["hidden_size"], text_cfg["hidden_size"])
+    with torch.no_grad():  # a trained LayerNorm is not the identity
+        for m in proj.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 2.0), m.bias.uniform_(-0.5, 0.5)
+    (out / "mm_projector").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in proj.state_dict().items()},
+              str(out / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
+    projector_cfg = {"architectures": ["MultimodalProjector"], "mm_projector_type": projector,
+                     "model_type": "v2l_projector", "torch_dtype": "float32"}
+    (out / "mm_projector" / "config.json").write_text(json.dumps(projector_cfg, indent=2))
+    top = vila_top_config(llm.config.to_dict(), tower.config.to_dict(), projector_cfg, vis["hidden_size"],
+                          text_cfg["hidden_size"], image_aspect_ratio)
+    (out / "config.json").write_text(json.dumps(top, indent=2))
+    return out
 
 
 # --- saving -------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ BASE_WORDS = ("system", "user", "assistant", "you", "are", "a", "helpful", "pict
 QWEN2_VL_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 LLAVA_OV_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+# VILA1.5's LLM tokenizers (Llama 2 style for the 3B / 13B): BOS and EOS only; the image placeholder is no
+# token at all (the authors' code splits the prompt at "<image>" and inserts the id -200 between the chunks)
+VILA_SPECIAL = ("<s>", "</s>")
 
 # Short but faithful versions of the real chat templates (Qwen/Qwen2-VL-7B-Instruct and
 # llava-hf/llava-onevision-qwen2-7b-ov-hf), so that template tokens sit where the real models put them.
@@ -57,6 +60,9 @@ FAMILIES = {
                             pad="<|endoftext|>", extra={"image_token": "<image>", "video_token": "<video>"}),
 }
 FAMILIES["qwen2_5_vl"] = FAMILIES["qwen2_vl"]
+# VILA1.5 has no chat template in its tokenizer: the prompt comes from the authors' conversation templates
+# (`predictor.adapters.vila`), and its Llama tokenizer adds BOS to every text it encodes
+FAMILIES["vila"] = dict(special=VILA_SPECIAL, template=None, eos="</s>", pad="</s>", extra={}, bos="<s>")
 # Qwen3-VL's template adds no default system prompt
 FAMILIES["qwen3_vl"] = {**FAMILIES["qwen2_vl"], "template": QWEN2_VL_TEMPLATE.replace(
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}",
@@ -91,8 +97,14 @@ def build_tokenizer(words: list[str], family: str = "qwen2_vl"):
     ])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, "a ," -> "a,"
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fam["special"]])
+    if fam.get("bos"):  # Llama tokenizers prepend BOS to every encoded text
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{fam['bos']} $A", pair=f"{fam['bos']} $A $B", special_tokens=[(fam["bos"], tok.token_to_id(fam["bos"]))])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token=UNK, eos_token=fam["eos"], pad_token=fam["pad"],
+        **({"bos_token": fam["bos"]} if fam.get("bos") else {}),
         extra_special_tokens=dict(fam["extra"]),
         model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False,
     )

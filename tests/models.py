@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from reference_mllm.tiny_models import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
+from reference_mllm.tiny_models import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl, build_vila
 
 # family -> adapter name that loads it
 ADAPTER_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
-              "llava_onevision": "llava_onevision"}
+              "llava_onevision": "llava_onevision", "vila": "vila"}
 FAMILIES = tuple(ADAPTER_OF)
 WORDS = list(DEFAULT_WORDS)
 
@@ -38,6 +38,8 @@ def tiny_model_dir(family: str, root: Path) -> Path:
         if not (out / "config.json").exists():
             if family == "llava_onevision":
                 build_llava_onevision(out, WORDS, seed=0)
+            elif family == "vila":  # a VILA1.5 folder: llm/, vision_tower/, mm_projector/, 3 x 3 tokens per image
+                build_vila(out, WORDS, seed=0)
             elif family in ("qwen3_vl", "qwen3_vl_moe"):  # the MoE variant: built on demand, not in FAMILIES
                 build_qwen3_vl(out, WORDS, moe=family == "qwen3_vl_moe", seed=0)
             else:

@@ -56,8 +56,8 @@ def test_every_registered_adapter_has_a_tiny_model():
 
 
 def test_unknown_adapter_lists_available():
-    with pytest.raises(KeyError, match="available: llava_onevision, qwen2_vl"):
-        get_adapter("vila")
+    with pytest.raises(KeyError, match="available: llava_onevision, qwen2_vl, qwen3_vl, vila"):
+        get_adapter("vila2")
 
 
 def test_load_errors(tiny_models, tmp_path):
@@ -72,7 +72,7 @@ def test_positions_grid_and_segments(family, loaded):
     adapter, p = loaded[family]
     ids = p.inputs["input_ids"][0]
     tok = adapter.tokenizer
-    assert torch.equal(p.visual_positions, (ids == adapter.image_token_id).nonzero().flatten())
+    assert torch.equal(p.visual_positions.sort().values, (ids == adapter.image_token_id).nonzero().flatten())
     assert tok.convert_ids_to_tokens(ids[p.instruction_positions]) == ["what", "shape", "is", "the", "red", "object", "?"]
     _assert_instruction_follows_media(adapter, p)
     t, h, w = p.grid
@@ -80,6 +80,10 @@ def test_positions_grid_and_segments(family, loaded):
     if family == "llava_onevision":
         _validate_segments("k", p.segments, p.num_visual)
         assert p.segments[0]["kind"] == "base" and p.segments[0]["grid"] == [1, 4, 4]
+    elif family == "vila":  # resized to 70 x 70 px: 5 x 5 patches padded to 6 x 6, merged 2 x 2
+        assert p.grid == (1, 3, 3) and p.segments is None
+        # the projector emits the merged grid column by column; visual order is row-major
+        assert (p.visual_positions - p.visual_positions.min()).tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]
     else:
         assert p.grid == (1, 3, 4) and p.segments is None  # 84 x 112 px / 28 px per token
 
@@ -92,11 +96,12 @@ def _assert_instruction_follows_media(adapter, p) -> None:
     ids, tok = p.inputs["input_ids"][0], adapter.tokenizer
     first, last = int(p.instruction_positions[0]), int(p.instruction_positions[-1])
     assert torch.equal(p.instruction_positions, torch.arange(first, last + 1))
-    between = ids[int(p.visual_positions[-1]) + 1:first].tolist()
+    between = ids[int(p.visual_positions.max()) + 1:first].tolist()
     assert between, "no markup between the media and the instruction"
     markup = [t for t in between if t in tok.all_special_ids or not tok.decode([t]).strip()]
     assert markup == between, tok.convert_ids_to_tokens(between)
-    assert tok.convert_ids_to_tokens(int(ids[last + 1])) == "<|im_end|>"
+    # the turn ends: Qwen's and LLaVA-OneVision's end-of-turn token; VILA1.5's vicuna_v1 " ASSISTANT:"
+    assert tok.convert_ids_to_tokens(int(ids[last + 1])) == ("assistant" if adapter.name == "vila" else "<|im_end|>")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,15 @@ def loaded_video(loaded):
 def test_video_positions_grid_and_segments(family, loaded_video):
     adapter, p = loaded_video[family]
     ids = p.inputs["input_ids"][0]
+    if family == "vila":  # a video is its frames, each an image: the image placeholder, frame by frame
+        assert p.modality == "video" and p.grid == (8, 3, 3) and p.num_visual == 72
+        assert p.segments == [{"kind": "frame", "start": 9 * i, "grid": [1, 3, 3]} for i in range(8)]
+        _validate_segments("k", p.segments, p.num_visual)
+        frames = (ids == adapter.video_token_id).nonzero().flatten().view(8, 9)
+        assert torch.equal(p.visual_positions.view(8, 9).sort(dim=1).values, frames)
+        assert (frames[1:, 0] - frames[:-1, -1]).tolist() == [2] * 7  # "<image>\n" per frame: one "\n" between
+        _assert_instruction_follows_media(adapter, p)
+        return
     assert p.modality == "video" and not (ids == adapter.image_token_id).any()
     assert torch.equal(p.visual_positions, (ids == adapter.video_token_id).nonzero().flatten())
     words = adapter.tokenizer.convert_ids_to_tokens(ids[p.instruction_positions])
@@ -187,7 +201,8 @@ def test_video_frames_in_any_pil_mode_or_as_arrays(family, loaded_video):
                   np.stack([np.asarray(f) for f in frames])):
         p = adapter.prepare(None, INSTRUCTION, video=video)
         assert (p.grid, p.segments, p.seq_len) == (rgb.grid, rgb.segments, rgb.seq_len)
-    torch.testing.assert_close(p.inputs["pixel_values_videos"], rgb.inputs["pixel_values_videos"])
+    key = "pixel_values" if family == "vila" else "pixel_values_videos"  # VILA: frames are images
+    torch.testing.assert_close(p.inputs[key], rgb.inputs[key])
 
 
 def test_qwen2_5_video_timing_comes_from_the_true_fps(loaded):
@@ -274,9 +289,9 @@ def test_vision_tower_runs_once_per_prompt(family, loaded, monkeypatch):
     the vision features are computed once and reused, with the same result as a fresh prompt."""
     adapter, _ = loaded[family]
     calls = []
-    inner = adapter.model.model.get_image_features
-    monkeypatch.setattr(adapter.model.model, "get_image_features",
-                        lambda *a, **k: calls.append(1) or inner(*a, **k))
+    owner, fn = (adapter.model, "encode_images") if family == "vila" else (adapter.model.model, "get_image_features")
+    inner = getattr(owner, fn)
+    monkeypatch.setattr(owner, fn, lambda *a, **k: calls.append(1) or inner(*a, **k))
     p = adapter.prepare(tiny_image(), INSTRUCTION)
     first = adapter.embed(p)
     adapter.layer0_attention(p)
@@ -452,6 +467,9 @@ def test_token_px_is_the_side_of_one_visual_token(family, loaded, tmp_path, monk
     if family == "llava_onevision":  # the base image: (image_size / patch)^2 tokens
         assert adapter.token_px * p.segments[0]["grid"][1] == vcfg.image_size
         grid = tuple(p.segments[0]["grid"])
+    elif family == "vila":  # resized to 70 px: 5 patches a side padded to 6, 2 x 2 merged: 3 tokens of 28 px
+        assert adapter.token_px == 28 and p.grid[1] * adapter.token_px == 84 == vcfg.image_size + vcfg.patch_size
+        grid = p.grid
     else:  # 84 x 112 px at 28 px per token (14 px patches merged 2 x 2); Qwen3-VL: resized to 96 x 128, 32 px
         px, size = (32, (96, 128)) if family == "qwen3_vl" else (28, (84, 112))
         assert adapter.token_px == px and (p.grid[1] * adapter.token_px, p.grid[2] * adapter.token_px) == size

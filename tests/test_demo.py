@@ -61,3 +61,19 @@ def test_demo_gives_a_large_image_data_gens_token_count(tmp_path):
     labelled = adapter.prepare(cap_pixels(load_image(str(photo)), DataGenConfig().max_pixels), "What is this?")
     assert labelled.num_visual == 1032  # (as data_gen's process_item prepares an image)
     assert demo.num_visual == labelled.num_visual and tuple(demo.grid) == tuple(labelled.grid)
+
+
+def test_demo_runs_a_vila_folder(tmp_path, capsys):
+    """`--model vila --model-path <VILA1.5 folder>`: answers, prunes and draws VILA's 3 x 3 token grid."""
+    from models import tiny_model_dir
+    from predictor.config import PredictorConfig
+    from predictor.export import save_predictor
+    from predictor.model import RelevancePredictor
+
+    export = save_predictor(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn", "coords"])),
+                            tmp_path / "export")
+    out = tmp_path / "kept.png"
+    assert main(["--model", "vila", "--model-path", str(tiny_model_dir("vila", tmp_path)), "--predictor", str(export),
+                 "--question", "What shape is the red object?", "--out", str(out), "--max-new-tokens", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "all 9 visual tokens:" in text and "kept 3 of 9" in text and Image.open(out).size[0] > 200

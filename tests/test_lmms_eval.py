@@ -134,3 +134,27 @@ def test_budget_and_bad_arguments(task_dir):
         cls.create_from_arg_string(args(keep=0.5, method="downsample"))
     with pytest.raises(NotImplementedError, match="generate_until"):
         cls.create_from_arg_string(args(keep=0.5)).loglikelihood([])
+
+
+def test_vila_through_lmms_eval_keeps_its_unpruned_answers_at_keep_1(task_dir, tmp_path):
+    """A VILA1.5 folder through the same lmms-eval model: keep 1.0 answers as the adapter's own generation,
+    keep 0.5 keeps ceil(0.5 * 9) of its 3 x 3 tokens."""
+    from models import tiny_model_dir
+    from predictor.adapters import load_adapter
+    from predictor.config import PredictorConfig
+    from predictor.export import save_predictor
+    from predictor.media import DEFAULT_MAX_PIXELS, cap_pixels
+    from predictor.model import RelevancePredictor
+    from data_gen.sources.synthetic_scenes import SyntheticScenes
+
+    path = tiny_model_dir("vila", tmp_path)
+    export = save_predictor(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn", "coords"])),
+                            tmp_path / "export")
+    vila = f"model=vila,model_path={path},predictor={export}"
+    lm, _, answers = run_lmms(task_dir, f"{vila},keep=1.0", limit=3)
+    adapter, source = load_adapter("vila", str(path)), SyntheticScenes(split="test")
+    plain = [adapter.generate(adapter.prepare(cap_pixels(source[i].image, DEFAULT_MAX_PIXELS), source[i].instruction),
+                              16)[1] for i in range(3)]
+    assert answers == plain and {(r["num_kept"], r["num_visual"]) for r in lm.records} == {(9, 9)}
+    lm, _, _ = run_lmms(task_dir, f"{vila},keep=0.5", limit=3)
+    assert {(r["num_kept"], r["num_visual"]) for r in lm.records} == {(5, 9)}

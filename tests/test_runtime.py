@@ -14,7 +14,7 @@ from predictor.model import RelevancePredictor
 from predictor.runtime import (METHODS, ClusterAggregation, budget_for, deepstack_batch, instruction_attention, kmeans, left_pad,
                                make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "vila"]
 
 
 def _image(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -24,11 +24,15 @@ def _image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def adapter(request, tmp_path_factory):
-    from reference_mllm.tiny_models import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl
+    from reference_mllm.tiny_models import (DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl,
+                                            build_vila)
     from predictor.adapters import get_adapter
 
     out = tmp_path_factory.mktemp(request.param)
-    if request.param == "llava_onevision":
+    if request.param == "vila":
+        build_vila(out, list(DEFAULT_WORDS))
+        name = "vila"
+    elif request.param == "llava_onevision":
         build_llava_onevision(out, list(DEFAULT_WORDS))
         name = "llava_onevision"
     elif request.param == "qwen3_vl":
@@ -337,7 +341,11 @@ def test_answer_positions_survive_pruning_the_last_frames(adapter, monkeypatch):
     rotary = adapter.language_model().rotary_emb
     seen = []
     inner = rotary.forward
-    monkeypatch.setattr(rotary, "forward", lambda x, pos: seen.append(pos[..., -1].flatten().tolist()) or inner(x, pos))
+
+    def spy(x, pos=None, position_ids=None):  # Llama passes position_ids by keyword
+        pos = pos if pos is not None else position_ids
+        return seen.append(pos[..., -1].flatten().tolist()) or inner(x, pos)
+    monkeypatch.setattr(rotary, "forward", spy)
     adapter.generate(p, max_new_tokens=4)
     unpruned, seen[:] = list(seen), []
     out = pruned_generate(adapter, p, FirstHalf(), keep=0.5, max_new_tokens=4)[0]

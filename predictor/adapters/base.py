@@ -19,7 +19,7 @@ from predictor.registry import Registry
 # one module per family, imported on first lookup so that `import predictor.adapters` stays light
 ADAPTERS: Registry[type["Adapter"]] = Registry(
     "adapter", modules=("predictor.adapters.qwen2_vl", "predictor.adapters.qwen3_vl",
-                        "predictor.adapters.llava_onevision"))
+                        "predictor.adapters.llava_onevision", "predictor.adapters.vila"))
 
 
 def get_adapter(name: str) -> type["Adapter"]:
