@@ -56,13 +56,17 @@ def budget_for(num_visual: int, keep: float | None, budget: int | None) -> int:
 
 
 @torch.no_grad()
-def prune_context(ctx: ScoreContext, method, keep: float | None = None,
-                  budget: int | None = None) -> tuple[PrunedPrompt, Selection]:
-    """Choose and physically remove visual tokens of one prompt."""
+def prune_context(ctx: ScoreContext, method, keep: float | None = None, budget: int | None = None,
+                  min_per_segment: int = 0) -> tuple[PrunedPrompt, Selection]:
+    """Choose and physically remove visual tokens of one prompt. The budget (keep or budget) counts all
+    the prompt's visual tokens, whichever image they belong to; min_per_segment: keep at least that many
+    of each image or video (capped at its size)."""
     n_v = ctx.prepared.num_visual
     k = budget_for(n_v, keep, budget)
     if k >= n_v:  # nothing to drop: every method (clustering too) leaves the prompt as it is
         sel = Selection(kept=torch.ones(n_v, dtype=torch.bool, device=ctx.embeds.device))
+    elif min_per_segment:
+        sel = method.select(ctx, k, min_per_segment=min_per_segment)
     else:
         sel = method.select(ctx, k)
     pp = prune_prompt(ctx.embeds, ctx.position_ids, ctx.prepared.visual_positions, sel.kept, sel.replace,
@@ -73,15 +77,16 @@ def prune_context(ctx: ScoreContext, method, keep: float | None = None,
 @torch.no_grad()
 def pruned_generate(adapter, prepared, method, keep: float | None = None, budget: int | None = None,
                     max_new_tokens: int = 32, contexts: list[ScoreContext] | None = None,
-                    ) -> list[PrunedOutput]:
+                    min_per_segment: int = 0) -> list[PrunedOutput]:
     """Prune each prompt with `method` and generate greedily, all prompts in one left-padded batch.
 
-    prepared: one `Prepared` or a list (token counts may differ); contexts: precomputed
-    `make_context` results to reuse (evaluation scores many methods on one embedding).
+    prepared: one `Prepared` or a list (token counts may differ; chats of several images too, see
+    `Adapter.prepare_messages`); contexts: precomputed `make_context` results to reuse (evaluation scores
+    many methods on one embedding); min_per_segment: see `prune_context`.
     """
     prepared = [prepared] if not isinstance(prepared, (list, tuple)) else list(prepared)
     contexts = contexts or [make_context(adapter, p) for p in prepared]
-    pruned, sels = zip(*(prune_context(c, method, keep, budget) for c in contexts))
+    pruned, sels = zip(*(prune_context(c, method, keep, budget, min_per_segment) for c in contexts))
     embeds, mask, pos = left_pad(list(pruned))
     answers = adapter.generate_from_embeds(embeds, mask, pos, max_new_tokens=max_new_tokens,
                                            deepstack=deepstack_batch(list(pruned)))
