@@ -125,3 +125,24 @@ def test_batched_chat_and_single_image_match_one_by_one(chat):
     alone = [pruned_generate(adapter, q, method, keep=0.5, max_new_tokens=5, min_per_segment=2)[0] for q in (p, single)]
     for b, a in zip(batch, alone):
         assert b.answer_ids.tolist() == a.answer_ids.tolist() and torch.equal(b.kept_visual, a.kept_visual)
+
+
+def test_loglikelihood_unpruned_is_the_model_and_batches_do_not_change_it(chat):
+    from predictor.runtime import pruned_loglikelihood
+
+    adapter, p, _ = chat
+    conts = [torch.tensor([5, 7, 9]), torch.tensor([11]), torch.tensor([6, 6])]
+    method = make_method("attention")
+    full = pruned_loglikelihood(adapter, p, conts, method, keep=1.0)
+    for c, (ll, greedy) in zip(conts, full):  # keep=1: the model's own teacher-forced log-probabilities
+        logits = adapter.teacher_forced(p, c, output_attentions=False, answer_logits_only=True).logits[0]
+        logp = torch.log_softmax(logits.float(), -1)
+        assert ll == pytest.approx(float(logp.gather(-1, c[:, None]).sum()), abs=1e-4)
+        assert greedy == bool((logp.argmax(-1) == c).all())
+    pruned = pruned_loglikelihood(adapter, p, conts, method, keep=0.5, min_per_segment=2)
+    alone = [pruned_loglikelihood(adapter, p, [c], method, keep=0.5, min_per_segment=2, batch_size=1)[0] for c in conts]
+    for (a, ga), (b, gb) in zip(pruned, alone):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+    assert [ll for ll, _ in pruned] != pytest.approx([ll for ll, _ in full], abs=1e-6)  # the prompt was pruned
+    with pytest.raises(ValueError, match="at least one token"):
+        pruned_loglikelihood(adapter, p, [torch.tensor([], dtype=torch.long)], method, keep=0.5)
