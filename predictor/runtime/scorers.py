@@ -198,15 +198,10 @@ class PredictorScores(ScoreMethod):
         cfg = self.model.config
         xs = build_segment_features(cfg.inputs, mean.cpu(), spans, heads.cpu() if "attn_heads" in cfg.inputs else None)
         dev = next(self.model.parameters()).device
-        n = max(x.shape[-1] for x in xs)
-        x = torch.zeros(len(xs), xs[0].shape[0], n)
-        mask = torch.zeros(len(xs), n, dtype=torch.bool)
-        for j, xj in enumerate(xs):
-            x[j, :, :xj.shape[-1]] = xj
-            mask[j, :xj.shape[-1]] = True
-        grid = torch.tensor([g for _, _, g in spans], device=dev)
-        logits = self.model.logits(x.to(dev), mask.to(dev), grid)
-        return torch.softmax(logits[mask.to(dev)], dim=-1)
+        x = torch.cat(xs, dim=-1)[None].to(dev)
+        mask = torch.ones(1, x.shape[-1], dtype=torch.bool, device=dev)
+        grid = torch.tensor([tuple(int(g) for g in ctx.prepared.grid)], device=dev)
+        return self.model(x, mask, grid, spans=[spans])[0]
 
 
 class OracleScores(ScoreMethod):
