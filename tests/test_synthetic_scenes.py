@@ -212,3 +212,10 @@ def test_two_image_and_multi_turn_modes():
     assert it.answer == s.questions[1].answer and it.extra["previous"]["instruction"] == s.question
     with pytest.raises(ValueError, match="source.mode"):
         SyntheticScenes(mode="three")
+
+
+def test_eval_refuses_chat_items_instead_of_evaluating_their_first_image():
+    from evaluation.items import ItemSettings, load_media
+
+    with pytest.raises(ValueError, match="bench_multi_prompt"):
+        load_media(SyntheticScenes(split="test", mode="multi_turn")[0], ItemSettings())
