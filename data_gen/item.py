@@ -50,6 +50,25 @@ def _source_files_and_meta(item: Item) -> tuple[dict[str, bytes], dict[str, Any]
     return files, meta
 
 
+def _load_chat(messages: list[dict], cfg: DataGenConfig) -> tuple[list[dict], Any]:
+    """The item's chat with every image part loaded and capped as single images are: (messages, first image)."""
+    out, first = [], None
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image" and part.get("image") is not None:
+                    part = {**part, "image": cap_pixels(load_image(part["image"]), cfg.max_pixels)}
+                    first = part["image"] if first is None else first
+                parts.append(part)
+            msg = {**msg, "content": parts}
+        out.append(msg)
+    if first is None:
+        raise SkipItem("no_image", "the item's messages hold no image")
+    return out, first
+
+
 def _takes_fps(prepare: Callable) -> bool:
     params = inspect.signature(prepare).parameters.values()
     return any(p.name == "fps" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
@@ -61,7 +80,10 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
     if not item.instruction or not item.instruction.strip():
         raise SkipItem("empty_instruction", "the instruction is empty")
     video_meta = None
-    if item.modality == "video":
+    if item.messages is not None:
+        chat, thumb_src = _load_chat(item.messages, cfg)
+        prepared = adapter.prepare_messages(chat)
+    elif item.modality == "video":
         frames, fps = load_video(item.video, item.fps, cfg.max_pixels, cfg.max_video_pixels)
         video_meta = {"num_frames": len(frames), "fps": fps}
         # the frames' rate times them (Qwen2.5-VL); adapters written before prepare(fps=) are called without it
@@ -104,12 +126,16 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
     files, source_meta = _source_files_and_meta(item)
     meta = make_meta(
         model_id=adapter.model_id, adapter=adapter.name, explainer=explainer_name, modality=prepared.modality,
-        grid=list(prepared.grid), segments=prepared.segments, instruction=item.instruction,
+        grid=list(prepared.grid), segments=prepared.segments,
+        instruction=prepared.instruction if item.messages is not None else item.instruction,
         reference_answer=item.answer, generated_answer=text, correct=bool(correct),
         answer_tokens=int(answer_ids.numel()), item_id=item.id, prompt_tokens=prepared.seq_len,
     )
     if meta["segments"] is None:
         del meta["segments"]
+    if item.messages is not None:  # which tokens the layer-0 features read, and how long the history was
+        meta["instruction_positions"] = [int(i) for i in prepared.instruction_positions]
+        meta["user_turns"] = sum(m.get("role") == "user" for m in item.messages)
     if video_meta is not None:
         meta["video"] = video_meta  # the frames the labels were made on: count and rate after sampling
     if source_meta:

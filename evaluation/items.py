@@ -64,6 +64,10 @@ class Media:
 
 def load_media(item, s: ItemSettings) -> Media:
     """An item's image or video, capped as data_gen caps it (so pruning runs at the labels' token count)."""
+    if getattr(item, "messages", None) is not None:  # evaluated as its first image alone, it would be the wrong prompt
+        raise ValueError(f"item {item.id!r} is a chat (several images or earlier turns); eval.py evaluates one image "
+                         f"or video per item: measure such prompts with benchmarks/bench_multi_prompt.py, or pick "
+                         f"source.mode=single")
     if item.modality == "video":
         frames, fps = load_video(item.video, item.fps, s.max_pixels, s.max_video_pixels)
         return Media(frames=frames, fps=fps)

@@ -62,3 +62,30 @@ def build_features(
             raise ValueError(f"grid {tuple(grid)} does not multiply to N_v={n_v}")
         chans.append(grid_coords(grid))
     return torch.cat(chans, dim=0)
+
+
+def build_segment_features(
+    inputs: list[str] | tuple[str, ...],
+    attn: torch.Tensor,
+    spans: list[tuple[int, int, tuple[int, int, int]]],
+    attn_heads: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """The predictor's input for a prompt of several images or videos: one (C, n_j) per span
+    (start, stop, grid) of the visual tokens. Attention is normalised by its mean over ALL the prompt's
+    visual tokens, so an image the instruction attends to more keeps its higher values and scores stay
+    comparable across spans; coordinates are each span's own grid. With one span this is
+    `build_features` exactly."""
+    if len(spans) == 1:
+        return [build_features(inputs, attn, spans[0][2], attn_heads)]
+    n_v = attn.shape[-1]
+    whole = build_features([i for i in inputs if i != "coords"], attn, (1, 1, n_v), attn_heads) \
+        if any(i != "coords" for i in inputs) else attn.new_zeros(0, n_v)
+    out = []
+    for start, stop, grid in spans:
+        x = whole[:, start:stop]
+        if "coords" in inputs:
+            if grid[0] * grid[1] * grid[2] != stop - start:
+                raise ValueError(f"span [{start}, {stop}) has grid {tuple(grid)}, which does not multiply to {stop - start}")
+            x = torch.cat([x, grid_coords(grid)], dim=0)
+        out.append(x)
+    return out

@@ -105,6 +105,9 @@ class RelevancePredictor(nn.Module):
     x:    (B, C, N_v) float, C = config.in_channels; padded positions may hold anything
     mask: (B, N_v) bool, True on valid tokens (every row needs at least one)
     grid: (B, 3) long (t, h, w) per sample, needed by arch conv2d and conv3d (t*h*w == valid count)
+    spans: optional, per sample a list of (start, stop, (t, h, w)): the images or videos of a prompt with
+          several. Such a sample is scored span by span on each span's grid (no convolution crosses a span
+          boundary), with one softmax over all its tokens; a sample with one span is scored as before.
     Returns probabilities: 0 on padded positions, each row sums to 1 over its valid tokens.
     """
 
@@ -119,8 +122,11 @@ class RelevancePredictor(nn.Module):
         self.blocks = nn.ModuleList(SeparableBlock(a, b, config, dims) for a, b in zip(chans[:-1], chans[1:]))
         self.head = _CONVS[dims](chans[-1], 1, 1)
 
-    def logits(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None = None,
+               spans: list | None = None) -> torch.Tensor:
         """(B, N_v) scores before the softmax; padded positions are -inf."""
+        if spans is not None and any(len(sp) > 1 for sp in spans):
+            return self._logits_spans(x, mask, grid, spans)
         if x.ndim != 3 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected x of shape (B, {self.config.in_channels}, N_v), got {tuple(x.shape)}")
         if mask.shape != (x.shape[0], x.shape[2]):
@@ -134,8 +140,36 @@ class RelevancePredictor(nn.Module):
             out = self._logits_grid(x, mask, grid)
         return out.masked_fill(~mask, float("-inf"))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.softmax(self.logits(x, mask, grid), dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None = None,
+                spans: list | None = None) -> torch.Tensor:
+        return torch.softmax(self.logits(x, mask, grid, spans), dim=-1)
+
+    def _logits_spans(self, x: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor | None,
+                      spans: list) -> torch.Tensor:
+        """Every span of every sample as a row of its own (batch norm sees the same valid tokens), scattered
+        back into the samples' token order."""
+        B, C, N = x.shape
+        if len(spans) != B:
+            raise ValueError(f"spans has {len(spans)} entries for a batch of {B}")
+        rows, grids, where = [], [], []
+        for b in range(B):
+            sp = spans[b] if spans[b] else [(0, int(mask[b].sum()), tuple(int(v) for v in grid[b]) if grid is not None
+                                             else (1, 1, int(mask[b].sum())))]
+            for start, stop, g in sp:
+                rows.append(x[b, :, start:stop])
+                grids.append([int(v) for v in g])
+                where.append((b, start, stop))
+        n = max(r.shape[-1] for r in rows)
+        xs = x.new_zeros(len(rows), C, n)
+        ms = torch.zeros(len(rows), n, dtype=torch.bool, device=x.device)
+        for r, row in enumerate(rows):
+            xs[r, :, :row.shape[-1]] = row
+            ms[r, :row.shape[-1]] = True
+        part = self.logits(xs, ms, torch.tensor(grids, device=x.device))
+        out = x.new_full((B, N), float("-inf"))
+        for r, (b, start, stop) in enumerate(where):
+            out[b, start:stop] = part[r, :stop - start].to(out.dtype)
+        return out.masked_fill(~mask.bool(), float("-inf"))
 
     def _logits_1d(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = x * mask[:, None, :].to(x.dtype)  # (B, C, N), zeros past each sample's end

@@ -151,18 +151,64 @@ def validate(sample: Sample) -> Sample:
 
 def _validate_segments(key: str, segments: Any, n_v: int) -> None:
     """Optional `meta.segments`: contiguous parts of the visual tokens (LLaVA-OneVision's base image,
-    crops, newline tokens): [{"kind": str, "start": int, "grid": [t, h, w]}, ...] covering 0..N_v."""
+    crops, newline tokens; one image or video each of a prompt with several):
+    [{"kind": str, "start": int, "grid": [t, h, w], "visual": int (optional)}, ...] covering 0..N_v.
+    "visual" is the index, in prompt order, of the image or video a part belongs to: on every part or
+    none, 0, 1, 2, ... in order (a prompt's item may have several parts)."""
     if not isinstance(segments, list) or not segments:
         raise SampleError(key, "meta.segments", "a non-empty list", _describe(segments))
     pos = 0
     for i, seg in enumerate(segments):
         if not isinstance(seg, dict) or not {"kind", "start", "grid"} <= set(seg):
             raise SampleError(key, f"meta.segments[{i}]", "{kind, start, grid}", _describe(seg))
+        grid = seg["grid"]
+        if not isinstance(grid, (list, tuple)) or len(grid) != 3 or not all(
+                isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid):
+            raise SampleError(key, f"meta.segments[{i}].grid", "[t, h, w] of positive ints", _describe(grid))
         if seg["start"] != pos:
             raise SampleError(key, f"meta.segments[{i}].start", f"{pos} (contiguous)", repr(seg["start"]))
-        pos += math.prod(seg["grid"])
+        pos += math.prod(grid)
     if pos != n_v:
         raise SampleError(key, "meta.segments", f"lengths summing to N_v={n_v}", f"sum {pos}")
+    has = ["visual" in seg for seg in segments]
+    if any(has):
+        if not all(has):
+            raise SampleError(key, "meta.segments", "'visual' on every segment or on none",
+                              f"on {sum(has)} of {len(has)}")
+        prev = -1
+        for i, seg in enumerate(segments):
+            v = seg["visual"]
+            if not isinstance(v, int) or isinstance(v, bool) or v not in (prev, prev + 1) or (i == 0 and v != 0):
+                raise SampleError(key, f"meta.segments[{i}].visual",
+                                  f"{max(prev, 0)} or {prev + 1} (0, 1, 2, ... in order)", repr(v))
+            prev = v
+
+
+@dataclass(frozen=True)
+class VisualSpan:
+    """The visual tokens [start, stop) of one image or video of a prompt, and the grid (t, h, w) its
+    tokens form (t*h*w == stop - start; (1, 1, n) where its parts form no one grid)."""
+
+    start: int
+    stop: int
+    grid: tuple[int, int, int]
+
+
+def visual_spans(segments: list[dict] | None, grid: Any, n_v: int) -> list[VisualSpan]:
+    """The images and videos of a prompt from its `segments` (schema meta.segments) and `grid`: one span
+    per "visual" index, or one span of `grid` when the segments carry none (a one-media prompt)."""
+    if not segments or "visual" not in segments[0]:
+        return [VisualSpan(0, n_v, tuple(int(g) for g in grid))]
+    spans: list[VisualSpan] = []
+    groups: dict[int, list[dict]] = {}
+    for seg in segments:
+        groups.setdefault(int(seg["visual"]), []).append(seg)
+    for parts in groups.values():
+        start = int(parts[0]["start"])
+        stop = int(parts[-1]["start"]) + math.prod(parts[-1]["grid"])
+        g = tuple(int(v) for v in parts[0]["grid"]) if len(parts) == 1 else (1, 1, stop - start)
+        spans.append(VisualSpan(start, stop, g))
+    return spans
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

@@ -366,3 +366,34 @@ def _script_main(img: str, out: str, n: str, shard_size: str, pause_at: str, gat
 
 if __name__ == "__main__":
     _script_main(*sys.argv[1:])
+
+
+def test_cli_labels_a_multi_turn_multi_image_llava_conversation(tiny_models, tmp_path):
+    """One sample per answered assistant turn: the later turn with its history, the two-image record with one
+    segment per image; gae relevance over all visual tokens; the schema validates them."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (112, 84), (200, 30, 30)).save(tmp_path / "imgs" / "a.png")
+    Image.new("RGB", (56, 56), (30, 30, 200)).save(tmp_path / "imgs" / "b.png")
+    records = [{"id": "c", "image": "a.png", "conversations": [
+                   {"from": "human", "value": "<image>\nwhat shape is the red object?"}, {"from": "gpt", "value": "square"},
+                   {"from": "human", "value": "what colour is the square?"}, {"from": "gpt", "value": "red"}]},
+               {"id": "m", "image": ["a.png", "b.png"], "conversations": [
+                   {"from": "human", "value": "<image> or <image>: how many circle?"}, {"from": "gpt", "value": "no"}]}]
+    (tmp_path / "conv.json").write_text(json.dumps(records))
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "data_gen", f"model.path={tiny_models['qwen2_vl']}", "source=llava_json",
+           f"source.path={tmp_path / 'conv.json'}", f"source.image_root={tmp_path / 'imgs'}", "correctness=none",
+           "max_new_tokens=2", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=HERE.parent.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    samples = {s.meta["item_id"]: s for s in _check_exactly_once(out, 3)}
+    first, later, two = samples["c-0"], samples["c-1"], samples["m-0"]
+    assert "segments" not in first.meta and first.meta["grid"] == [1, 3, 4]  # as before
+    assert later.meta["instruction"] == "what colour is the square?" and later.meta["user_turns"] == 2
+    assert later.meta["grid"] == [1, 3, 4] and later.meta["prompt_tokens"] > first.meta["prompt_tokens"]
+    assert len(later.meta["instruction_positions"]) == 6  # what colour is the square ?
+    assert two.meta["grid"] == [1, 1, 16] and [(s["start"], s["grid"], s["visual"]) for s in two.meta["segments"]] == \
+        [(0, [1, 3, 4], 0), (12, [1, 2, 2], 1)]
+    assert two.relevance.shape == (16,) and two.relevance.sum() > 0 and two.attn_heads.shape == (4, 16)

@@ -243,3 +243,48 @@ def test_jsonl_bad_bytes_in_data_gen_skip_one_line(tmp_path):
     assert {s.meta["item_id"] for s in samples} == {"q0", "q1", "q3"}
     bad = done["index-000000002"]
     assert bad["reason"] == "bad_item" and "line 3 is not UTF-8" in bad["detail"]
+
+
+def test_llava_json_turns_carry_their_history_and_several_images(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    _image(tmp_path / "imgs" / "x.jpg")
+    _image(tmp_path / "imgs" / "y.jpg")
+    records = [
+        {"id": "r1", "image": "x.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A square."},
+            {"from": "human", "value": "And its colour?"}, {"from": "gpt", "value": "Red."}]},
+        {"id": "r2", "image": ["x.jpg", "y.jpg"], "conversations": [
+            {"from": "human", "value": "Compare <image> with <image>"}, {"from": "gpt", "value": "same"}]},
+    ]
+    (tmp_path / "conv.json").write_text(json.dumps(records))
+    src = get_source("llava_json")(path=str(tmp_path / "conv.json"), image_root=str(tmp_path / "imgs"))
+    assert [src[i].id for i in range(len(src))] == ["r1-0", "r1-1", "r2-0"]
+    assert src[0].messages is None  # a first turn with one image: the short form, as before
+    chat = src[1].messages  # the second answered turn: the first question and answer come with it
+    assert [m["role"] for m in chat] == ["user", "assistant", "user"]
+    assert chat[0]["content"][0]["type"] == "image" and load_image(chat[0]["content"][0]["image"]).size == (56, 28)
+    assert chat[0]["content"][1] == {"type": "text", "text": "What is this?"} and chat[1]["content"] == "A square."
+    assert chat[2]["content"] == [{"type": "text", "text": "And its colour?"}] and src[1].instruction == "And its colour?"
+    assert src[1].answer == "Red."
+    parts = src[2].messages[0]["content"]  # two images, placed at their tags
+    assert [p["type"] for p in parts] == ["text", "image", "text", "image"]
+    assert parts[3]["image"].endswith("y.jpg") and src[2].instruction == "Compare  with"
+    alone = get_source("llava_json")(path=str(tmp_path / "conv.json"), image_root=str(tmp_path / "imgs"), history=False)
+    assert alone[1].messages is None and alone[1].instruction == "And its colour?"
+
+
+def test_jsonl_images_and_messages(tmp_path):
+    _image(tmp_path / "a.jpg")
+    lines = [{"id": "m1", "images": ["a.jpg", "a.jpg"], "instruction": "Same?", "answer": "yes"},
+             {"id": "c1", "messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg"},
+                                                                    {"type": "text", "text": "What is it?"}]},
+                                       {"role": "assistant", "content": "a square"},
+                                       {"role": "user", "content": [{"type": "text", "text": "Colour?"}]}],
+              "answer": "red"},
+             {"id": "bad", "messages": [{"role": "assistant", "content": "x"}], "answer": "y"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    src = get_source("jsonl")(path=str(tmp_path / "d.jsonl"))
+    assert [p["type"] for p in src[0].messages[0]["content"]] == ["image", "image", "text"]
+    assert src[1].instruction == "Colour?" and load_image(src[1].messages[0]["content"][0]["image"]).size == (56, 28)
+    with pytest.raises(ValueError, match="ending with the user turn"):
+        src[2]

@@ -184,3 +184,38 @@ def test_32_px_cells_for_qwen3_vl():
         assert int(np.argmax(item.extra["gt_relevance"])) == (target.cy // 32) * 8 + target.cx // 32
     with pytest.raises(ValueError, match=r"multiples of 32 px.*source.sizes=\[\[256,256\]\]"):
         SyntheticScenes(sizes=[[224, 252]], token_px=32)  # 252 = 9 x 28, not a multiple of 32
+
+
+def test_two_image_and_multi_turn_modes():
+    """two_images: the named object in one image, alternately the first and the second, its naming word absent
+    from the other image, ground truth over both images' tokens; multi_turn: the scene's second question after
+    the first's answer, the previous question's ground truth kept for the swap check across turns."""
+    two = SyntheticScenes(split="test", mode="two_images")
+    single = SyntheticScenes(split="test")
+    for i in range(4):
+        it, s = two[i], single.scene(i)
+        assert it.instruction == s.question and it.answer == s.answer
+        parts = it.messages[0]["content"]
+        assert [p["type"] for p in parts] == ["image", "image", "text"] and parts[2]["text"] == s.question
+        target = i % 2
+        assert it.extra["target_image"] == target
+        gt = np.asarray(it.extra["gt_relevance"])
+        assert gt.shape == (128,) and gt[64 * target:64 * (target + 1)].sum() == pytest.approx(1, abs=1e-4)
+        assert gt[64 * (1 - target):64 * (2 - target)].sum() == 0
+        other = single.scene(it.extra["partner"])
+        attr = "colour" if s.question_type == "shape" else "shape"
+        assert all(getattr(o, attr) != getattr(s.objects[s.target], attr) for o in other.objects)
+    turns = SyntheticScenes(split="test", mode="multi_turn")
+    it, s = turns[0], single.scene(0)
+    assert [m["role"] for m in it.messages] == ["user", "assistant", "user"]
+    assert it.messages[1]["content"] == s.answer and it.instruction == s.questions[1].text
+    assert it.answer == s.questions[1].answer and it.extra["previous"]["instruction"] == s.question
+    with pytest.raises(ValueError, match="source.mode"):
+        SyntheticScenes(mode="three")
+
+
+def test_eval_refuses_chat_items_instead_of_evaluating_their_first_image():
+    from evaluation.items import ItemSettings, load_media
+
+    with pytest.raises(ValueError, match="bench_multi_prompt"):
+        load_media(SyntheticScenes(split="test", mode="multi_turn")[0], ItemSettings())

@@ -290,3 +290,45 @@ def test_training_on_other_shards_never_replaces_the_shipped_export(tmp_path, mo
                            num_heads=2)
     out = train(_compose(*quick, f"run_dir={tmp_path}/run2"))  # data.shards at its default
     assert out == (tmp_path / "checkpoints" / "predictor-reference").resolve() and (out / "config.json").is_file()
+
+
+def test_multi_image_samples_train_image_by_image():
+    """A sample with two images (meta.segments "visual"): features normalised over all its tokens, coordinates
+    per image, the net convolves each image on its own grid, one softmax over the sample; a one-image sample
+    in the same batch is scored as before."""
+    from predictor.features import build_features
+    from predictor.schema import Sample, make_meta
+    from predictor.training.batches import make_example
+
+    def sample(key, n, segments=None, grid=None):
+        g = torch.Generator().manual_seed(n)
+        meta = make_meta(model_id="m", adapter="qwen2_vl", explainer="gae", modality="image", grid=grid or [1, 1, n],
+                         instruction="q", reference_answer="a", generated_answer="a", correct=True, answer_tokens=1)
+        if segments:
+            meta["segments"] = segments
+        return Sample(key=key, attn=torch.rand(n, generator=g) + 0.01, relevance=torch.rand(n, generator=g), meta=meta)
+
+    two = sample("two", 16, [{"kind": "image", "start": 0, "grid": [1, 3, 4], "visual": 0},
+                             {"kind": "image", "start": 12, "grid": [1, 2, 2], "visual": 1}])
+    one = sample("one", 12, grid=[1, 3, 4])
+    inputs = ["attn", "coords"]
+    ex_two, ex_one = make_example(two, inputs), make_example(one, inputs)
+    assert ex_two.spans == [(0, 12, (1, 3, 4)), (12, 16, (1, 2, 2))] and ex_one.spans == [(0, 12, (1, 3, 4))]
+    torch.testing.assert_close(ex_one.x, build_features(inputs, one.attn, (1, 3, 4)))
+    torch.testing.assert_close(ex_two.x[:, 12:], torch.cat([build_features(["attn"], two.attn, (1, 1, 16))[:, 12:],
+                                                            build_features(["coords"], two.attn[12:], (1, 2, 2))]))
+    batch = collate([ex_two, ex_one])
+    torch.manual_seed(0)
+    model = RelevancePredictor(PredictorConfig(arch="conv2d", widths=[4, 8], inputs=inputs)).eval()
+    module = PredictorModule(model)
+    pred = module(batch)
+    torch.testing.assert_close(pred.sum(-1), torch.ones(2))
+    logits = [model.logits(ex_two.x[None, :, a:b], torch.ones(1, b - a, dtype=torch.bool), torch.tensor([g]))[0]
+              for a, b, g in ex_two.spans]
+    torch.testing.assert_close(pred[0], torch.softmax(torch.cat(logits), 0))
+    torch.testing.assert_close(pred[1, :12], model(ex_one.x[None], torch.ones(1, 12, dtype=torch.bool),
+                                                   torch.tensor([[1, 3, 4]]))[0])
+    module.train()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)

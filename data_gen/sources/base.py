@@ -28,6 +28,10 @@ class Item:
     extra: source-specific data carried into metadata (e.g. ground-truth relevance of scenes)
     answers: every reference answer where the source has several (VQA sets: ten annotators'), `answer`
              being the first; empty: `answer` is the only one. Correctness reads `references`.
+    messages: a chat instead of (image, instruction): several images, text between them, earlier turns
+              (`predictor.adapters.messages`), ending with the user turn `answer` answers; image parts hold
+              a path or a PIL image, loaded in the loop. `instruction` is then that last turn's text and
+              `image` the first image (thumbnail).
     """
 
     id: str
@@ -39,6 +43,7 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     fps: float | None = None
     answers: list[str] = field(default_factory=list)
+    messages: list[dict] | None = None
 
     @property
     def references(self) -> list[str]:

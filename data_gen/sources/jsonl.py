@@ -4,7 +4,15 @@
     {"id": "v1", "video": ["clip/0.jpg", "clip/1.jpg"], "fps": 2, "instruction": "...", "answer": "..."}
     {"id": "v2", "video": "clips/dog.mp4", "instruction": "What does the dog do?", "answer": "jumps"}
 
-A line has an image or a video: a list of frame paths (`fps`, optional, is the rate they were
+    {"id": "m1", "images": ["a.jpg", "b.jpg"], "instruction": "Which image has a dog?", "answer": "the second"}
+    {"id": "c1", "messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg"},
+                                                           {"type": "text", "text": "What is this?"}]},
+                              {"role": "assistant", "content": "A dog."},
+                              {"role": "user", "content": "What colour is it?"}], "answer": "brown"}
+
+`images` (several images, then the instruction) and `messages` (a chat as `predictor.adapters.messages`
+takes it, image parts holding paths, ending with the user turn `answer` answers; the instruction is that
+turn's text) become `Item.messages`. Otherwise a line has an image or a video: a list of frame paths (`fps`, optional, is the rate they were
 extracted at) or a video file (decoded in the loop; see predictor/media.py). Image and frame paths are relative to `image_root` (default: the folder of the jsonl file) and must stay
 inside it unless `allow_outside_root`. Without an id field, the id is a hash of (image, instruction),
 so the same line gets the same id in every run. Lines are decoded and parsed when read, so one
@@ -70,6 +78,8 @@ class JsonlSource(Source):
         rec = parse_line(self.path, n, line)
         if not isinstance(rec, dict):
             raise ValueError(f"{self.path}: line {n} is not a JSON object")
+        if "messages" in rec or "images" in rec:
+            return self._chat_item(rec, n)
         video_f = self.video_field
         visual = [f for f in (image_f, video_f) if f in rec]
         missing = [f for f in (instr_f, answer_f) if f not in rec] + ([] if visual else [f"{image_f} or {video_f}"])
@@ -90,3 +100,45 @@ class JsonlSource(Source):
             image = image_path(image, self.image_root, self.allow_outside_root)
         item.image = image
         return item
+
+    def _chat_item(self, rec: dict, n: int) -> Item:
+        """A line with `images` or `messages` -> an item carrying the chat (`Item.messages`)."""
+        _, instr_f, answer_f, id_f = self.fields
+        where = f"{self.path}: line {n}"
+        if answer_f not in rec:
+            raise ValueError(f"{where} lacks {answer_f!r}; found keys {sorted(rec)} (set source.answer_field)")
+        if "messages" in rec:
+            messages = rec["messages"]
+            if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+                    or messages[-1].get("role") != "user":
+                raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} ending with the "
+                                 f"user turn that 'answer' answers")
+            last = messages[-1].get("content")
+            instruction = last if isinstance(last, str) else "\n".join(
+                p.get("text", "") for p in last if isinstance(p, dict) and p.get("type") == "text") \
+                if isinstance(last, list) else ""
+        else:
+            images = rec["images"]
+            if not isinstance(images, list) or not images or not all(isinstance(x, str) for x in images):
+                raise ValueError(f"{where}: 'images' must be a non-empty list of image paths")
+            if instr_f not in rec:
+                raise ValueError(f"{where} lacks {instr_f!r}; found keys {sorted(rec)} (set source.instruction_field)")
+            instruction = str(rec[instr_f])
+            messages = [{"role": "user", "content": [{"type": "image", "image": x} for x in images]
+                         + [{"type": "text", "text": instruction}]}]
+        resolved, first = [], None
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                parts = []
+                for p in content:
+                    if isinstance(p, dict) and p.get("type") == "image" and isinstance(p.get("image"), str):
+                        p = {**p, "image": image_path(p["image"], self.image_root, self.allow_outside_root)}
+                        first = p["image"] if first is None else first
+                    parts.append(p)
+                m = {**m, "content": parts}
+            resolved.append(m)
+        if first is None:
+            raise ValueError(f"{where}: the messages hold no image part ({{'type': 'image', 'image': <path>}})")
+        item_id = str(rec[id_f]) if rec.get(id_f) is not None else content_id(json.dumps(messages, sort_keys=True))
+        return Item(id=item_id, instruction=instruction, answer=str(rec[answer_f]), image=first, messages=resolved)

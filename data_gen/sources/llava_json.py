@@ -4,10 +4,14 @@
       "conversations": [{"from": "human", "value": "<image>\\nWhat is on the table?"},
                         {"from": "gpt", "value": "A laptop."}, ...]}, ...]
 
-Every (human, gpt) turn pair of a record that has one image, or a video (LLaVA-Video's
-`"video": "clips/x.mp4"`, or a list of frame paths with an optional `"fps"`; see
-predictor.media.FrameSampling for sampling), is an item; the `<image>` and `<video>` tags are removed from
-the instruction. Records without an image or video (text-only) or with several images are left out.
+Every (human, gpt) turn pair of a record that has images (`"image": "x.jpg"` or a list), or a video
+(LLaVA-Video's `"video": "clips/x.mp4"`, or a list of frame paths with an optional `"fps"`; see
+predictor.media.FrameSampling for sampling), is an item: one sample per answered assistant turn. With
+`history` (default), a later turn of an image record is the whole conversation up to it (earlier questions
+and answers, `Item.messages`), as the model saw it; so is any turn of a record with several images, whose
+`<image>` tags place the images in the text (one tag per image; otherwise all images open the first turn).
+The instruction is the turn's own text, tags removed. Video records' turns and `history=false` give each
+turn alone with the record's image, as before. Records without an image or video (text-only) are left out.
 A `.jsonl` file (one record per line) is read the same way. Item ids are `<record id>-<turn>`.
 Image, frame and video paths are relative to `image_root` and must stay inside it unless `allow_outside_root`.
 A record that cannot be read (a .jsonl line that is not JSON, bytes that are not UTF-8) becomes one
@@ -72,7 +76,8 @@ def _has_surrogates(rec: object) -> bool:
 @SOURCES.register("llava_json")
 class LlavaJsonSource(Source):
     def __init__(self, path: str | list[str], image_root: str | None = None, allow_outside_root: bool = False,
-                 num_frames: int | None = 8, fps: float | None = None, default_fps: float = 1.0):
+                 num_frames: int | None = 8, fps: float | None = None, default_fps: float = 1.0,
+                 history: bool = True):
         paths = [path] if isinstance(path, str) else list(path)
         self.items: list[tuple[Item, str] | _Unreadable] = []  # (item with the raw image/video, its root)
         self.allow_outside_root = bool(allow_outside_root)
@@ -90,8 +95,8 @@ class LlavaJsonSource(Source):
                                       _Unreadable(f"{p}: record {r} is not a JSON object"))
                     continue
                 image, video = rec.get("image"), rec.get("video")
-                if isinstance(image, list):
-                    image = image[0] if len(image) == 1 else None
+                images = [str(x) for x in image] if isinstance(image, list) else [str(image)] if image else []
+                image = images[0] if images else None
                 if not image and not video:
                     continue
                 if not image:
@@ -116,6 +121,8 @@ class LlavaJsonSource(Source):
                                 answer=str(gpt.get("value", "")).strip())
                     if image:
                         item.image = image
+                        if len(images) > 1 or (history and t > 0):
+                            item.messages = _chat(turns[:t + 1], images)
                     else:  # fps: the record's until __getitem__ samples the frames
                         item.video, item.modality, item.fps = video, "video", rec.get("fps")
                     self.items.append((item, root))
@@ -138,4 +145,34 @@ class LlavaJsonSource(Source):
             video, fps = video_value(item.video, root, self.allow_outside_root, self.sampling, item.fps, item.id)
             return dataclasses.replace(item, video=video, fps=fps)
         image = image_path(str(item.image), root, self.allow_outside_root)
-        return dataclasses.replace(item, image=image)
+        messages = item.messages
+        if messages is not None:
+            messages = [{**m, "content": [{**p, "image": image_path(p["image"], root, self.allow_outside_root)}
+                                          if p["type"] == "image" else p for p in m["content"]]}
+                        if isinstance(m["content"], list) else m for m in messages]
+        return dataclasses.replace(item, image=image, messages=messages)
+
+
+def _chat(turns: list[dict], images: list[str]) -> list[dict]:
+    """LLaVA turns (human, gpt, ..., human) -> messages; the images at the `<image>` tags when there is one
+    per image, else all of them at the start of the first human turn."""
+    tagged = sum(str(t.get("value", "")).count("<image>") for t in turns if t.get("from") == "human")
+    at_tags = tagged == len(images)
+    pending = list(images)
+    messages = []
+    for n, turn in enumerate(turns):
+        text = str(turn.get("value", ""))
+        if turn.get("from") != "human":
+            messages.append({"role": "assistant", "content": text.strip()})
+            continue
+        parts: list[dict] = []
+        if not at_tags and n == 0:
+            parts += [{"type": "image", "image": p} for p in pending]
+        pieces = text.replace("<video>", "").split("<image>")
+        for j, piece in enumerate(pieces):
+            if piece.strip():
+                parts.append({"type": "text", "text": piece.strip()})
+            if at_tags and j < len(pieces) - 1:
+                parts.append({"type": "image", "image": pending.pop(0)})
+        messages.append({"role": "user", "content": parts})
+    return messages

@@ -13,6 +13,16 @@ Each item's `extra` carries the ground truth (JSON-serialisable, goes into shard
     objects, target, question_type: the scene description
     swap:         a second question about another object of the same image, for the instruction-swap
                   check: {instruction, answer, target, question_type, gt_relevance}
+
+`mode` (default "single": the above) draws prompts of the other kinds as `Item.messages`:
+    two_images   scene i and another scene of the stream (the first after i that has no object with the
+                 word naming i's target, so the question has one answer across both), in an order that
+                 alternates with i: the named object is in the first or the second image. gt_relevance covers
+                 both images' tokens (zeros on the other one); extra.target_image says which.
+    multi_turn   scene i's two questions as a conversation: the first with its answer, then the second,
+                 which is the item's question; gt_relevance is the second question's object and
+                 extra.previous {instruction, answer, gt_relevance} the first's (the swap check across turns:
+                 the kept tokens must follow the current question).
 """
 from __future__ import annotations
 
@@ -34,6 +44,8 @@ def _gt(scene: scenes.Scene, index: int) -> list[float]:
 # Items are drawn on demand, so the stream is long: a run takes its first `max_items` (data_gen's and
 # eval's one knob for how many items to use); num_items only matters to code that wants a short stream.
 STREAM_LENGTH = 1_000_000
+MODES = ("single", "two_images", "multi_turn")
+MAX_PARTNER_SEARCH = 1000  # scenes tried for a two-image partner without the target's naming word
 
 
 @SOURCES.register("synthetic_scenes")
@@ -46,7 +58,7 @@ class SyntheticScenes(SceneStream, Source):
                  sizes: Sequence[Sequence[int]] = ((224, 224),),
                  num_objects: Sequence[int] = _DEFAULT.num_objects, radius: Sequence[int] = _DEFAULT.radius,
                  question_types: Sequence[str] = _DEFAULT.question_types, clutter: int = _DEFAULT.clutter,
-                 placement: str = _DEFAULT.placement, token_px: int = scenes.TOKEN_PX):
+                 placement: str = _DEFAULT.placement, token_px: int = scenes.TOKEN_PX, mode: str = "single"):
         """sizes: [[height, width], ...] in px, multiples of token_px (the side of one visual token's cell);
         item i draws one of them at random. The rest is `reference_mllm.scenes.SceneConfig` (objects per scene,
         their size, question types, clutter, placement)."""
@@ -55,11 +67,18 @@ class SyntheticScenes(SceneStream, Source):
         config = scenes.SceneConfig(num_objects=tuple(num_objects), radius=tuple(radius),
                                     question_types=tuple(question_types), clutter=int(clutter),
                                     placement=str(placement))
+        if mode not in MODES:
+            raise ValueError(f"source.mode={mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = mode
         SceneStream.__init__(self, num_items, seed, split, sizes, config, token_px)
         scenes.make_scene(np.random.default_rng(0), *self.sizes[0], config=self.config,
                           token_px=self.token_px)  # bad settings fail here
 
     def __getitem__(self, i: int) -> Item:
+        if self.mode == "two_images":
+            return self._two_images(i)
+        if self.mode == "multi_turn":
+            return self._multi_turn(i)
         s = self.scene(i)
         extra = {
             "gt_relevance": _gt(s, s.target),
@@ -75,3 +94,39 @@ class SyntheticScenes(SceneStream, Source):
                              "question_type": q.kind, "gt_relevance": _gt(s, q.target)}
         return Item(id=f"scenes-{self.split}-s{self.seed}-{i:07d}", instruction=s.question, answer=s.answer,
                     image=s.image, extra=extra)
+
+    def _two_images(self, i: int) -> Item:
+        s = self.scene(i)
+        q = s.questions[0]
+        attr = "colour" if q.kind == "shape" else "shape"  # what names the target
+        named = getattr(s.objects[q.target], attr)
+        for j in range(i + 1, i + 1 + MAX_PARTNER_SEARCH):
+            other = self.scene(j % max(len(self), 1))
+            if all(getattr(o, attr) != named for o in other.objects):
+                break
+        else:
+            raise ValueError(f"no scene among the {MAX_PARTNER_SEARCH} after {i} lacks a {named} object; "
+                             f"draw fewer objects (source.num_objects)")
+        first = i % 2 == 0  # the named object alternates between the first and the second image
+        pair = [s, other] if first else [other, s]
+        gt = [[0.0] * (p.grid[1] * p.grid[2]) if p is other else _gt(s, q.target) for p in pair]
+        messages = [{"role": "user", "content": [{"type": "image", "image": pair[0].image},
+                                                 {"type": "image", "image": pair[1].image},
+                                                 {"type": "text", "text": q.text}]}]
+        extra = {"gt_relevance": gt[0] + gt[1], "target_image": 0 if first else 1, "partner": j,
+                 "question_type": q.kind, "grids": [list(p.grid) for p in pair]}
+        return Item(id=f"scenes2-{self.split}-s{self.seed}-{i:07d}", instruction=q.text, answer=q.answer,
+                    image=pair[0].image, messages=messages, extra=extra)
+
+    def _multi_turn(self, i: int) -> Item:
+        s = self.scene(i)
+        if len(s.questions) < 2:
+            raise ValueError(f"scene {i} has {len(s.objects)} object(s): a conversation needs two questions")
+        q0, q1 = s.questions[:2]
+        messages = [{"role": "user", "content": [{"type": "image", "image": s.image}, {"type": "text", "text": q0.text}]},
+                    {"role": "assistant", "content": q0.answer},
+                    {"role": "user", "content": [{"type": "text", "text": q1.text}]}]
+        extra = {"gt_relevance": _gt(s, q1.target), "grid": list(s.grid), "question_type": q1.kind,
+                 "previous": {"instruction": q0.text, "answer": q0.answer, "gt_relevance": _gt(s, q0.target)}}
+        return Item(id=f"scenesmt-{self.split}-s{self.seed}-{i:07d}", instruction=q1.text, answer=q1.answer,
+                    image=s.image, messages=messages, extra=extra)

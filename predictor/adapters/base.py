@@ -15,6 +15,7 @@ import torch
 
 from predictor.adapters.layer0 import decoder_qk, instruction_attention
 from predictor.registry import Registry
+from predictor.schema import VisualSpan, visual_spans
 
 # one module per family, imported on first lookup so that `import predictor.adapters` stays light
 ADAPTERS: Registry[type["Adapter"]] = Registry(
@@ -42,14 +43,18 @@ class PromptCache:
 
 @dataclass
 class Prepared:
-    """One (image or video, instruction) prompt, ready for the model.
+    """One prompt (an image or video and an instruction, or a chat of several: `Adapter.prepare_messages`),
+    ready for the model.
 
     inputs: processor outputs for the prompt (input_ids (1, S), attention_mask, pixel_values, grid...)
     visual_positions: (N_v,) long, indices into the prompt of the visual tokens, in visual order
     instruction_positions: (N_i,) long, indices of the user-instruction tokens (no template tokens)
     grid: (t, h, w) of the visual tokens after merging, t*h*w == N_v
-    segments: optional description of visual-token parts (schema `meta.segments`)
+    segments: optional description of visual-token parts (schema `meta.segments`); a prompt with several
+        images or videos has one or more per item, each with "visual": the item's index in prompt order,
+        and then grid is (1, 1, N_v) (`visual_spans` gives each item's tokens and grid)
     prompt_text: the chat-templated prompt the processor tokenised
+    instruction: the text the instruction positions cover (several parts joined by newlines)
     ground_truth: (N_v,) the source's own relevance, for explainer=ground_truth (`attach_ground_truth`)
     cache: the vision tower's outputs for this prompt (`PromptCache`)
     """
@@ -61,6 +66,7 @@ class Prepared:
     modality: str = "image"
     segments: list[dict] | None = None
     prompt_text: str | None = None
+    instruction: str | None = None
     ground_truth: torch.Tensor | None = None
     cache: PromptCache = field(default_factory=PromptCache)
 
@@ -71,6 +77,10 @@ class Prepared:
     @property
     def seq_len(self) -> int:
         return int(self.inputs["input_ids"].shape[-1])
+
+    def visual_spans(self) -> list[VisualSpan]:
+        """One span per image or video of the prompt, in order (`predictor.schema.visual_spans`)."""
+        return visual_spans(self.segments, self.grid, self.num_visual)
 
 
 @dataclass
@@ -110,6 +120,14 @@ class Adapter(ABC):
         arrays or tensors, already sampled). fps: the frames' rate (sampled frames per second of the
         clip) where the family's positions depend on time (Qwen2.5-VL); None lets the processor assume
         its default (24 fps)."""
+
+    def prepare_messages(self, messages: list[dict], instruction: str = "last") -> Prepared:
+        """Apply the chat template and processor to a chat (`predictor.adapters.messages`): roles, and
+        text, image and video parts in any order, ending with the user turn being answered. Each image or
+        video is one segment of the visual tokens (`Prepared.visual_spans`). instruction: "last" takes the
+        text of the last user turn (the question being answered) as the instruction, "all" the text of
+        every user turn. `prepare(image, instruction)` equals it on [user: image, instruction]."""
+        raise NotImplementedError(f"adapter {self.name!r} prepares one image or video per prompt only (prepare)")
 
     @abstractmethod
     def generate(self, prepared: Prepared, max_new_tokens: int = 32) -> tuple[torch.Tensor, str]:

@@ -7,6 +7,7 @@ A family subclass (`qwen2_vl.py`, `llava_onevision.py`) provides: `MODEL_TYPES` 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from predictor.adapters.attention import ATTN_IMPL, capture, register
 from predictor.adapters.base import Adapter, DeepStack, Prepared, PromptCache, _strip_answer
+from predictor.adapters.messages import Chat, MediaItem
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -94,8 +96,18 @@ class HFAdapter(Adapter):
         raise NotImplementedError
 
     def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor) -> tuple[tuple[int, int, int], list | None]:
-        """(grid (t, h, w) with t*h*w == N_v, segments or None) of the processed image."""
+        """(grid (t, h, w) with t*h*w == N_v, segments or None) of a prompt's one image or video. The hook
+        of single-media families; a family that overrides `_media_layout` instead needs none."""
         raise NotImplementedError
+
+    def _media_layout(self, inputs: dict, kind: str, index: int) -> tuple[tuple[int, int, int], list | None]:
+        """(grid (t, h, w), parts or None) of the prompt's `index`-th `kind` ("image" | "video") item, in the
+        order the processor took them: t*h*w is its visual-token count; parts: its sub-segments
+        ({kind, start, grid}, start relative to the item's first token; LLaVA-OneVision's base/crops), or
+        None. Prompts with several images or videos need it; the default serves one-media prompts through
+        `_visual_layout`."""
+        raise NotImplementedError(f"adapter {self.name!r} lays out one image or video per prompt only "
+                                  f"(_visual_layout); implement _media_layout(inputs, kind, index) for several")
 
     def _processor_kwargs(self) -> dict:
         return {}
@@ -103,6 +115,7 @@ class HFAdapter(Adapter):
     # ---- prompt ---------------------------------------------------------------------------------
 
     def _messages(self, instruction: str, modality: str) -> list[dict]:
+        """The short form's chat: (system prompt,) one user turn of the media then the instruction."""
         msgs = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
         return msgs + [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": instruction}]}]
 
@@ -112,80 +125,172 @@ class HFAdapter(Adapter):
         if (image is None) == (video is None):
             raise ValueError("prepare() takes exactly one of image= or video=")
         modality = "image" if video is None else "video"
-        text = self.processor.apply_chat_template(self._messages(instruction, modality), add_generation_prompt=True,
-                                                  tokenize=False)
         if video is None and fps is not None:
             raise ValueError(f"fps={fps} was given with an image; fps describes video frames: pass video= or drop fps")
-        media = {"images": [image]} if video is None else self.video_kwargs(video, fps)
-        inputs = self.processor(text=[text], return_tensors="pt", **media, **self._processor_kwargs())
+        media = [MediaItem("image", image)] if video is None else [MediaItem("video", video, fps)]
+        return self._prepare(self._messages(instruction, modality), media, [(instruction, True)], instruction)
+
+    def prepare_messages(self, messages: list[dict], instruction: str = "last") -> Prepared:
+        """See `Adapter.prepare_messages`: the chat template renders the messages, the processor expands
+        every image and video, and each becomes one segment of the visual tokens."""
+        chat = Chat.parse(messages, self.system_prompt, instruction)
+        return self._prepare(chat.template, chat.media, chat.texts, chat.instruction)
+
+    def _prepare(self, template: list[dict], media: list[MediaItem], texts: list[tuple[str, bool]],
+                 instruction: str) -> Prepared:
+        """template: the messages as the chat template takes them (parts without pixels); media: the images
+        and videos in prompt order; texts: every text part in prompt order with whether it is instruction."""
+        text = self.processor.apply_chat_template(template, add_generation_prompt=True, tokenize=False)
+        images = [m.data for m in media if m.kind == "image"]
+        videos = [m for m in media if m.kind == "video"]
+        # several images go in as one sample's list (LLaVA-OneVision lays out an image among several differently)
+        kw = {} if not images else {"images": images if len(images) == 1 else [images]}
+        if videos:
+            kw.update(self.videos_kwargs([m.data for m in videos], [m.fps for m in videos]))
+        inputs = self.processor(text=[text], return_tensors="pt", **kw, **self._processor_kwargs())
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         ids = inputs["input_ids"][0].cpu()
-        token_id = self.image_token_id if video is None else self.video_token_id
-        visual = (ids == token_id).nonzero().flatten()
-        instr = self._instruction_positions(text, instruction, ids, token_id, modality)
-        grid, segments = self._visual_layout(inputs, visual)
-        return Prepared(inputs=inputs, visual_positions=visual, instruction_positions=instr, grid=grid,
-                        modality=modality, segments=segments, prompt_text=text)
+        kinds = sorted({m.kind for m in media})
+        if len(kinds) > 1:
+            raise ValueError("the messages mix images and videos; one prompt takes images or videos, not both yet: "
+                             "pass the video's frames as images, or ask about them in separate prompts")
+        tokens = {"image": self.image_token_id, "video": self.video_token_id}
+        visual = torch.isin(ids, torch.tensor([tokens[k] for k in kinds])).nonzero().flatten()
+        layouts = self._layouts(inputs, media, visual)
+        counts = [math.prod(g) for g, _ in layouts]
+        if sum(counts) != visual.numel():
+            raise ValueError(f"adapter {self.name!r}: the media's layouts {[g for g, _ in layouts]} count {sum(counts)} "
+                             f"visual tokens, the prompt has {visual.numel()}")
+        instr = self._instruction_positions(text, texts, ids, [tokens[m.kind] for m in media], counts, visual)
+        if len(media) == 1:  # the short form's layout, as it always was
+            grid, segments = layouts[0]
+        else:
+            grid, segments, start = (1, 1, int(visual.numel())), [], 0
+            for j, (m, (g, parts)) in enumerate(zip(media, layouts)):
+                for part in parts or [{"kind": m.kind, "start": 0, "grid": list(g)}]:
+                    segments.append({**part, "start": start + part["start"], "visual": j})
+                start += counts[j]
+        modality = kinds[0]
+        return Prepared(inputs=inputs, visual_positions=visual, instruction_positions=instr, grid=tuple(grid),
+                        modality=modality, segments=segments, prompt_text=text, instruction=instruction)
 
-    @staticmethod
-    def video_kwargs(video: Any, fps: float | None) -> dict:
+    def _layouts(self, inputs: dict, media: list[MediaItem], visual: torch.Tensor) -> list:
+        """(grid, parts) per media item in prompt order (`_media_layout`; one-media prompts may use the
+        family's `_visual_layout`)."""
+        if len(media) == 1 and type(self)._media_layout is HFAdapter._media_layout:
+            return [self._visual_layout(inputs, visual)]
+        seen = {"image": 0, "video": 0}
+        out = []
+        for m in media:
+            out.append(self._media_layout(inputs, m.kind, seen[m.kind]))
+            seen[m.kind] += 1
+        return out
+
+    @classmethod
+    def video_kwargs(cls, video: Any, fps: float | None) -> dict:
         """Processor arguments for one clip of already sampled frames: the processor samples none
         (frame sampling is the source's job), and the true fps travels as video metadata, which is
         where Qwen2.5-VL reads its frame timing (second_per_grid_ts) from. Public: the reference MLLMs
         train on exactly these inputs (reference_mllm.train)."""
-        if isinstance(video, (str, os.PathLike)):  # the metadata below would count characters, not frames
-            raise ValueError(f"video={str(video)!r} is a path; prepare() takes decoded frames: decode and sample "
-                             f"the file first (the video sources do, with torchcodec)")
-        if isinstance(video, (list, tuple)) and all(hasattr(f, "convert") for f in video):  # PIL frames
-            # transformers takes a grayscale or RGBA frame for something to decode (and asks for torchcodec)
-            video = [f.convert("RGB") for f in video]
-            sizes = sorted({f.size for f in video})
-            if len(sizes) > 1:
-                raise ValueError(f"video frames differ in size: (width, height) {sizes}; resize every frame of a "
-                                 f"clip to one size before prepare()")
-        n = len(video) if hasattr(video, "__len__") else 0
-        if n == 0:
-            raise ValueError(f"video has no frames ({type(video).__name__} of length 0); pass a list of PIL "
-                             f"images, HWC arrays or a (T, H, W, C) array with at least one frame")
-        if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-            raise ValueError(f"fps={fps!r}: expected the frames' rate in frames per second, a number > 0")
-        meta = {"total_num_frames": n, "fps": fps, "frames_indices": list(range(n))}
-        return {"videos": [video], "videos_kwargs": {"do_sample_frames": False, "video_metadata": [meta]}}
+        return cls.videos_kwargs([video], [fps])
 
-    def _instruction_positions(self, text: str, instruction: str, ids: torch.Tensor, token_id: int,
-                               modality: str) -> torch.Tensor:
+    @staticmethod
+    def videos_kwargs(videos: list, fps: list[float | None]) -> dict:
+        """`video_kwargs` for several clips (in prompt order), one fps each."""
+        clips, metas = [], []
+        for video, rate in zip(videos, fps):
+            if isinstance(video, (str, os.PathLike)):  # the metadata below would count characters, not frames
+                raise ValueError(f"video={str(video)!r} is a path; prepare() takes decoded frames: decode and sample "
+                                 f"the file first (the video sources do, with torchcodec)")
+            if isinstance(video, (list, tuple)) and all(hasattr(f, "convert") for f in video):  # PIL frames
+                # transformers takes a grayscale or RGBA frame for something to decode (and asks for torchcodec)
+                video = [f.convert("RGB") for f in video]
+                sizes = sorted({f.size for f in video})
+                if len(sizes) > 1:
+                    raise ValueError(f"video frames differ in size: (width, height) {sizes}; resize every frame of a "
+                                     f"clip to one size before prepare()")
+            n = len(video) if hasattr(video, "__len__") else 0
+            if n == 0:
+                raise ValueError(f"video has no frames ({type(video).__name__} of length 0); pass a list of PIL "
+                                 f"images, HWC arrays or a (T, H, W, C) array with at least one frame")
+            if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
+                raise ValueError(f"fps={rate!r}: expected the frames' rate in frames per second, a number > 0")
+            clips.append(video)
+            metas.append({"total_num_frames": n, "fps": rate, "frames_indices": list(range(n))})
+        return {"videos": clips, "videos_kwargs": {"do_sample_frames": False, "video_metadata": metas}}
+
+    def _instruction_positions(self, text: str, texts: list[tuple[str, bool]], ids: torch.Tensor,
+                               media_tokens: list[int], counts: list[int], visual: torch.Tensor) -> torch.Tensor:
         """Indices in the expanded prompt of the tokens overlapping the instruction's characters in the
-        templated text (never the system prompt or template tokens). The processor expands the one
-        placeholder token into N_v copies; we tokenize the unexpanded text with offsets and shift."""
-        placeholder = self.tokenizer.convert_ids_to_tokens(token_id)
-        start = text.find(instruction, text.rfind(placeholder) + len(placeholder))
-        if start < 0:  # instruction placed before the media
-            start = text.find(instruction)
-        if start < 0:  # a -1 start would make the system prompt's first tokens the "instruction" features
-            raise ValueError(
-                f"adapter {self.name!r} ({self.model_id}): the chat template's prompt does not contain the "
-                f"instruction {instruction!r} verbatim (the template rewrote it, e.g. trimmed or escaped it), so "
-                f"its tokens cannot be found; prompt: {text[:300]!r}. Pass the instruction as the template "
-                f"writes it (e.g. stripped), or fix the template or the adapter's _messages")
-        end = start + len(instruction)
+        templated text (never the system prompt or template tokens).
+
+        texts: every text part of the chat in prompt order, (text, is_instruction); they are found from
+        the end of the prompt backwards, each before the next, so a phrase that also occurs in the system
+        prompt or an earlier turn is taken where its turn has it. The processor expands each media
+        placeholder into its visual tokens (Qwen3-VL videos: frames separated by timestamp text); the text
+        between placeholders is unchanged, just shifted: we tokenise the unexpanded text with offsets and
+        find each stretch of text tokens in the expanded ids."""
+        spans, cursor = [], len(text)
+        for part, is_instruction in reversed(texts):
+            start = text.rfind(part, 0, cursor)
+            if start < 0:  # a -1 start would make the system prompt's first tokens the "instruction" features
+                raise ValueError(
+                    f"adapter {self.name!r} ({self.model_id}): the chat template's prompt does not contain the "
+                    f"instruction {part!r} verbatim (the template rewrote it, e.g. trimmed or escaped it), so "
+                    f"its tokens cannot be found; prompt: {text[:300]!r}. Pass the instruction as the template "
+                    f"writes it (e.g. stripped), or fix the template or the adapter's _messages")
+            cursor = start
+            if is_instruction:
+                spans.append((start, start + len(part)))
         enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
         raw = torch.tensor(enc["input_ids"])
-        n_media = int((ids == token_id).sum())
-        where = (raw == token_id).nonzero().flatten()
-        # the processor expands the placeholder only: into N_v tokens, or (Qwen3-VL video) into frames
-        # separated by timestamp text; the text after it is unchanged, just shifted
-        shift = ids.numel() - raw.numel()
-        if where.numel() != 1 or shift < n_media - 1 or not torch.equal(ids[where.item() + 1 + shift:],
-                                                                        raw[where.item() + 1:]):
-            raise ValueError(f"prompt has {where.numel()} {modality} placeholders and length {raw.numel()}; expected "
-                             f"one, expanding to {ids.numel()} tokens with {n_media} visual tokens")
+        where = torch.isin(raw, torch.tensor(sorted(set(media_tokens)))).nonzero().flatten().tolist()
+        if len(where) != len(media_tokens) or any(int(raw[w]) != t for w, t in zip(where, media_tokens)):
+            raise ValueError(f"prompt has {len(where)} media placeholders, expected {len(media_tokens)} (one per "
+                             f"image or video, in the messages' order): {text[:300]!r}")
+        shift = self._text_shifts(raw, ids, where, counts, visual)
         special = set(self.tokenizer.all_special_ids)
         keep = [i for i, (a, b) in enumerate(enc["offset_mapping"])
-                if a < end and b > start and b > a and enc["input_ids"][i] not in special]
-        pos = torch.tensor([i + shift if i > where.item() else i for i in keep], dtype=torch.long)
-        expanded = ids[pos]
-        assert torch.equal(expanded, raw[keep]), "instruction token positions do not line up with the prompt"
+                if any(a < e and b > s for s, e in spans) and b > a and enc["input_ids"][i] not in special]
+        pos = torch.tensor([i + shift[i] for i in keep], dtype=torch.long)
+        assert torch.equal(ids[pos], raw[keep]), "instruction token positions do not line up with the prompt"
         return pos
+
+    def _text_shifts(self, raw: torch.Tensor, ids: torch.Tensor, where: list[int], counts: list[int],
+                     visual: torch.Tensor) -> list[int]:
+        """Per unexpanded token: how far the processor's expansion moved it. The text before the first
+        placeholder stays; the text after the last one ends the prompt; a stretch between two placeholders
+        is found after the visual tokens of the media before it. Special tokens next to a placeholder may
+        be rewritten by the expansion (Qwen3-VL's video frames: timestamp, vision start) and are not
+        matched; they are never instruction tokens."""
+        special = set(self.tokenizer.all_special_ids)
+        shift = [0] * raw.numel()
+        bounds = [-1] + where + [raw.numel()]
+        ends = torch.tensor(counts).cumsum(0).tolist()
+        last = len(bounds) - 2
+        for j in range(last + 1):
+            lo, hi = bounds[j] + 1, bounds[j + 1]
+            if j > 0:  # after a placeholder
+                while lo < hi and int(raw[lo]) in special:
+                    lo += 1
+            if j < last:  # before a placeholder
+                while hi > lo and int(raw[hi - 1]) in special:
+                    hi -= 1
+            stretch = raw[lo:hi]
+            if j == 0:
+                at = lo
+            elif j == last:
+                at = ids.numel() - stretch.numel()
+            else:
+                at, first = int(visual[ends[j - 1] - 1]) + 1, int(visual[ends[j - 1]])
+                while at + stretch.numel() <= first and not torch.equal(ids[at:at + stretch.numel()], stretch):
+                    at += 1
+            if not torch.equal(ids[at:at + stretch.numel()], stretch):
+                raise ValueError(f"the processor changed the prompt's text between media placeholders {j - 1} and "
+                                 f"{j} (expected {stretch.numel()} unchanged tokens); cannot place the instruction")
+            for i in range(lo, hi):
+                shift[i] = at - lo
+        return shift
 
     # ---- forward passes ----------------------------------------------------------------------------
 

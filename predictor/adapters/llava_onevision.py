@@ -32,31 +32,35 @@ class LlavaOnevisionAdapter(HFAdapter):
         the tower's image_size (crops start the same; anyres_max may pool them further)."""
         return int(self.model.config.vision_config.patch_size)
 
-    def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
+    def _media_layout(self, inputs: dict, kind: str, index: int):
+        """(1, 1, n) and the item's parts (base / crops / newline, or frames / newline). An image among
+        several gets no crops: the processor and the model take the base image and its newline only."""
         from transformers.image_processing_utils import select_best_resolution
 
-        n_v = int(visual_positions.numel())
         vcfg = self.model.config.vision_config
         s = vcfg.image_size // vcfg.patch_size
-        if "pixel_values" not in inputs:
-            t, p = int(inputs["pixel_values_videos"].shape[1]), math.ceil(s / 2)  # the model's apply_pooling
-            segments = [{"kind": "frames", "start": 0, "grid": [t, p, p]},
-                        {"kind": "newline", "start": t * p * p, "grid": [1, 1, 1]}]
-        elif n_v == s * s + 1:  # no crops: base then one newline token
-            segments = [{"kind": "base", "start": 0, "grid": [1, s, s]},
-                        {"kind": "newline", "start": s * s, "grid": [1, 1, 1]}]
+        if kind == "video":
+            t, p = int(inputs["pixel_values_videos"][index].shape[0]), math.ceil(s / 2)  # the model's apply_pooling
+            parts = [{"kind": "frames", "start": 0, "grid": [t, p, p]},
+                     {"kind": "newline", "start": t * p * p, "grid": [1, 1, 1]}]
         else:
-            segments = [{"kind": "base", "start": 0, "grid": [1, s, s]}]
-            orig_h, orig_w = (int(v) for v in inputs["image_sizes"][0].tolist())
-            height, width = inputs["pixel_values"].shape[-2:]
-            best_h, best_w = select_best_resolution([orig_h, orig_w], self.processor.image_processor.image_grid_pinpoints)
-            unpadded, rows = self.processor._get_unpadded_features(orig_h, orig_w, s, s, best_h // height,
-                                                                    best_w // width)
-            segments.append({"kind": "crops_with_newline", "start": s * s, "grid": [1, rows, unpadded // rows + 1],
-                             "newline_column": True})
-        if sum(math.prod(seg["grid"]) for seg in segments) != n_v:
-            raise ValueError(f"LLaVA-OneVision layout {segments} does not add up to {n_v} visual tokens")
-        return (1, 1, n_v), segments
+            several = len(inputs["image_sizes"]) > 1
+            if several or int((inputs["input_ids"] == self.image_token_id).sum()) == s * s + 1:
+                # no crops: base then one newline token
+                parts = [{"kind": "base", "start": 0, "grid": [1, s, s]},
+                         {"kind": "newline", "start": s * s, "grid": [1, 1, 1]}]
+            else:
+                orig_h, orig_w = (int(v) for v in inputs["image_sizes"][index].tolist())
+                height, width = inputs["pixel_values"].shape[-2:]
+                best_h, best_w = select_best_resolution([orig_h, orig_w],
+                                                        self.processor.image_processor.image_grid_pinpoints)
+                unpadded, rows = self.processor._get_unpadded_features(orig_h, orig_w, s, s, best_h // height,
+                                                                        best_w // width)
+                parts = [{"kind": "base", "start": 0, "grid": [1, s, s]},
+                         {"kind": "crops_with_newline", "start": s * s, "grid": [1, rows, unpadded // rows + 1],
+                          "newline_column": True}]
+        n = sum(math.prod(part["grid"]) for part in parts)
+        return (1, 1, n), parts
 
     def position_ids(self, prepared: Prepared, answer_len: int = 0) -> torch.Tensor:
         """(1, S + answer_len): 0, 1, 2, ..."""

@@ -39,12 +39,10 @@ class Qwen2VLAdapter(HFAdapter):
         size["longest_edge"] = int(self.max_pixels)
         return {"images_kwargs": {"size": size}}
 
-    def _visual_layout(self, inputs: dict, visual_positions: torch.Tensor):
-        thw = inputs.get("image_grid_thw", inputs.get("video_grid_thw"))[0].tolist()
-        t, h, w = int(thw[0]), int(thw[1]) // self.merge_size, int(thw[2]) // self.merge_size
-        if t * h * w != visual_positions.numel():
-            raise ValueError(f"grid {(t, h, w)} does not match {visual_positions.numel()} visual tokens")
-        return (t, h, w), None
+    def _media_layout(self, inputs: dict, kind: str, index: int):
+        """The item's merged grid: its row of image_grid_thw / video_grid_thw divided by (1, merge, merge)."""
+        thw = inputs["image_grid_thw" if kind == "image" else "video_grid_thw"][index].tolist()
+        return (int(thw[0]), int(thw[1]) // self.merge_size, int(thw[2]) // self.merge_size), None
 
     def position_ids(self, prepared: Prepared, answer_len: int = 0) -> torch.Tensor:
         """(3, 1, S + answer_len) M-RoPE ids; answer tokens continue after the last prompt token's id, as the

@@ -9,7 +9,7 @@ from predictor.adapters.layer0 import instruction_attention
 from predictor.registry import Registry
 from predictor.runtime.baselines import ClusterAggregation, downsample_image, downsample_video, kmeans
 from predictor.runtime.generate import (PrunedOutput, budget_for, cache_bytes, make_context, prefill,
-                                        prune_context, pruned_generate)
+                                        prune_context, pruned_generate, pruned_loglikelihood)
 from predictor.runtime.prune import PrunedPrompt, deepstack_batch, left_pad, prune_prompt
 from predictor.runtime.scorers import (AttentionScores, OracleScores, PredictorScores, RandomScores,
                                        ScoreContext, Selection)
@@ -64,6 +64,6 @@ def _downsample(predictor, explainer, seed: int, max_new_tokens: int) -> None:
 
 
 __all__ = ["METHODS", "make_method", "ClusterAggregation", "downsample_image", "downsample_video", "kmeans", "PrunedOutput",
-           "budget_for", "cache_bytes", "make_context", "prefill", "prune_context", "pruned_generate",
+           "budget_for", "cache_bytes", "make_context", "prefill", "prune_context", "pruned_generate", "pruned_loglikelihood",
            "instruction_attention", "PrunedPrompt", "deepstack_batch", "left_pad", "prune_prompt", "AttentionScores", "OracleScores",
            "PredictorScores", "RandomScores", "ScoreContext", "Selection"]

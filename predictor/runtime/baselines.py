@@ -18,7 +18,8 @@ import math
 
 import torch
 
-from predictor.runtime.scorers import ScoreContext, Selection
+from predictor.runtime.scorers import ScoreContext, Selection, segment_budgets, visual_spans_of
+from predictor.schema import VisualSpan
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,21 +74,30 @@ class ClusterAggregation:
         self.iters, self.seed = iters, seed
 
     @torch.no_grad()
-    def select(self, ctx: ScoreContext, k: int) -> Selection:
+    def select(self, ctx: ScoreContext, k: int, min_per_segment: int = 0) -> Selection:
+        """k clusters in all, made image by image (video by video): a cluster never mixes two images. Each
+        image gets a share of k in proportion to its tokens, at least min(min_per_segment, its tokens)
+        (`segment_budgets`)."""
         v = ctx.visual_embeds  # (N_v, D)
         n = v.shape[0]
-        assign, _ = kmeans(v, k, self.iters, self.seed)
+        prepared = getattr(ctx, "prepared", None)
+        spans = [VisualSpan(0, n, (1, 1, n))] if prepared is None else visual_spans_of(prepared)
+        budgets = segment_budgets([sp.stop - sp.start for sp in spans], k, min_per_segment)
         kept = torch.zeros(n, dtype=torch.bool, device=v.device)
         ds = ctx.deepstack  # (L, N_v, D): a cluster's DeepStack features are its members' mean too
         slots, means, ds_means = [], [], []
-        for c in assign.unique():
-            members = (assign == c).nonzero().squeeze(-1)
-            mean = v[members].float().mean(0)
-            slot = members[(v[members].float() - mean).norm(dim=-1).argmin()]
-            slots.append(int(slot))
-            means.append(mean)
-            if ds is not None:
-                ds_means.append(ds[:, members.to(ds.device)].float().mean(1))
+        for sp, k_j in zip(spans, budgets):
+            if k_j == 0:
+                continue
+            assign, _ = kmeans(v[sp.start:sp.stop], k_j, self.iters, self.seed)
+            for c in assign.unique():
+                members = (assign == c).nonzero().squeeze(-1) + sp.start
+                mean = v[members].float().mean(0)
+                slot = members[(v[members].float() - mean).norm(dim=-1).argmin()]
+                slots.append(int(slot))
+                means.append(mean)
+                if ds is not None:
+                    ds_means.append(ds[:, members.to(ds.device)].float().mean(1))
         order = torch.tensor(slots).argsort()
         kept[torch.tensor(slots, device=v.device)] = True
         replace = torch.stack(means)[order].to(v.dtype)  # kept slots are filled in sequence order

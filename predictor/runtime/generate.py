@@ -56,13 +56,17 @@ def budget_for(num_visual: int, keep: float | None, budget: int | None) -> int:
 
 
 @torch.no_grad()
-def prune_context(ctx: ScoreContext, method, keep: float | None = None,
-                  budget: int | None = None) -> tuple[PrunedPrompt, Selection]:
-    """Choose and physically remove visual tokens of one prompt."""
+def prune_context(ctx: ScoreContext, method, keep: float | None = None, budget: int | None = None,
+                  min_per_segment: int = 0) -> tuple[PrunedPrompt, Selection]:
+    """Choose and physically remove visual tokens of one prompt. The budget (keep or budget) counts all
+    the prompt's visual tokens, whichever image they belong to; min_per_segment: keep at least that many
+    of each image or video (capped at its size)."""
     n_v = ctx.prepared.num_visual
     k = budget_for(n_v, keep, budget)
     if k >= n_v:  # nothing to drop: every method (clustering too) leaves the prompt as it is
         sel = Selection(kept=torch.ones(n_v, dtype=torch.bool, device=ctx.embeds.device))
+    elif min_per_segment:
+        sel = method.select(ctx, k, min_per_segment=min_per_segment)
     else:
         sel = method.select(ctx, k)
     pp = prune_prompt(ctx.embeds, ctx.position_ids, ctx.prepared.visual_positions, sel.kept, sel.replace,
@@ -73,15 +77,16 @@ def prune_context(ctx: ScoreContext, method, keep: float | None = None,
 @torch.no_grad()
 def pruned_generate(adapter, prepared, method, keep: float | None = None, budget: int | None = None,
                     max_new_tokens: int = 32, contexts: list[ScoreContext] | None = None,
-                    ) -> list[PrunedOutput]:
+                    min_per_segment: int = 0) -> list[PrunedOutput]:
     """Prune each prompt with `method` and generate greedily, all prompts in one left-padded batch.
 
-    prepared: one `Prepared` or a list (token counts may differ); contexts: precomputed
-    `make_context` results to reuse (evaluation scores many methods on one embedding).
+    prepared: one `Prepared` or a list (token counts may differ; chats of several images too, see
+    `Adapter.prepare_messages`); contexts: precomputed `make_context` results to reuse (evaluation scores
+    many methods on one embedding); min_per_segment: see `prune_context`.
     """
     prepared = [prepared] if not isinstance(prepared, (list, tuple)) else list(prepared)
     contexts = contexts or [make_context(adapter, p) for p in prepared]
-    pruned, sels = zip(*(prune_context(c, method, keep, budget) for c in contexts))
+    pruned, sels = zip(*(prune_context(c, method, keep, budget, min_per_segment) for c in contexts))
     embeds, mask, pos = left_pad(list(pruned))
     answers = adapter.generate_from_embeds(embeds, mask, pos, max_new_tokens=max_new_tokens,
                                            deepstack=deepstack_batch(list(pruned)))
@@ -121,3 +126,46 @@ def cache_bytes(cache) -> int:
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total
+
+
+@torch.no_grad()
+def pruned_loglikelihood(adapter, prepared, continuations: list[torch.Tensor], method, keep: float | None = None,
+                         budget: int | None = None, min_per_segment: int = 0, batch_size: int = 8,
+                         context: ScoreContext | None = None) -> list[tuple[float, bool]]:
+    """Score continuations of one prompt on its pruned form: prune once (the method sees the prompt, never
+    a continuation), then one teacher-forced forward per batch of continuations, each appended to the
+    shortened prompt at the positions generation would give it (after the last prompt position).
+
+    continuations: (T_i,) token id tensors (T_i >= 1). Returns per continuation (sum of log p(token), whether
+    every token is the greedy choice), as lmms-eval's `loglikelihood` expects.
+    """
+    if not continuations or any(c.numel() == 0 for c in continuations):
+        raise ValueError("every continuation needs at least one token (an empty answer has no likelihood to score)")
+    ctx = context or make_context(adapter, prepared)
+    pruned, _ = prune_context(ctx, method, keep, budget, min_per_segment)
+    pos = pruned.position_ids
+    nxt = int(pos[..., -1].max()) + 1  # text after the prompt: every axis at the last position + 1
+    results: list[tuple[float, bool]] = []
+    for start in range(0, len(continuations), batch_size):
+        chunk = [c.reshape(-1).long() for c in continuations[start:start + batch_size]]
+        rows = []
+        for ids in chunk:
+            emb = adapter.embed(prepared, ids)[0, prepared.seq_len:].to(pruned.embeds.dtype)  # (T, D)
+            extra = torch.arange(nxt, nxt + ids.numel(), device=pos.device)
+            extra = extra.expand(3, -1) if pos.ndim == 2 else extra
+            rows.append(PrunedPrompt(
+                embeds=torch.cat([pruned.embeds, emb.to(pruned.embeds.device)]),
+                position_ids=torch.cat([pos, extra], dim=-1), kept_visual=pruned.kept_visual,
+                visual_slots=torch.cat([pruned.visual_slots, pruned.visual_slots.new_zeros(ids.numel())]),
+                deepstack=pruned.deepstack))
+        embeds, mask, position_ids = left_pad(rows)
+        with adapter.deepstack_inputs(deepstack_batch(rows)):
+            logits = adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                   use_cache=False).logits
+        S = embeds.shape[1]
+        for b, ids in enumerate(chunk):
+            t = ids.numel()
+            logp = torch.log_softmax(logits[b, S - t - 1:S - 1].float(), dim=-1)  # row i predicts token i
+            ids = ids.to(logp.device)
+            results.append((float(logp.gather(-1, ids[:, None]).sum()), bool((logp.argmax(-1) == ids).all())))
+    return results

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 
 from predictor.adapters.layer0 import instruction_attention
-from predictor.features import build_features
+from predictor.features import build_segment_features
+from predictor.schema import visual_spans
 from predictor.targets import top_count_mask
 
 
@@ -68,6 +69,11 @@ class Selection:
     replace_deepstack: torch.Tensor | None = None  # (L, n_kept, D) with `replace`, for families with DeepStack
 
 
+def visual_spans_of(prepared: Any) -> list:
+    """The prompt's images and videos as `predictor.schema.VisualSpan`s (one span for a one-media prompt)."""
+    return visual_spans(getattr(prepared, "segments", None), prepared.grid, prepared.num_visual)
+
+
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """scores (N,) -> (N,) bool, True on the min(k, N) highest; ties go to the lower position
     (`predictor.targets.top_count_mask`, as in training). By count: a count turned back into a ratio
@@ -78,19 +84,65 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
                           torch.tensor([k]))[0]
 
 
+def top_k_segments(scores: torch.Tensor, k: int, spans: list, min_per_segment: int = 0) -> torch.Tensor:
+    """The k highest of all visual tokens (`top_k`: the budget is global), first taking the
+    min(min_per_segment, n_j) highest of each span (image or video) so that none is dropped whole."""
+    if min_per_segment < 0 or min_per_segment != int(min_per_segment):
+        raise ValueError(f"min_per_segment={min_per_segment}: expected a whole number of tokens >= 0")
+    if not min_per_segment or len(spans) < 2:
+        return top_k(scores, k)
+    floors = [min(int(min_per_segment), s.stop - s.start) for s in spans]
+    if sum(floors) > k:
+        raise ValueError(f"min_per_segment={min_per_segment} over {len(spans)} images/videos needs {sum(floors)} tokens, "
+                         f"more than the budget k={k}: lower min_per_segment or raise the budget")
+    kept = torch.zeros_like(scores, dtype=torch.bool)
+    for s, m in zip(spans, floors):
+        kept[s.start:s.stop] = top_k(scores[s.start:s.stop], m)
+    rest = k - sum(floors)
+    if rest:
+        kept |= top_k(scores.masked_fill(kept, float("-inf")), rest)
+    return kept
+
+
+def segment_budgets(sizes: list[int], k: int, min_per_segment: int = 0) -> list[int]:
+    """k split over segments of `sizes` tokens: min(min_per_segment, n_j) each, the rest in proportion to
+    the sizes (largest remainders first, ties to the earlier segment), never more than n_j. Sums to
+    min(k, sum(sizes)). For methods that work per segment instead of ranking (cluster aggregation)."""
+    k = min(k, sum(sizes))
+    floors = [min(int(min_per_segment), n) for n in sizes]
+    if sum(floors) > k:
+        raise ValueError(f"min_per_segment={min_per_segment} over {len(sizes)} images/videos needs {sum(floors)} tokens, "
+                         f"more than the budget k={k}: lower min_per_segment or raise the budget")
+    out = list(floors)
+    while sum(out) < k:
+        left = k - sum(out)
+        room = [n - o for n, o in zip(sizes, out)]
+        total = sum(room)
+        share = [left * r / total for r in room]
+        add = [min(int(s), r) for s, r in zip(share, room)]
+        if sum(add) == 0:  # hand out the remainder one by one, largest fraction first
+            order = sorted(range(len(sizes)), key=lambda j: (-(share[j] - int(share[j])), j))
+            for j in order[:left]:
+                if room[j] > 0:
+                    add[j] = 1
+        out = [o + a for o, a in zip(out, add)]
+    return out
+
+
 class ScoreMethod:
-    """Rank by `scores(ctx) -> (N_v,)` and keep the top k."""
+    """Rank by `scores(ctx) -> (N_v,)` (comparable across the prompt's images) and keep the top k of
+    all visual tokens, or with min_per_segment at least that many of each image or video."""
 
     name = ""
 
     def scores(self, ctx: ScoreContext) -> torch.Tensor:
         raise NotImplementedError
 
-    def select(self, ctx: ScoreContext, k: int) -> Selection:
+    def select(self, ctx: ScoreContext, k: int, min_per_segment: int = 0) -> Selection:
         if self not in ctx.cache:  # one scoring serves every keep ratio of this prompt
             ctx.cache[self] = self.scores(ctx).float().reshape(-1)
         s = ctx.cache[self]
-        return Selection(kept=top_k(s, k), scores=s)
+        return Selection(kept=top_k_segments(s, k, visual_spans_of(ctx.prepared), min_per_segment), scores=s)
 
 
 class RandomScores(ScoreMethod):
@@ -138,14 +190,18 @@ class PredictorScores(ScoreMethod):
 
     @torch.no_grad()
     def scores(self, ctx: ScoreContext) -> torch.Tensor:
+        """One softmax over all visual tokens of logits computed image by image (video by video), each on
+        its own grid: no convolution crosses an image boundary (`features.build_segment_features`)."""
         self.check_modality(getattr(ctx.prepared, "modality", "image"))
         heads, mean = ctx.layer0()
-        grid = tuple(int(g) for g in ctx.prepared.grid)
+        spans = [(s.start, s.stop, s.grid) for s in visual_spans_of(ctx.prepared)]
         cfg = self.model.config
-        x = build_features(cfg.inputs, mean.cpu(), grid, heads.cpu() if "attn_heads" in cfg.inputs else None)
+        xs = build_segment_features(cfg.inputs, mean.cpu(), spans, heads.cpu() if "attn_heads" in cfg.inputs else None)
         dev = next(self.model.parameters()).device
+        x = torch.cat(xs, dim=-1)[None].to(dev)
         mask = torch.ones(1, x.shape[-1], dtype=torch.bool, device=dev)
-        return self.model(x[None].to(dev), mask, torch.tensor([grid], device=dev))[0]
+        grid = torch.tensor([tuple(int(g) for g in ctx.prepared.grid)], device=dev)
+        return self.model(x, mask, grid, spans=[spans])[0]
 
 
 class OracleScores(ScoreMethod):

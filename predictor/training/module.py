@@ -53,7 +53,8 @@ class PredictorModule(pl.LightningModule):
         self.last_val_metrics: dict[str, float] = {}
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.model(batch["x"], batch["mask"], batch["grid"] if self.model.config.needs_grid else None)
+        return self.model(batch["x"], batch["mask"], batch["grid"] if self.model.config.needs_grid else None,
+                          spans=batch.get("spans"))
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pred = self(batch)
