@@ -220,7 +220,8 @@ def test_images_and_video_frames_mix_in_one_prompt(vila):
     torch.testing.assert_close(vila.visual_features(p)[0][9:], vila.visual_features(alone)[0], atol=1e-6, rtol=1e-5)
     one_video = vila.prepare_messages([{"role": "user", "content": [{"type": "video", "video": frames},
                                                                     {"type": "text", "text": "what moved?"}]}])
-    assert (one_video.grid, one_video.segments, one_video.prompt_text) == (alone.grid, alone.segments, alone.prompt_text)
+    assert (one_video.grid, one_video.segments, one_video.prompt_text) == \
+           (alone.grid, alone.segments, alone.prompt_text)
 
 
 @pytest.mark.parametrize("messages, match", [

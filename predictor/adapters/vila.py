@@ -19,7 +19,9 @@ llava/model/multimodal_projector/base_projector.py, llava/conversation.py, llava
               column-major order over the merged grid (the release's `flat_square` has no final permute;
               NVILA's code later added one)
     prompt    conversation template (vicuna_v1 for VILA1.5-3B / 13B, llama_3 for Llama-3-VILA1.5-8B), the
-              user turn "<image>\\n" per image or frame, then the question; the prompt is split at "<image>",
+              user turn "<image>\\n" per image or frame, then the question (`prepare_messages`: each image's
+              "<image>\\n" where the messages put it, earlier turns as Conversation.get_prompt writes
+              them); the prompt is split at "<image>",
               each chunk tokenized alone (its BOS dropped after the first), and the visual tokens go
               between the chunks (the authors' IMAGE_TOKEN_INDEX, -200, is our placeholder id too)
     video     frames as a sequence of images (the source's num_frames; the released config says 8)
@@ -313,8 +315,8 @@ class VilaAdapter(HFAdapter):
                 kind = "image" if item.kind == "image" else "frames"
                 segments.append({"kind": kind, "start": start, "grid": [n, m, m], "visual": j})
                 start += n * per
-        return Prepared(inputs=inputs, visual_positions=visual, instruction_positions=torch.tensor(instr, dtype=torch.long),
-                        grid=grid, modality=modality, segments=segments, prompt_text=text, instruction=instruction)
+        return Prepared(inputs=inputs, visual_positions=visual,
+                        instruction_positions=torch.tensor(instr, dtype=torch.long), grid=grid, modality=modality, segments=segments, prompt_text=text, instruction=instruction)
 
     def _messages(self, instruction: str, modality: str) -> list[dict]:
         """The conversation as message parts (the template supplies the system prompt)."""
