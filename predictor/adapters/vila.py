@@ -270,7 +270,7 @@ class VilaAdapter(HFAdapter):
                                  f"the messages as {{'type': 'image', 'image': ...}} parts and drop the tag")
         frames = [[m.data] if m.kind == "image" else _pil_frames(self.video_kwargs(m.data, m.fps)["videos"][0])
                   for m in media]
-        # "<image>" items are strings to user_message: a stand-in object per frame keeps them apart from text
+        # the text needs only how many images each item is: one stand-in (not a str) per image or frame
         text = self._render(template, [[_FRAME] * len(f) for f in frames])
         spans, cursor = [], len(text)
         for part, is_instruction in reversed(texts):  # each text part before the next, from the end
@@ -316,7 +316,8 @@ class VilaAdapter(HFAdapter):
                 segments.append({"kind": kind, "start": start, "grid": [n, m, m], "visual": j})
                 start += n * per
         return Prepared(inputs=inputs, visual_positions=visual,
-                        instruction_positions=torch.tensor(instr, dtype=torch.long), grid=grid, modality=modality, segments=segments, prompt_text=text, instruction=instruction)
+                        instruction_positions=torch.tensor(instr, dtype=torch.long), grid=grid, modality=modality,
+                        segments=segments, prompt_text=text, instruction=instruction)
 
     def _messages(self, instruction: str, modality: str) -> list[dict]:
         """The conversation as message parts (the template supplies the system prompt)."""
