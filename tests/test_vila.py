@@ -204,6 +204,8 @@ def test_short_form_is_the_authors_single_image_prompt(vila):
 def test_images_and_video_frames_mix_in_one_prompt(vila):
     """A video part is its frames, each "<image>\\n"; images and videos mix (all are images to VILA), each
     item one segment: an image 1 x 3 x 3, a video its frames T x 3 x 3."""
+    from predictor.schema import _validate_segments
+
     frames = tiny_video(3)
     msgs = [{"role": "user", "content": [{"type": "image", "image": tiny_image()},
                                          {"type": "text", "text": "then"},
@@ -215,6 +217,7 @@ def test_images_and_video_frames_mix_in_one_prompt(vila):
     assert p.segments == [{"kind": "image", "start": 0, "grid": [1, 3, 3], "visual": 0},
                           {"kind": "frames", "start": 9, "grid": [3, 3, 3], "visual": 1}]
     assert [s.grid for s in p.visual_spans()] == [(1, 3, 3), (3, 3, 3)]
+    _validate_segments("k", p.segments, p.num_visual)  # the shard schema takes them as meta.segments
     alone = vila.prepare(None, "what moved?", video=frames)
     torch.testing.assert_close(p.inputs["pixel_values"][1:], alone.inputs["pixel_values"])
     torch.testing.assert_close(vila.visual_features(p)[0][9:], vila.visual_features(alone)[0], atol=1e-6, rtol=1e-5)
