@@ -1,5 +1,6 @@
 """lmms-eval's `relevance_pruned` on local tasks beyond one image and one question: two images per document,
-a multi-round conversation, and multiple choice by likelihood, with the committed reference MLLM."""
+a multi-round conversation, and multiple choice by likelihood, with the committed reference MLLM, and the
+same three on a tiny VILA1.5-layout folder (the authors' conversation template instead of a chat template)."""
 import importlib.util
 import os
 from pathlib import Path
@@ -124,7 +125,7 @@ def run(task_dir, task: str, **kw):
     from lmms_eval.tasks import TaskManager
 
     model_args = ",".join(f"{k}={v}" for k, v in {"model": "qwen2_vl", "model_path": MLLM, "predictor": EXPORT,
-                                                   **kw}.items())
+                                                   **kw}.items() if v is not None)
     lm = get_model("relevance_pruned").create_from_arg_string(model_args, {"batch_size": 4, "device": "cpu"})
     out = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager("ERROR", str(task_dir / "task"),
                                                                            include_defaults=False),
@@ -195,3 +196,48 @@ def test_multiple_choice_by_likelihood(task_dir, adapter, monkeypatch):
     assert acc >= 0.75  # the reference MLLM names these scenes' shapes and colours
     lm, out = run(root, "choice", keep=0.25)
     assert out["results"]["choice"]["acc,none"] >= 0.5
+
+
+@pytest.fixture(scope="module")
+def vila(tmp_path_factory):
+    from models import tiny_model_dir
+    from predictor.adapters import load_adapter
+
+    path = tiny_model_dir("vila", tmp_path_factory.mktemp("vila"))
+    return path, load_adapter("vila", str(path))
+
+
+def test_vila_two_images_rounds_and_likelihood(task_dir, vila):
+    """keep=1 is the VILA model's own answer on the message-form prompt; its images are 3 x 3 tokens each."""
+    root, items = task_dir
+    path, vila_adapter = vila
+    kw = {"model": "vila", "model_path": path, "predictor": None, "method": "attention"}
+    lm, out = run(root, "two_images", keep=1.0, **kw)
+    answers = {s["doc_id"]: s["resps"][0][0] for s in out["samples"]["two_images"]}
+    for i in range(N):
+        prompt = vila_adapter.prepare_messages(_two(items[i], items[i + 1], items[i].instruction))
+        assert prompt.prompt_text.count("<image>\n") == 2 and answers[i] == vila_adapter.generate(prompt, 8)[1]
+    assert {(r["num_visual"], r["num_kept"]) for r in lm.records} == {(18, 18)}
+    lm, _ = run(root, "two_images", keep=0.5, min_per_segment=2, **kw)
+    assert {(r["num_visual"], r["num_kept"]) for r in lm.records} == {(18, 9)}
+
+    lm, out = run(root, "rounds", keep=1.0, **kw)
+    got = {s["doc_id"]: s["resps"][0][0] for s in out["samples"]["rounds"]}
+    for i in range(N):
+        image = items[i].image.convert("RGB")
+        first = vila_adapter.generate(vila_adapter.prepare(image, items[i].instruction), 8)[1]
+        chat = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": items[i].instruction}]},
+                {"role": "assistant", "content": first},
+                {"role": "user", "content": [{"type": "text", "text": items[i + 1].instruction}]}]
+        prompt = vila_adapter.prepare_messages(chat)
+        assert f"ASSISTANT: {first}</s>USER: {items[i + 1].instruction} ASSISTANT:" in prompt.prompt_text
+        assert got[i] == [first, vila_adapter.generate(prompt, 8)[1]]
+
+    _, out = run(root, "choice", keep=1.0, **kw)
+    losses = {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in out["samples"]["choice"]}
+    p = vila_adapter.prepare(items[0].image.convert("RGB"), items[0].instruction)
+    ids = vila_adapter.tokenizer(" " + items[0].answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    logits = vila_adapter.teacher_forced(p, ids, output_attentions=False, answer_logits_only=True).logits[0]
+    expect = float(torch.log_softmax(logits.float(), -1).gather(-1, ids[:, None]).sum())
+    assert losses[0][0] == pytest.approx(-expect / ids.numel(), abs=1e-4)

@@ -88,7 +88,7 @@ def test_global_budget_and_per_image_minimum():
     assert sum(segment_budgets([7, 5, 2], 9, 1)) == 9
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "llava_onevision"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "llava_onevision", "vila"])
 def chat(request, tiny_models):
     family = request.param
     adapter = load_adapter(ADAPTER_OF[family], str(tiny_models[family]))

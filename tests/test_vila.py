@@ -139,6 +139,105 @@ def test_templates_render_as_the_authors_conversation():
     assert l3.stop == "<|eot_id|>"
 
 
+def _two_images_two_turns(first=None, second=None):
+    return [{"role": "user", "content": [{"type": "text", "text": "describe"},
+                                         {"type": "image", "image": first or tiny_image()},
+                                         {"type": "image", "image": second or tiny_image(56, 56, 3)},
+                                         {"type": "text", "text": "what is red?"}]},
+            {"role": "assistant", "content": "the left one."},
+            {"role": "user", "content": [{"type": "text", "text": "and the shape?"}]}]
+
+
+def test_two_image_two_turn_prompt_is_the_authors_rendering(tiny_models):
+    """llava/conversation.py get_prompt, written out: vicuna_v1 ends the user turn with sep " " and the
+    answer with sep2 "</s>"; llama_3 ends every turn with <|eot_id|>. Each image is "<image>\\n" where
+    the messages put it."""
+    from predictor.adapters.vila import TEMPLATES
+
+    vila = load_adapter("vila", str(tiny_models["vila"]))
+    p = vila.prepare_messages(_two_images_two_turns())
+    assert p.prompt_text == (f"{VICUNA_SYSTEM} USER: describe<image>\n<image>\nwhat is red? ASSISTANT: the left one."
+                             f"</s>USER: and the shape? ASSISTANT:")
+    # tokenizer_image_token: the text between placeholders tokenised chunk by chunk, BOS on the first only,
+    # and each placeholder becomes the image's 9 tokens
+    tok, chunks = vila.tokenizer, p.prompt_text.split("<image>")
+    expect = tok(chunks[0])["input_ids"]
+    for chunk in chunks[1:]:
+        expect += [-200] * 9 + tok(chunk)["input_ids"][1:]
+    assert p.inputs["input_ids"][0].tolist() == expect and p.inputs["pixel_values"].shape[0] == 2
+    assert p.segments == [{"kind": "image", "start": 0, "grid": [1, 3, 3], "visual": 0},
+                          {"kind": "image", "start": 9, "grid": [1, 3, 3], "visual": 1}]
+    words = tok.convert_ids_to_tokens(p.inputs["input_ids"][0][p.instruction_positions])  # a lower-case vocabulary
+    assert "".join(words).replace("▁", "") == "andtheshape?" and p.instruction == "and the shape?"
+    every = vila.prepare_messages(_two_images_two_turns(), instruction="all")
+    words = tok.convert_ids_to_tokens(every.inputs["input_ids"][0][every.instruction_positions])
+    assert "".join(words).replace("▁", "") == "describewhatisred?andtheshape?"
+    vila.processor.template = TEMPLATES["llama_3"]
+    assert vila.prepare_messages(_two_images_two_turns()).prompt_text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision "
+        "assistant. You are able to understand the visual content that the user provides, and assist the user with "
+        "a variety of tasks using natural language.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+        "describe<image>\n<image>\nwhat is red?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        "the left one.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nand the shape?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    system = [{"role": "system", "content": "Be brief."}]
+    assert vila.prepare_messages(system + _two_images_two_turns()).prompt_text.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user")
+
+
+def test_short_form_is_the_authors_single_image_prompt(vila):
+    """prepare(image, instruction) as before the message form: "<image>\\n" then the question, 9 tokens in
+    the placeholder's place, visual order row-major over the column-major slots, no segments."""
+    p = vila.prepare(tiny_image(), INSTRUCTION)
+    head, tail = p.prompt_text.split("<image>")
+    tok = vila.tokenizer
+    expect = tok(head)["input_ids"] + [-200] * 9 + tok(tail)["input_ids"][1:]
+    assert p.inputs["input_ids"][0].tolist() == expect
+    first = len(tok(head)["input_ids"])
+    assert p.visual_positions.tolist() == [first + 3 * c + r for r in range(3) for c in range(3)]
+    assert (p.grid, p.segments, p.modality, p.instruction) == ((1, 3, 3), None, "image", INSTRUCTION)
+    words = tok.convert_ids_to_tokens(p.inputs["input_ids"][0][p.instruction_positions])
+    assert "".join(words).replace("▁", "") == INSTRUCTION.replace(" ", "").lower()
+    assert int(p.instruction_positions[0]) == first + 9 + 1  # after the image's tokens and its "\n"
+
+
+def test_images_and_video_frames_mix_in_one_prompt(vila):
+    """A video part is its frames, each "<image>\\n"; images and videos mix (all are images to VILA), each
+    item one segment: an image 1 x 3 x 3, a video its frames T x 3 x 3."""
+    from predictor.schema import _validate_segments
+
+    frames = tiny_video(3)
+    msgs = [{"role": "user", "content": [{"type": "image", "image": tiny_image()},
+                                         {"type": "text", "text": "then"},
+                                         {"type": "video", "video": frames, "fps": 2.0},
+                                         {"type": "text", "text": "what moved?"}]}]
+    p = vila.prepare_messages(msgs)
+    assert p.prompt_text.endswith("USER: <image>\nthen<image>\n<image>\n<image>\nwhat moved? ASSISTANT:")
+    assert p.modality == "video" and p.grid == (1, 1, 36) and p.inputs["pixel_values"].shape[0] == 4
+    assert p.segments == [{"kind": "image", "start": 0, "grid": [1, 3, 3], "visual": 0},
+                          {"kind": "frames", "start": 9, "grid": [3, 3, 3], "visual": 1}]
+    assert [s.grid for s in p.visual_spans()] == [(1, 3, 3), (3, 3, 3)]
+    _validate_segments("k", p.segments, p.num_visual)  # the shard schema takes them as meta.segments
+    alone = vila.prepare(None, "what moved?", video=frames)
+    torch.testing.assert_close(p.inputs["pixel_values"][1:], alone.inputs["pixel_values"])
+    torch.testing.assert_close(vila.visual_features(p)[0][9:], vila.visual_features(alone)[0], atol=1e-6, rtol=1e-5)
+    one_video = vila.prepare_messages([{"role": "user", "content": [{"type": "video", "video": frames},
+                                                                    {"type": "text", "text": "what moved?"}]}])
+    assert (one_video.grid, one_video.segments, one_video.prompt_text) == \
+           (alone.grid, alone.segments, alone.prompt_text)
+
+
+@pytest.mark.parametrize("messages, match", [
+    ([{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}], "alternates user and assistant"),
+    ([{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}], "alternates user and assistant"),
+    ([{"role": "user", "content": [{"type": "image", "image": tiny_image()}, {"type": "text", "text": "<image> q"}]}],
+     "VILA's image placeholder"),
+])
+def test_bad_conversations_are_value_errors(vila, messages, match):
+    with pytest.raises(ValueError, match=match):
+        vila.prepare_messages(messages)
+
+
 def test_conv_mode_is_chosen_by_the_llm_tokenizer_or_named(tiny_models):
     from predictor.adapters.vila import pick_template
 

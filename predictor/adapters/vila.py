@@ -19,7 +19,9 @@ llava/model/multimodal_projector/base_projector.py, llava/conversation.py, llava
               column-major order over the merged grid (the release's `flat_square` has no final permute;
               NVILA's code later added one)
     prompt    conversation template (vicuna_v1 for VILA1.5-3B / 13B, llama_3 for Llama-3-VILA1.5-8B), the
-              user turn "<image>\\n" per image or frame, then the question; the prompt is split at "<image>",
+              user turn "<image>\\n" per image or frame, then the question (`prepare_messages`: each image's
+              "<image>\\n" where the messages put it, earlier turns as Conversation.get_prompt writes
+              them); the prompt is split at "<image>",
               each chunk tokenized alone (its BOS dropped after the first), and the visual tokens go
               between the chunks (the authors' IMAGE_TOKEN_INDEX, -200, is our placeholder id too)
     video     frames as a sequence of images (the source's num_frames; the released config says 8)
@@ -29,7 +31,7 @@ within an image. Positions are plain 1-D (0..S-1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,11 @@ from torch import nn
 from predictor.adapters.attention import ATTN_IMPL, register
 from predictor.adapters.base import ADAPTERS, Prepared, PromptCache, _strip_answer
 from predictor.adapters.hf_adapter import DTYPES, HFAdapter
+from predictor.adapters.messages import Chat, MediaItem
 from predictor.adapters.vila_model import IMAGE_TOKEN_INDEX, load_vila, read_layout
 
 IMAGE_TAG = "<image>"
+_FRAME = object()  # an image or video frame among a turn's parts (`user_message`)
 
 
 # ---- conversation templates (llava/conversation.py at the VILA1.5 release) --------------------------
@@ -54,6 +58,7 @@ class Template:
     style: str  # "two": vicuna's "ROLE: message" turns; "llama_3": header-wrapped turns
     sep: str
     sep2: str
+    head: str = ""  # what precedes the system text in `system` (a system message replaces only the text)
 
     @property
     def stop(self) -> str:
@@ -82,7 +87,7 @@ TEMPLATES = {
         "vision assistant. You are able to understand the visual content that the user provides, and assist the "
         "user with a variety of tasks using natural language.",
         ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-        "llama_3", "<|eot_id|>", "<|end_of_text|>"),
+        "llama_3", "<|eot_id|>", "<|end_of_text|>", "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"),
 }
 
 
@@ -225,49 +230,94 @@ class VilaAdapter(HFAdapter):
         if video is None and fps is not None:
             raise ValueError(f"fps={fps} was given with an image; fps describes video frames: pass video= or drop fps")
         modality = "image" if video is None else "video"
-        frames = [image] if video is None else _pil_frames(self.video_kwargs(video, fps)["videos"][0])
-        parts = []
-        for item in self._messages(instruction, modality)[-1]["content"]:
-            if item["type"] == "text":
-                parts.append(item["text"])
-            else:
-                parts.extend(frames)
-        proc = self.processor
-        text = proc.template.render([(proc.template.roles[0], user_message(parts)), (proc.template.roles[1], None)])
-        start = text.find(instruction, text.rfind(IMAGE_TAG) + len(IMAGE_TAG))
-        if start < 0:
-            raise ValueError(
-                f"adapter {self.name!r} ({self.model_id}): the conversation template's prompt does not contain the "
-                f"instruction {instruction!r} verbatim, so its tokens cannot be found; prompt: {text[:300]!r}. Pass "
-                f"the instruction as the template writes it, or fix the adapter's _messages")
-        end = start + len(instruction)
-        m = self._merged_side()
-        per = m * m
-        ids, spans, special = proc.encode(text)
-        if ids.count(IMAGE_TOKEN_INDEX) != len(frames):
-            raise ValueError(f"prompt has {ids.count(IMAGE_TOKEN_INDEX)} {IMAGE_TAG} placeholders for {len(frames)} "
-                             f"images; an instruction must not contain {IMAGE_TAG!r}")
+        media = [MediaItem("image", image)] if video is None else [MediaItem("video", video, fps)]
+        return self._prepare(self._messages(instruction, modality), media, [(instruction, True)], instruction)
+
+    def prepare_messages(self, messages: list[dict], instruction: str = "last") -> Prepared:
+        """See `Adapter.prepare_messages`. The authors' conversation renders the turns (`Template.render`),
+        each image as "<image>\\n" where the messages put it, each video as "<image>\\n" per frame; a system
+        message replaces the template's system text."""
+        chat = Chat.parse(messages, None, instruction)
+        return self._prepare(chat.template, chat.media, chat.texts, chat.instruction)
+
+    def _render(self, template: list[dict], frames: list[list]) -> str:
+        """The messages (parts without pixels) -> the authors' prompt text; frames: each media item's images."""
+        tpl, turns, media = self.processor.template, [], iter(frames)
+        if template and template[0]["role"] == "system":
+            content = template[0]["content"]
+            text = content if isinstance(content, str) else "".join(p["text"] for p in content)
+            tpl, template = replace(tpl, system=tpl.head + text), template[1:]
+        for i, msg in enumerate(template):
+            role = ("user", "assistant")[i % 2]
+            if msg["role"] != role:
+                raise ValueError(f"adapter {self.name!r}: message {i} (after any system message) is {msg['role']!r}, "
+                                 f"expected {role!r}: VILA's conversation alternates user and assistant turns, "
+                                 f"starting with the user; merge consecutive turns of one role into one message")
+            content = msg["content"]
+            parts = [content] if isinstance(content, str) else []
+            for part in [] if isinstance(content, str) else content:
+                parts.extend([part["text"]] if part["type"] == "text" else next(media))  # a video: its frames
+            turns.append((tpl.roles[i % 2], user_message(parts)))
+        return tpl.render([*turns, (tpl.roles[1], None)])
+
+    def _prepare(self, template: list[dict], media: list[MediaItem], texts: list[tuple[str, bool]],
+                 instruction: str) -> Prepared:
+        """template: the messages without pixels; media: images and videos in prompt order (a video is its
+        frames, each an image, so both mix); texts: every text part in prompt order, (text, is_instruction)."""
+        for part, _ in texts:
+            if IMAGE_TAG in part:
+                raise ValueError(f"text {part[:120]!r} contains {IMAGE_TAG!r}, VILA's image placeholder: put images in "
+                                 f"the messages as {{'type': 'image', 'image': ...}} parts and drop the tag")
+        frames = [[m.data] if m.kind == "image" else _pil_frames(self.video_kwargs(m.data, m.fps)["videos"][0])
+                  for m in media]
+        # the text needs only how many images each item is: one stand-in (not a str) per image or frame
+        text = self._render(template, [[_FRAME] * len(f) for f in frames])
+        spans, cursor = [], len(text)
+        for part, is_instruction in reversed(texts):  # each text part before the next, from the end
+            start = text.rfind(part, 0, cursor)
+            if start < 0:
+                raise ValueError(
+                    f"adapter {self.name!r} ({self.model_id}): the conversation template's prompt does not contain the "
+                    f"instruction {part!r} verbatim, so its tokens cannot be found; prompt: {text[:300]!r}. Pass "
+                    f"the instruction as the template writes it, or fix the adapter's _messages")
+            cursor = start
+            if is_instruction:
+                spans.append((start, start + len(part)))
+        proc, m = self.processor, self._merged_side()
+        per, counts = m * m, [len(f) for f in frames]
+        ids, offsets, special = proc.encode(text)
+        if ids.count(IMAGE_TOKEN_INDEX) != sum(counts):
+            raise ValueError(f"prompt has {ids.count(IMAGE_TOKEN_INDEX)} {IMAGE_TAG} placeholders for {sum(counts)} "
+                             f"images and frames: {text[:300]!r}")
         # the model puts each image's `per` tokens where its placeholder is (prepare_inputs_labels_for_multimodal)
         expanded, instr = [], []
-        for i, (a, b), s in zip(ids, spans, special):
-            if a < end and b > start and b > a and not s:
+        for i, (a, b), s in zip(ids, offsets, special):
+            if b > a and not s and any(a < e and b > st for st, e in spans):
                 instr.append(len(expanded))
             expanded.extend([i] * (per if i == IMAGE_TOKEN_INDEX else 1))
         input_ids = torch.tensor([expanded], dtype=torch.long)
-        pixel_values = torch.stack([proc.image(f) for f in frames])
-        slots = (input_ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
-        visual = slots
+        pixel_values = torch.stack([proc.image(f) for item in frames for f in item])
+        visual = (input_ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
         if self.model.mm_projector.kind == "mlp_downsample":
             # it emits each image's tokens column by column; visual order is row-major
-            visual = slots.view(len(frames), per)[:, torch.arange(per).view(m, m).t().reshape(-1)].reshape(-1)
+            visual = visual.view(-1, per)[:, torch.arange(per).view(m, m).t().reshape(-1)].reshape(-1)
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": torch.ones_like(input_ids).to(self.device),
                   "pixel_values": pixel_values.to(self.device)}
-        segments = None
-        if modality == "video":
-            segments = [{"kind": "frame", "start": i * per, "grid": [1, m, m]} for i in range(len(frames))]
+        kinds = {item.kind for item in media}
+        modality = "video" if "video" in kinds else "image"
+        if len(media) == 1:  # the short form's layout, as it always was
+            grid, segments = (counts[0], m, m), None
+            if modality == "video":
+                segments = [{"kind": "frame", "start": i * per, "grid": [1, m, m]} for i in range(counts[0])]
+        else:  # one segment per image or video ("frames": a video's frames, frame by frame, row-major)
+            grid, segments, start = (1, 1, int(visual.numel())), [], 0
+            for j, (item, n) in enumerate(zip(media, counts)):
+                kind = "image" if item.kind == "image" else "frames"
+                segments.append({"kind": kind, "start": start, "grid": [n, m, m], "visual": j})
+                start += n * per
         return Prepared(inputs=inputs, visual_positions=visual,
-                        instruction_positions=torch.tensor(instr, dtype=torch.long), grid=(len(frames), m, m),
-                        modality=modality, segments=segments, prompt_text=text)
+                        instruction_positions=torch.tensor(instr, dtype=torch.long), grid=grid, modality=modality,
+                        segments=segments, prompt_text=text, instruction=instruction)
 
     def _messages(self, instruction: str, modality: str) -> list[dict]:
         """The conversation as message parts (the template supplies the system prompt)."""
