@@ -9,6 +9,7 @@ through `from_pretrained` (and our adapters) exactly like a real checkpoint.
     build_qwen2_vl(out_dir, words)          -> Path   (Qwen2-VL or, variant="qwen2_5_vl", Qwen2.5-VL)
     build_llava_onevision(out_dir, words)   -> Path
     build_qwen3_vl(out_dir, words)          -> Path   (Qwen3-VL or, moe=True, Qwen3-VL-MoE; DeepStack, 32 px tokens)
+    build_qwen3_5(out_dir, words)           -> Path   (Qwen3.5: hybrid Gated DeltaNet / gated softmax attention)
     make_qwen2_vl(words) / make_llava_onevision(words) -> (model, processor) in memory (train, then save)
     save_model(model, processor, out_dir)   -> Path
 
@@ -156,6 +157,68 @@ def make_qwen3_vl(words: list[str], *, moe: bool = False, text: dict | None = No
 def build_qwen3_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
     """Save a random tiny Qwen3-VL (moe=True: Qwen3-VL-MoE) to `out_dir`; see `make_qwen3_vl`."""
     model, processor = make_qwen3_vl(words, **kwargs)
+    return save_model(model, processor, out_dir)
+
+
+# --- Qwen3.5 (hybrid linear / softmax attention) --------------------------------------------------
+
+# layer 0 is linear attention and layer 1 the first softmax layer (the probe layer), as layers 0-2 / 3 of
+# Qwen3.5-27B; a linear layer after it keeps the recurrent state in play during generation
+TINY_QWEN3_5_LAYERS = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+TINY_QWEN3_5_TEXT = dict(head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                         linear_value_head_dim=16, linear_conv_kernel_dim=4)
+
+
+def make_qwen3_5(words: list[str], *, text: dict | None = None, vision: dict | None = None,
+                 min_pixels: int = 64 * 64, max_pixels: int = 256 * 256, seed: int = 0,
+                 tokenizer=None) -> tuple[Any, Any]:
+    """(random Qwen3_5ForConditionalGeneration, Qwen3VLProcessor), in memory, fp32. As the real ones: a
+    decoder of Gated DeltaNet linear-attention layers and gated softmax-attention layers (`layer_types`,
+    TINY_QWEN3_5_LAYERS unless text overrides it), q/k RMS norms (zero-centred weights), interleaved M-RoPE
+    on a quarter of the head dims (partial_rotary_factor 0.25), Qwen3-VL's 32 px visual tokens and video
+    timestamps, no DeepStack. text / vision: overrides of TINY_TEXT + TINY_QWEN3_5_TEXT / TINY_QWEN3_VISION."""
+    import transformers as tf
+
+    tokenizer = tokenizer or build_tokenizer(list(words) + ["seconds"], "qwen3_5")
+    text_cfg = {**TINY_TEXT, **TINY_QWEN3_5_TEXT, "layer_types": list(TINY_QWEN3_5_LAYERS), **(text or {})}
+    text_cfg["num_hidden_layers"] = len(text_cfg["layer_types"])
+    vis = {k: v for k, v in {**TINY_QWEN3_VISION, **(vision or {})}.items() if k != "deepstack_visual_indexes"}
+    vis["out_hidden_size"] = text_cfg["hidden_size"]
+    rotary_half = int(text_cfg["head_dim"] * 0.25) // 2  # real: head_dim 256 -> 64 rotary dims, sections [11, 11, 10]
+    section = [rotary_half - 2 * (rotary_half // 3), rotary_half // 3, rotary_half // 3]
+    text_cfg = {**text_cfg, "vocab_size": len(tokenizer), "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e7, "mrope_section": section,
+                                    "mrope_interleaved": True, "partial_rotary_factor": 0.25},
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    image_id, video_id, vs_id, ve_id = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    config = tf.Qwen3_5Config(text_config=text_cfg, vision_config=vis, image_token_id=image_id,
+                              video_token_id=video_id, vision_start_token_id=vs_id, vision_end_token_id=ve_id,
+                              tie_word_embeddings=False)
+    _seed(seed)
+    model = tf.Qwen3_5ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # trained norms are not at their zero init: skipping one must show in the probe layer
+        for layer in model.model.language_model.layers:
+            if hasattr(layer, "self_attn"):
+                layer.self_attn.q_norm.weight.uniform_(-0.5, 1.0)
+                layer.self_attn.k_norm.weight.uniform_(-0.5, 1.0)
+            layer.input_layernorm.weight.uniform_(-0.3, 0.3)
+    grid = dict(patch_size=vis["patch_size"], temporal_patch_size=vis["temporal_patch_size"],
+                merge_size=vis["spatial_merge_size"])
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels,
+                                                  image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
+    video_processor = tf.Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": 8 * max_pixels},
+                                               image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
+    processor = tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=video_processor, chat_template=tokenizer.chat_template)
+    return model, processor
+
+
+def build_qwen3_5(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
+    """Save a random tiny Qwen3.5 to `out_dir`; see `make_qwen3_5`."""
+    model, processor = make_qwen3_5(words, **kwargs)
     return save_model(model, processor, out_dir)
 
 
