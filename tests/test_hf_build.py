@@ -45,7 +45,7 @@ def test_folder_loads_like_a_checkpoint(family, tiny_models):
         assert (path / name).exists(), name
     cls = {"qwen2_vl": tf.Qwen2VLForConditionalGeneration, "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
            "llava_onevision": tf.LlavaOnevisionForConditionalGeneration,
-           "qwen3_vl": tf.Qwen3VLForConditionalGeneration}[family]
+           "qwen3_vl": tf.Qwen3VLForConditionalGeneration, "qwen3_5": tf.Qwen3_5ForConditionalGeneration}[family]
     model = tf.AutoModelForImageTextToText.from_pretrained(path)
     assert type(model) is cls
     proc = tf.AutoProcessor.from_pretrained(path)
