@@ -19,12 +19,17 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from reference_mllm.tiny_models import (DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_5,
-                                        build_qwen3_vl)
+import transformers
+
+from reference_mllm.tiny_models import (DEFAULT_WORDS, build_llava_onevision, build_llava_onevision1_5, build_qwen2_vl,
+                                        build_qwen3_5, build_qwen3_vl)
 
 # family -> adapter name that loads it
 ADAPTER_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
               "llava_onevision": "llava_onevision", "qwen3_5": "qwen3_5"}
+# families whose transformers class is newer than the declared floor: tested where the installed release has it
+NEWER = {"llava_onevision1_5": ("LlavaOnevision15ForConditionalGeneration", "5.25")}
+ADAPTER_OF.update({f: f for f, (cls, _) in NEWER.items() if hasattr(transformers, cls)})
 FAMILIES = tuple(ADAPTER_OF)
 WORDS = list(DEFAULT_WORDS)
 
@@ -40,6 +45,8 @@ def tiny_model_dir(family: str, root: Path) -> Path:
         if not (out / "config.json").exists():
             if family == "llava_onevision":
                 build_llava_onevision(out, WORDS, seed=0)
+            elif family == "llava_onevision1_5":
+                build_llava_onevision1_5(out, WORDS, seed=0)
             elif family == "qwen3_5":
                 build_qwen3_5(out, WORDS, seed=0)
             elif family in ("qwen3_vl", "qwen3_vl_moe"):  # the MoE variant: built on demand, not in FAMILIES

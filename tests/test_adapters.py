@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import ADAPTER_OF, FAMILIES, interface_only, tiny_image, tiny_models, tiny_video  # noqa: F401
+from models import ADAPTER_OF, FAMILIES, NEWER, interface_only, tiny_image, tiny_models, tiny_video  # noqa: F401
 from predictor.adapters import ADAPTERS, Adapter, get_adapter, load_adapter
 from predictor.adapters.attention import capture
 from predictor.adapters.layer0 import instruction_attention
@@ -62,7 +62,8 @@ def captured_layer0(adapter, prepared) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_every_registered_adapter_has_a_tiny_model():
     get_adapter("qwen2_vl")  # imports the family modules
-    assert set(ADAPTERS.names()) == set(ADAPTER_OF.values())
+    absent = {f for f in NEWER if f not in ADAPTER_OF}  # its transformers class is newer than the installed release
+    assert set(ADAPTERS.names()) == set(ADAPTER_OF.values()) | absent
 
 
 def test_unknown_adapter_lists_available():
@@ -142,6 +143,8 @@ def test_video_positions_grid_and_segments(family, loaded_video):
                               {"kind": "newline", "start": 32, "grid": [1, 1, 1]}]
         _validate_segments("k", p.segments, p.num_visual)
         assert p.grid == (1, 1, 33)
+    elif family == "llava_onevision1_5":  # no temporal patches: one step per frame
+        assert p.grid == (8, 3, 4) and p.segments is None
     else:  # 8 frames merged 2 by 2 in time; 84 x 112 px / 28 px per token
         assert p.grid == (4, 3, 4) and p.segments is None
 
@@ -368,8 +371,9 @@ def test_layer0_equals_the_captured_forward(family, loaded, loaded_bf16):
     for ours, ref in zip(adapter.layer0_attention(p), captured_layer0(adapter, p)):
         torch.testing.assert_close(ours, ref, atol=1e-7, rtol=1e-5)
     adapter, p = loaded_bf16[family]
-    # Qwen3.5: 0.23% on the tiny model; its probe layer reads the bf16 output of a linear-attention layer
-    bound = {"qwen3_vl": 2e-3, "qwen3_5": 3e-3}.get(family, 1e-3)
+    # Qwen3.5: 0.23% on the tiny model, its probe layer reads the bf16 output of a linear-attention layer;
+    # LLaVA-OneVision-1.5: 0.35%, Qwen3's normed q/k (as Qwen3-VL's) with a single rotary axis
+    bound = {"qwen3_vl": 2e-3, "qwen3_5": 3e-3, "llava_onevision1_5": 4e-3}.get(family, 1e-3)
     for ours, ref in zip(adapter.layer0_attention(p), captured_layer0(adapter, p)):
         assert (ours - ref).abs().max() <= bound * ref.abs().max()
 

@@ -19,7 +19,8 @@ from predictor.registry import Registry
 # one module per family, imported on first lookup so that `import predictor.adapters` stays light
 ADAPTERS: Registry[type["Adapter"]] = Registry(
     "adapter", modules=("predictor.adapters.qwen2_vl", "predictor.adapters.qwen3_vl",
-                        "predictor.adapters.llava_onevision", "predictor.adapters.qwen3_5"))
+                        "predictor.adapters.llava_onevision", "predictor.adapters.qwen3_5",
+                        "predictor.adapters.llava_onevision1_5"))
 
 
 def get_adapter(name: str) -> type["Adapter"]:
