@@ -487,3 +487,12 @@ def test_token_px_is_the_side_of_one_visual_token(family, loaded, tmp_path, monk
     assert kept_overlay(tiny_image(), grid, kept, tmp_path / "a.png", token_px=adapter.token_px) is not None
     assert kept_overlay(tiny_image(), grid, kept, tmp_path / "b.png") is not None  # default: Qwen2-VL's 28 px
     assert shown == [(grid[1] * adapter.token_px, grid[2] * adapter.token_px, 3), (grid[1] * 28, grid[2] * 28, 3)]
+
+
+def test_llava_onevision1_5_refuses_a_transformers_without_it(monkeypatch, tmp_path):
+    """The declared floor (5.23) predates LLaVA-OneVision-1.5 (5.25): loading it there names the release."""
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")
+    with pytest.raises(ImportError, match=r"needs transformers >= 5.25 .* this is 5.23.0: pip install"):
+        get_adapter("llava_onevision1_5").load(str(tmp_path))

@@ -14,7 +14,7 @@ import torch
 from predictor.adapters.base import ADAPTERS, Prepared
 from predictor.adapters.qwen2_vl import Qwen2VLAdapter
 
-FIRST_RELEASE = "5.25"  # the first transformers release with the family
+FIRST_RELEASE = (5, 25)  # the first transformers release with the family
 
 
 @ADAPTERS.register("llava_onevision1_5")
@@ -26,10 +26,10 @@ class LlavaOnevision15Adapter(Qwen2VLAdapter):
     def load(cls, path: str, *args, **kwargs) -> "LlavaOnevision15Adapter":
         import transformers as tf
 
-        if not hasattr(tf, cls.MODEL_TYPES["llava_onevision1_5"]):
-            raise ImportError(f"adapter 'llava_onevision1_5' needs transformers >= {FIRST_RELEASE} (the first "
-                              f"release with LLaVA-OneVision-1.5); this is {tf.__version__}: "
-                              f"pip install 'transformers>={FIRST_RELEASE},<5.26'")
+        if tuple(int(v) for v in tf.__version__.split(".")[:2]) < FIRST_RELEASE:
+            need = ".".join(map(str, FIRST_RELEASE))
+            raise ImportError(f"adapter 'llava_onevision1_5' needs transformers >= {need} (the first release with "
+                              f"LLaVA-OneVision-1.5); this is {tf.__version__}: pip install 'transformers>={need},<5.26'")
         return super().load(path, *args, **kwargs)
 
     def position_ids(self, prepared: Prepared, answer_len: int = 0) -> torch.Tensor:
