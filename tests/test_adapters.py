@@ -67,7 +67,7 @@ def test_every_registered_adapter_has_a_tiny_model():
 
 
 def test_unknown_adapter_lists_available():
-    with pytest.raises(KeyError, match="available: llava_onevision, qwen2_vl"):
+    with pytest.raises(KeyError, match="available: llava_onevision, llava_onevision1_5, qwen2_vl, qwen3_5, qwen3_vl"):
         get_adapter("vila")
 
 
