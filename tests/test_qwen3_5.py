@@ -224,3 +224,34 @@ def test_chain_data_gen_train_eval_lmms_demo(tiny_models, tmp_path, capsys):
     assert demo(["--model", "qwen3_5", "--model-path", str(tiny_models["qwen3_5"]), "--predictor", str(export),
                  "--max-new-tokens", "2", "--out", str(tmp_path / "demo.png")]) == 0
     assert "kept " in capsys.readouterr().out and (tmp_path / "demo.png").exists()
+
+
+REF35 = Path(__file__).resolve().parents[1] / "checkpoints" / "reference-qwen3_5"
+
+
+def test_committed_hybrid_reference_model(tmp_path):
+    """checkpoints/reference-qwen3_5: small, documented by the card its recipe writes, a hybrid decoder whose probe
+    layer is decoder layer 1, answering held-out scenes at its recorded accuracy."""
+    from reference_mllm.train.card import model_card
+    from test_reference_model import MARGIN, _accuracy, _heldout
+
+    record = json.loads((REF35 / "training.json").read_text())
+    size = sum(p.stat().st_size for p in REF35.rglob("*") if p.is_file())
+    assert size < 10 * 2**20 and (REF35 / "README.md").read_text() == model_card(record)
+    assert record["config"]["arch"] == "qwen3_5" and record["heldout_accuracy"]["224x224"] >= 0.95
+    adapter = load_adapter("qwen3_5", str(REF35))
+    assert adapter.probe_layer == 1 and adapter.model.config.text_config.layer_types[0] == "linear_attention"
+    acc = _accuracy(adapter, _heldout(record, [224, 224], 32))
+    assert acc >= record["heldout_accuracy"]["224x224"] - MARGIN, acc
+
+
+def test_reference_recipe_arch_option_is_validated():
+    from reference_mllm.train.config import RefTrainConfig, qwen3_5_config
+
+    with pytest.raises(ValueError, match="arch='gpt'"):
+        RefTrainConfig(arch="gpt").validate()
+    cfg = qwen3_5_config()
+    cfg.validate()
+    assert cfg.text["layer_types"][:2] == ["linear_attention", "full_attention"]
+    with pytest.raises(ValueError, match="text: 2 layers x 2 heads"):  # 4 layers, 2 of them softmax: too few
+        qwen3_5_config(text={**cfg.text, "layer_types": ["linear_attention"] * 2 + ["full_attention"] * 2}).validate()
