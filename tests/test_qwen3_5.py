@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import tiny_image, tiny_models, tiny_video  # noqa: F401  (fixture)
+from models import ADAPTER_OF, tiny_image, tiny_models, tiny_video  # noqa: F401  (fixture)
 from predictor.adapters import Adapter, load_adapter
 from predictor.adapters.layer0 import instruction_attention
 from predictor.runtime import left_pad, make_context, make_method, prune_context, pruned_generate
@@ -176,10 +176,14 @@ def test_export_for_another_probe_layer_is_refused(qwen35, tiny_models, tmp_path
                            keep=0.5, max_new_tokens=1)
 
 
-def test_chain_data_gen_train_eval_lmms_demo(tiny_models, tmp_path, capsys):
-    """The pipeline on the tiny Qwen3.5: data_gen labels synthetic scenes in its 32 px cells (gae through the
-    hybrid decoder; shards record probe layer 1), train exports a predictor that records it, eval prunes with
-    it beside the baselines, and the demo runs it."""
+CHAIN = [("qwen3_5", 128, 1)] + ([("llava_onevision1_5", 112, 0)] if "llava_onevision1_5" in ADAPTER_OF else [])
+
+
+@pytest.mark.parametrize("family,px,probe", CHAIN)
+def test_chain_data_gen_train_eval_lmms_demo(family, px, probe, tiny_models, tmp_path, capsys):
+    """The pipeline on the tiny Qwen3.5 (and LLaVA-OneVision-1.5 where transformers has it): data_gen labels
+    synthetic scenes in the adapter's cells (gae through the hybrid decoder; shards record the probe layer), train
+    exports a predictor that records it, eval prunes with it beside the baselines, and the demo runs it."""
     from hydra import compose, initialize_config_dir
 
     from data_gen.run import main as data_gen
@@ -188,9 +192,9 @@ def test_chain_data_gen_train_eval_lmms_demo(tiny_models, tmp_path, capsys):
     from predictor.runtime.demo import main as demo
     from predictor.training.train import train
 
-    model = {"adapter": "qwen3_5", "path": str(tiny_models["qwen3_5"]), "dtype": "float32", "device": "cpu"}
+    model = {"adapter": family, "path": str(tiny_models[family]), "dtype": "float32", "device": "cpu"}
     shards = tmp_path / "shards"
-    summary = data_gen(model=model, source={"name": "synthetic_scenes", "sizes": [[128, 128]]},
+    summary = data_gen(model=model, source={"name": "synthetic_scenes", "sizes": [[px, px]]},
                        explainer={"name": "gae"},
                        options={"out": str(shards), "max_items": 6, "correctness": "none", "max_new_tokens": 2,
                                 "progress": False})
@@ -199,7 +203,7 @@ def test_chain_data_gen_train_eval_lmms_demo(tiny_models, tmp_path, capsys):
     for tar in sorted(shards.glob("*.tar")):
         with tarfile.open(tar) as t:
             metas += [json.load(t.extractfile(m)) for m in t.getmembers() if m.name.endswith("meta.json")]
-    assert len(metas) == 6 and {m["probe_layer"] for m in metas} == {1} and {m["adapter"] for m in metas} == {"qwen3_5"}
+    assert len(metas) == 6 and {m["probe_layer"] for m in metas} == {probe} and {m["adapter"] for m in metas} == {family}
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "train"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
@@ -208,11 +212,11 @@ def test_chain_data_gen_train_eval_lmms_demo(tiny_models, tmp_path, capsys):
             "trainer.enable_progress_bar=false", "data.val_fraction=0.0", f"run_dir={tmp_path}/run",
             f"export_dir={tmp_path}/exp"])
     export = train(cfg)
-    assert read_export_config(export)["trained_on"]["probe_layer"] == 1
+    assert read_export_config(export)["trained_on"]["probe_layer"] == probe
 
     res = run_eval(EvalSettings.from_dict(dict(
         model={**model, "attn_implementation": "fp32_capture"}, source={"name": "synthetic_scenes", "split": "test",
-                                                                        "sizes": [[128, 128]]},
+                                                                        "sizes": [[px, px]]},
         explainer={"name": "gae"}, predictor=str(export), out=str(tmp_path / "eval"),
         methods=["predictor", "oracle", "attention", "random"], keeps=[1.0, 0.25], max_items=2, max_new_tokens=2,
         correctness="none", figures=0, progress=False, timing=False, fidelity={"shards": None},
@@ -221,7 +225,7 @@ def test_chain_data_gen_train_eval_lmms_demo(tiny_models, tmp_path, capsys):
         row = res["results"][m]["0.25"]
         assert row["n"] == 2 and row["visual_tokens"] == 4 and row["object_kept"] is not None
 
-    assert demo(["--model", "qwen3_5", "--model-path", str(tiny_models["qwen3_5"]), "--predictor", str(export),
+    assert demo(["--model", family, "--model-path", str(tiny_models[family]), "--predictor", str(export),
                  "--max-new-tokens", "2", "--out", str(tmp_path / "demo.png")]) == 0
     assert "kept " in capsys.readouterr().out and (tmp_path / "demo.png").exists()
 
