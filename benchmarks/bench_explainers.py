@@ -3,6 +3,7 @@
     python benchmarks/bench_explainers.py                          # reference MLLM, 40 scenes, 224x224
     python benchmarks/bench_explainers.py --n 100 --size 224 448 --explainers gae attention
     python benchmarks/bench_explainers.py --n 100 --predictor checkpoints/predictor-reference
+    python benchmarks/bench_explainers.py --adapter qwen3_5 --model checkpoints/reference-qwen3_5
 
 For every held-out scene the model answers correctly, each method's relevance over the visual
 tokens is compared with the ground truth (`gt_relevance`: the share of the object's pixels in each
@@ -40,7 +41,8 @@ KEEPS = (0.5, 0.25, 0.125)  # keep ratios of the kept@k columns
 
 
 def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed: int = 0,
-        explainers: tuple[str, ...] = EXPLAINERS, split: str = "test", predictor: str | None = None) -> dict:
+        explainers: tuple[str, ...] = EXPLAINERS, split: str = "test", predictor: str | None = None,
+        adapter_name: str = "qwen2_vl") -> dict:
     """-> {"rows": {method: {"mass", "pointing", "kept@k", "named", "seconds"}}, "scenes", "wrong",
     "object_share", "objects"}"""
     from data_gen.explainers import get_explainer
@@ -48,7 +50,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     from predictor.adapters import load_adapter
 
     torch.manual_seed(seed)
-    adapter = load_adapter("qwen2_vl", model)
+    adapter = load_adapter(adapter_name, model)
     methods = {name: get_explainer(name)() for name in explainers}
     methods["layer0"] = lambda a, p, ids: a.layer0_attention(p)[1]
     if predictor:
@@ -120,6 +122,7 @@ def table(result: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=REF)
+    p.add_argument("--adapter", default="qwen2_vl", help="the model's adapter (qwen3_5: the hybrid reference model)")
     p.add_argument("--n", type=int, default=40, help="correctly answered scenes to score")
     p.add_argument("--size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)
@@ -129,7 +132,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(table(run(a.model, a.n, tuple(a.size), a.seed, tuple(a.explainers), a.split, a.predictor)))
+    print(table(run(a.model, a.n, tuple(a.size), a.seed, tuple(a.explainers), a.split, a.predictor, a.adapter)))
 
 
 if __name__ == "__main__":

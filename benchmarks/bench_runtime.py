@@ -12,7 +12,11 @@ Models: `reference` = checkpoints/reference-qwen2vl (if present); `2b` = a Qwen2
 model (28 layers, hidden 1536, 12 heads, 2 KV heads, MLP 8960) with random weights and a tiny vision
 tower (speed does not depend on the weights); `7b` = a Qwen2-VL-7B-sized one (GPU only); `qwen3_8b` = a
 Qwen3-VL-8B-sized one (36 layers, hidden 4096, 32 heads, 8 KV heads, head dim 128, MLP 12288, q/k norms,
-3 DeepStack layers, 32 px visual tokens), `--layers N` keeps its first N layers (fp32 8B needs ~33 GB).
+3 DeepStack layers, 32 px visual tokens), `--layers N` keeps its first N layers (fp32 8B needs ~33 GB);
+`qwen3_5_27b` = a Qwen3.5-27B-sized hybrid decoder (64 layers, three Gated DeltaNet linear-attention layers
+(16 key / 48 value heads of 128) before each gated softmax layer (24 heads, 4 KV heads, head dim 256), hidden
+5120, MLP 17408, 32 px visual tokens), `--layers N` keeps its first N layers in that pattern (N >= 4 reaches
+the probe layer, 3). Its scoring cost includes the linear layers before the probe layer, run over the prompt.
 """
 from __future__ import annotations
 
@@ -49,6 +53,26 @@ QWEN3_SIZES = {"qwen3_8b": dict(hidden_size=4096, num_hidden_layers=36, num_atte
                                  intermediate_size=12288)}
 
 
+QWEN3_5_SIZES = {"qwen3_5_27b": dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=24,
+                                     num_key_value_heads=4, head_dim=256, intermediate_size=17408,
+                                     linear_num_key_heads=16, linear_num_value_heads=48, linear_key_head_dim=128,
+                                     linear_value_head_dim=128, linear_conv_kernel_dim=4)}
+
+
+def random_qwen3_5(text: dict, device: str, dtype: torch.dtype, image_px: int, name: str):
+    """Qwen3.5 adapter over a random model: hybrid language model `text` (Qwen3.5's layout: every fourth layer
+    softmax attention), a tiny vision tower."""
+    from reference_mllm.tiny_models import DEFAULT_WORDS, make_qwen3_5
+    from predictor.adapters import get_adapter
+
+    n = text["num_hidden_layers"]
+    text = {**text, "layer_types": ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(n)]}
+    with torch.device(device):
+        model, processor = make_qwen3_5(list(DEFAULT_WORDS), text=text, max_pixels=image_px * image_px)
+    model.set_attn_implementation("sdpa")
+    return get_adapter("qwen3_5")(model.to(dtype=dtype).eval(), processor, f"random-{name}")
+
+
 def random_qwen3_vl(text: dict, device: str, dtype: torch.dtype, image_px: int, name: str):
     """Qwen3-VL adapter over a random model: language model `text`, a tiny vision tower with 3 DeepStack layers."""
     from reference_mllm.tiny_models import DEFAULT_WORDS, make_qwen3_vl
@@ -67,6 +91,9 @@ def load(name: str, device: str, dtype: torch.dtype, image_px: int, layers: int 
     if name in QWEN3_SIZES:
         text = {**QWEN3_SIZES[name], **({"num_hidden_layers": layers} if layers else {})}
         return random_qwen3_vl(text, device, dtype, image_px, name)
+    if name in QWEN3_5_SIZES:
+        text = {**QWEN3_5_SIZES[name], **({"num_hidden_layers": layers} if layers else {})}
+        return random_qwen3_5(text, device, dtype, image_px, name)
 
     qwen = get_adapter("qwen2_vl")
     if name == "reference":
@@ -109,7 +136,8 @@ def bench(name: str, adapter, image_px: int, repeats: int, device: str) -> dict:
 
     score()  # warm-up
     t_score = _best(score, repeats, device)
-    row = {"model": name, "S": p.seq_len, "N_v": p.num_visual, "score_ms": 1e3 * t_score}
+    row = {"model": name, "S": p.seq_len, "N_v": p.num_visual, "score_ms": 1e3 * t_score,
+           "probe": adapter.probe_layer}
     for keep in (1.0, 0.5, 0.25):
         pp, _ = prune_context(ctx, method, keep=keep)
         prefill(adapter, pp)  # warm-up
@@ -131,7 +159,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 (random-weight models)")
-    ap.add_argument("--layers", type=int, default=None, help="qwen3_8b: keep only the first N decoder layers")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="qwen3_8b, qwen3_5_27b: keep only the first N decoder layers")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
@@ -161,7 +190,8 @@ def main() -> None:
             print(f"{r['model']}: full prefill {r['prefill_flops']}")
     for r in rows:
         ok_o, ok_p = r["overhead"] < 0.03, r["ratio_0.25"] < 0.40
-        print(f"{r['model']}: overhead {r['overhead']:.2%} (goal < 3%: {'met' if ok_o else 'NOT met'}), "
+        print(f"{r['model']}: overhead {r['overhead']:.2%} (probe layer {r['probe']}; goal < 3%: "
+              f"{'met' if ok_o else 'NOT met'}), "
               f"prefill at 25% = {r['ratio_0.25']:.0%} of full (goal < 40%: {'met' if ok_p else 'NOT met'})")
 
 

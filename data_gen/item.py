@@ -125,8 +125,8 @@ def process_item(item: Item, key: str, adapter: Any, explainer: Callable, explai
 
     files, source_meta = _source_files_and_meta(item)
     meta = make_meta(
-        model_id=adapter.model_id, adapter=adapter.name, explainer=explainer_name, modality=prepared.modality,
-        grid=list(prepared.grid), segments=prepared.segments,
+        model_id=adapter.model_id, adapter=adapter.name, probe_layer=adapter.probe_layer, explainer=explainer_name,
+        modality=prepared.modality, grid=list(prepared.grid), segments=prepared.segments,
         instruction=prepared.instruction if item.messages is not None else item.instruction,
         reference_answer=item.answer, generated_answer=text, correct=bool(correct),
         answer_tokens=int(answer_ids.numel()), item_id=item.id, prompt_tokens=prepared.seq_len,

@@ -3,8 +3,9 @@
 One sample is one (image or video, instruction) pair run through one MLLM. In a WebDataset shard
 it is a group of files sharing a `__key__`:
 
-    <key>.attn.npy        (N_v,) float32   layer-0 attention of the instruction tokens over the
+    <key>.attn.npy        (N_v,) float32   probe-layer attention of the instruction tokens over the
                                            visual tokens, mean over heads and instruction tokens
+                                           (meta.probe_layer, absent: 0; the adapter's `probe_layer`)
     <key>.attn_heads.npy  (H, N_v) float16 the same per head (optional)
     <key>.rel.npy         (N_v,) float32   oracle relevance R_v, finite, >= 0
     <key>.meta.json       metadata, see REQUIRED_META
@@ -44,6 +45,13 @@ REQUIRED_META: dict[str, tuple[type, ...]] = {
     "answer_tokens": (int,),
 }
 MODALITIES = ("image", "video")
+# optional meta -> its meaning when absent (shards written before the field existed)
+META_DEFAULTS: dict[str, Any] = {"probe_layer": 0}
+
+
+def meta_value(meta: dict[str, Any], name: str) -> Any:
+    """meta[name], or what its absence means (`META_DEFAULTS`)."""
+    return meta.get(name, META_DEFAULTS.get(name))
 
 # file extensions inside a shard
 EXT_ATTN, EXT_HEADS, EXT_REL, EXT_META, EXT_THUMB = "attn.npy", "attn_heads.npy", "rel.npy", "meta.json", "thumb.png"
@@ -140,6 +148,9 @@ def validate(sample: Sample) -> Sample:
     segments = meta.get("segments")
     if segments is not None:
         _validate_segments(key, segments, n_v)
+    probe = meta_value(meta, "probe_layer")
+    if not isinstance(probe, int) or isinstance(probe, bool) or probe < 0:
+        raise SampleError(key, "meta.probe_layer", "a decoder layer index, an int >= 0", _describe(probe))
     if sample.attn_heads is not None:
         heads = sample.attn_heads
         if heads.ndim != 2 or heads.shape[1] != n_v:

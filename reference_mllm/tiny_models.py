@@ -10,6 +10,8 @@ through `from_pretrained` (and our adapters) exactly like a real checkpoint.
     build_llava_onevision(out_dir, words)   -> Path
     build_qwen3_vl(out_dir, words)          -> Path   (Qwen3-VL or, moe=True, Qwen3-VL-MoE; DeepStack, 32 px tokens)
     build_vila(out_dir, words)              -> Path   (a VILA1.5 folder: llm/, vision_tower/, mm_projector/)
+    build_qwen3_5(out_dir, words)           -> Path   (Qwen3.5: hybrid Gated DeltaNet / gated softmax attention)
+    build_llava_onevision1_5(out_dir, words) -> Path  (LLaVA-OneVision-1.5: RICE-ViT + merger, Qwen3 LLM, 1-D RoPE)
     make_qwen2_vl(words) / make_llava_onevision(words) -> (model, processor) in memory (train, then save)
     save_model(model, processor, out_dir)   -> Path
 
@@ -157,6 +159,120 @@ def make_qwen3_vl(words: list[str], *, moe: bool = False, text: dict | None = No
 def build_qwen3_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
     """Save a random tiny Qwen3-VL (moe=True: Qwen3-VL-MoE) to `out_dir`; see `make_qwen3_vl`."""
     model, processor = make_qwen3_vl(words, **kwargs)
+    return save_model(model, processor, out_dir)
+
+
+# --- Qwen3.5 (hybrid linear / softmax attention) --------------------------------------------------
+
+# layer 0 is linear attention and layer 1 the first softmax layer (the probe layer), as layers 0-2 / 3 of
+# Qwen3.5-27B; a linear layer after it keeps the recurrent state in play during generation
+TINY_QWEN3_5_LAYERS = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+TINY_QWEN3_5_TEXT = dict(head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                         linear_value_head_dim=16, linear_conv_kernel_dim=4)
+
+
+def make_qwen3_5(words: list[str], *, text: dict | None = None, vision: dict | None = None,
+                 min_pixels: int = 64 * 64, max_pixels: int = 256 * 256, seed: int = 0,
+                 tokenizer=None) -> tuple[Any, Any]:
+    """(random Qwen3_5ForConditionalGeneration, Qwen3VLProcessor), in memory, fp32. As the real ones: a
+    decoder of Gated DeltaNet linear-attention layers and gated softmax-attention layers (`layer_types`,
+    TINY_QWEN3_5_LAYERS unless text overrides it), q/k RMS norms (zero-centred weights), interleaved M-RoPE
+    on a quarter of the head dims (partial_rotary_factor 0.25), Qwen3-VL's 32 px visual tokens and video
+    timestamps, no DeepStack. text / vision: overrides of TINY_TEXT + TINY_QWEN3_5_TEXT / TINY_QWEN3_VISION."""
+    import transformers as tf
+
+    tokenizer = tokenizer or build_tokenizer(list(words) + ["seconds"], "qwen3_5")
+    text_cfg = {**TINY_TEXT, **TINY_QWEN3_5_TEXT, "layer_types": list(TINY_QWEN3_5_LAYERS), **(text or {})}
+    text_cfg["num_hidden_layers"] = len(text_cfg["layer_types"])
+    vis = {k: v for k, v in {**TINY_QWEN3_VISION, **(vision or {})}.items() if k != "deepstack_visual_indexes"}
+    vis["out_hidden_size"] = text_cfg["hidden_size"]
+    rotary_half = int(text_cfg["head_dim"] * 0.25) // 2  # real: head_dim 256 -> 64 rotary dims, sections [11, 11, 10]
+    section = [rotary_half - 2 * (rotary_half // 3), rotary_half // 3, rotary_half // 3]
+    text_cfg = {**text_cfg, "vocab_size": len(tokenizer), "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e7, "mrope_section": section,
+                                    "mrope_interleaved": True, "partial_rotary_factor": 0.25},
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    image_id, video_id, vs_id, ve_id = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    config = tf.Qwen3_5Config(text_config=text_cfg, vision_config=vis, image_token_id=image_id,
+                              video_token_id=video_id, vision_start_token_id=vs_id, vision_end_token_id=ve_id,
+                              tie_word_embeddings=False)
+    _seed(seed)
+    model = tf.Qwen3_5ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # trained norms are not at their zero init: skipping one must show in the probe layer
+        for layer in model.model.language_model.layers:
+            if hasattr(layer, "self_attn"):
+                layer.self_attn.q_norm.weight.uniform_(-0.5, 1.0)
+                layer.self_attn.k_norm.weight.uniform_(-0.5, 1.0)
+            layer.input_layernorm.weight.uniform_(-0.3, 0.3)
+    grid = dict(patch_size=vis["patch_size"], temporal_patch_size=vis["temporal_patch_size"],
+                merge_size=vis["spatial_merge_size"])
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels,
+                                                  image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
+    video_processor = tf.Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": 8 * max_pixels},
+                                               image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
+    processor = tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=video_processor, chat_template=tokenizer.chat_template)
+    return model, processor
+
+
+def build_qwen3_5(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
+    """Save a random tiny Qwen3.5 to `out_dir`; see `make_qwen3_5`."""
+    model, processor = make_qwen3_5(words, **kwargs)
+    return save_model(model, processor, out_dir)
+
+
+# --- LLaVA-OneVision-1.5 (transformers >= 5.25) ---------------------------------------------------------
+
+TINY_OV15_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                        spatial_merge_size=2)
+
+
+def make_llava_onevision1_5(words: list[str], *, text: dict | None = None, vision: dict | None = None,
+                            min_pixels: int = 56 * 56, max_pixels: int = 224 * 224, seed: int = 0,
+                            tokenizer=None) -> tuple[Any, Any]:
+    """(random LlavaOnevision15ForConditionalGeneration, its processor), in memory, fp32. As the real ones: a
+    native-resolution vision tower (2-D RoPE, a CLS token per image) whose merger turns 2 x 2 patches of 14 px
+    into one visual token (28 px), in front of a Qwen3 LLM (q/k RMS norms) with plain 1-D positions; images
+    and videos are Qwen2-VL-processed without temporal patches. text / vision: overrides of TINY_TEXT /
+    TINY_OV15_VISION. Needs transformers >= 5.25 (the first release with the family)."""
+    import transformers as tf
+
+    if not hasattr(tf, "LlavaOnevision15ForConditionalGeneration"):
+        raise ImportError(f"LLaVA-OneVision-1.5 needs transformers >= 5.25; this is {tf.__version__}")
+    tokenizer = tokenizer or build_tokenizer(words, "qwen2_vl")
+    text_cfg = {**TINY_TEXT, **(text or {})}
+    head_dim = text_cfg["hidden_size"] // text_cfg["num_attention_heads"]
+    text_cfg = {"model_type": "qwen3", **text_cfg, "head_dim": head_dim, "vocab_size": len(tokenizer),
+                "max_position_embeddings": 32768, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    vis = {**TINY_OV15_VISION, **(vision or {}), "out_hidden_size": text_cfg["hidden_size"]}
+    image_id, video_id, vs_id, ve_id = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    config = tf.LlavaOnevision15Config(text_config=text_cfg, vision_config=vis, image_token_id=image_id,
+                                       video_token_id=video_id, vision_start_token_id=vs_id,
+                                       vision_end_token_id=ve_id, tie_word_embeddings=False)
+    _seed(seed)
+    model = tf.LlavaOnevision15ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # trained q/k norms are not all ones: skipping one must show in layer-0 attention
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 2.0)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 2.0)
+    grid = dict(patch_size=vis["patch_size"], temporal_patch_size=1, merge_size=vis["spatial_merge_size"])
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, **grid)
+    video_processor = tf.Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **grid)
+    processor = tf.Exaone4_5_Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                       video_processor=video_processor, chat_template=tokenizer.chat_template)
+    return model, processor
+
+
+def build_llava_onevision1_5(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
+    """Save a random tiny LLaVA-OneVision-1.5 to `out_dir`; see `make_llava_onevision1_5`."""
+    model, processor = make_llava_onevision1_5(words, **kwargs)
     return save_model(model, processor, out_dir)
 
 

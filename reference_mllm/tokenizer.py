@@ -3,6 +3,11 @@ tokens and a short but faithful chat template.
 
 Every lower-case word of `words` (plus a fixed base vocabulary for the chat templates), every digit and
 punctuation mark is one token; anything else is `<unk>`.
+
+Qwen3.5 is the exception: transformers always rebuilds its tokenizer as its own byte-level BPE
+(`Qwen3_5Tokenizer`, from the saved vocabulary and merges, whatever class the folder names), so its
+tiny tokenizer is such a BPE, trained on the words (lower-case and capitalised, with and without a
+leading space) until each is one token; any other text falls back to byte tokens.
 """
 from __future__ import annotations
 
@@ -69,6 +74,9 @@ FAMILIES["qwen3_vl"] = {**FAMILIES["qwen2_vl"], "template": QWEN2_VL_TEMPLATE.re
     "")}
 
 
+FAMILIES["qwen3_5"] = {**FAMILIES["qwen3_vl"], "byte_level": True}
+
+
 def _family(family: str) -> dict:
     if family not in FAMILIES:
         raise KeyError(f"unknown model family {family!r}; available: {', '.join(sorted(FAMILIES))}")
@@ -76,16 +84,41 @@ def _family(family: str) -> dict:
 
 
 def build_tokenizer(words: list[str], family: str = "qwen2_vl"):
-    """Word-level `PreTrainedTokenizerFast` with the family's special tokens and chat template.
+    """Word-level (Qwen3.5: byte-level BPE) `PreTrainedTokenizerFast` with the family's special tokens and
+    chat template.
 
     Vocabulary: `<unk>`, newline, digits, punctuation, then sorted lower-case `words` + BASE_WORDS,
     then the family's special tokens. Text is lower-cased; spaces separate words and are dropped.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     fam = _family(family)
     lexicon = sorted({w.lower() for text in list(words) + list(BASE_WORDS) for w in _word_pieces(text)})
+    if fam.get("byte_level"):
+        tok = _byte_level_bpe(lexicon)
+        unk = None
+    else:
+        tok, unk = _word_level(lexicon), UNK
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fam["special"]])
+    if fam.get("bos"):  # Llama tokenizers prepend BOS to every encoded text
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{fam['bos']} $A", pair=f"{fam['bos']} $A $B", special_tokens=[(fam["bos"], tok.token_to_id(fam["bos"]))])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=unk, eos_token=fam["eos"], pad_token=fam["pad"],
+        **({"bos_token": fam["bos"]} if fam.get("bos") else {}),
+        extra_special_tokens=dict(fam["extra"]),
+        model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = fam["template"]
+    return tokenizer
+
+
+def _word_level(lexicon: list[str]):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
     vocab: dict[str, int] = {}
     for tok in [UNK, "\n", *string.digits, *string.punctuation, *lexicon]:
         vocab.setdefault(tok, len(vocab))
@@ -96,20 +129,26 @@ def build_tokenizer(words: list[str], family: str = "qwen2_vl"):
         pre_tokenizers.Split(Regex(r"\n|[a-z]+|[0-9]|[^\sa-z0-9]"), behavior="isolated"),
     ])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, "a ," -> "a,"
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fam["special"]])
-    if fam.get("bos"):  # Llama tokenizers prepend BOS to every encoded text
-        from tokenizers import processors
+    return tok
 
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{fam['bos']} $A", pair=f"{fam['bos']} $A $B", special_tokens=[(fam["bos"], tok.token_to_id(fam["bos"]))])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=UNK, eos_token=fam["eos"], pad_token=fam["pad"],
-        **({"bos_token": fam["bos"]} if fam.get("bos") else {}),
-        extra_special_tokens=dict(fam["extra"]),
-        model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = fam["template"]
-    return tokenizer
+
+def _byte_level_bpe(lexicon: list[str]):
+    """Byte-level BPE with Qwen3.5's own pre-tokenizer (its regex, then bytes) and decoder, trained on the
+    lexicon until every word (lower-case or capitalised, alone or after a space) is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    forms = sorted({f for w in lexicon for f in (w, w.capitalize())})
+    trainer = trainers.BpeTrainer(vocab_size=1_000_000, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([p + w for w in forms for p in ("", " ")], trainer)
+    return tok
 
 
 def _word_pieces(text: str) -> list[str]:

@@ -19,11 +19,17 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from reference_mllm.tiny_models import DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl, build_vila
+import transformers
+
+from reference_mllm.tiny_models import (DEFAULT_WORDS, build_llava_onevision, build_llava_onevision1_5, build_qwen2_vl,
+                                        build_qwen3_5, build_qwen3_vl, build_vila)
 
 # family -> adapter name that loads it
 ADAPTER_OF = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
-              "llava_onevision": "llava_onevision", "vila": "vila"}
+              "llava_onevision": "llava_onevision", "qwen3_5": "qwen3_5", "vila": "vila"}
+# families whose transformers class is newer than the declared floor: tested where the installed release has it
+NEWER = {"llava_onevision1_5": ("LlavaOnevision15ForConditionalGeneration", "5.25")}
+ADAPTER_OF.update({f: f for f, (cls, _) in NEWER.items() if hasattr(transformers, cls)})
 FAMILIES = tuple(ADAPTER_OF)
 WORDS = list(DEFAULT_WORDS)
 
@@ -31,7 +37,8 @@ _BUILT: dict[tuple[str, str], Path] = {}
 
 
 def tiny_model_dir(family: str, root: Path) -> Path:
-    """Folder of a tiny random model of `family` (2 text layers, hidden 64, 4 heads / 2 kv heads)."""
+    """Folder of a tiny random model of `family` (2 text layers, hidden 64, 4 heads / 2 kv heads; Qwen3.5: 4
+    layers, linear / softmax attention alternating)."""
     key = (family, str(root))
     if key not in _BUILT:
         out = Path(root) / family
@@ -40,6 +47,10 @@ def tiny_model_dir(family: str, root: Path) -> Path:
                 build_llava_onevision(out, WORDS, seed=0)
             elif family == "vila":  # a VILA1.5 folder: llm/, vision_tower/, mm_projector/, 3 x 3 tokens per image
                 build_vila(out, WORDS, seed=0)
+            elif family == "llava_onevision1_5":
+                build_llava_onevision1_5(out, WORDS, seed=0)
+            elif family == "qwen3_5":
+                build_qwen3_5(out, WORDS, seed=0)
             elif family in ("qwen3_vl", "qwen3_vl_moe"):  # the MoE variant: built on demand, not in FAMILIES
                 build_qwen3_vl(out, WORDS, moe=family == "qwen3_vl_moe", seed=0)
             else:

@@ -39,7 +39,7 @@ class FakeAdapter:
     its `pause_at`-th answer waits at the gate (see `wait_at_gate`), so that a test acts on a run at a known
     point rather than after a guessed time."""
 
-    name, model_id = "fake", "fake-model"
+    name, model_id, probe_layer = "fake", "fake-model", 0
 
     def __init__(self, pause_at: int | None = None, gate: str | None = None):
         self.pause_at, self.gate, self.answers = pause_at, gate, 0

@@ -48,7 +48,8 @@ def test_folder_loads_like_a_checkpoint(family, tiny_models):
         assert (path / name).exists(), name
     cls = {"qwen2_vl": tf.Qwen2VLForConditionalGeneration, "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
            "llava_onevision": tf.LlavaOnevisionForConditionalGeneration,
-           "qwen3_vl": tf.Qwen3VLForConditionalGeneration}[family]
+           "qwen3_vl": tf.Qwen3VLForConditionalGeneration, "qwen3_5": tf.Qwen3_5ForConditionalGeneration,
+           "llava_onevision1_5": getattr(tf, "LlavaOnevision15ForConditionalGeneration", None)}[family]
     model = tf.AutoModelForImageTextToText.from_pretrained(path)
     assert type(model) is cls
     proc = tf.AutoProcessor.from_pretrained(path)
@@ -99,7 +100,8 @@ def test_video_processor_treats_a_frame_like_the_image_processor(family, tiny_mo
         as_video = _processed(proc, "video", [image])
         frame, base = as_video["pixel_values_videos"][0, 0], as_image["pixel_values"][0, 0]
     else:  # two identical frames fill one temporal patch, as the image processor repeats one image
-        as_video = _processed(proc, "video", [image, image])
+        # (LLaVA-OneVision-1.5 has no temporal patches: one frame is one image)
+        as_video = _processed(proc, "video", [image] if family == "llava_onevision1_5" else [image, image])
         assert as_video["video_grid_thw"].tolist() == as_image["image_grid_thw"].tolist()
         frame, base = as_video["pixel_values_videos"], as_image["pixel_values"]
     torch.testing.assert_close(frame, base, atol=3 / 255 / 0.5, rtol=0)

@@ -38,13 +38,28 @@ class StandInRMSNorm(torch.nn.Module):
         return (1.25 * self.weight * x).to(hidden_states.dtype)
 
 
+class StandInZeroCenteredRMSNorm(torch.nn.Module):
+    """The same for use_kernel_forward_from_hub("RMSNormZeroCentered") (Qwen3.5: scale 1 + weight)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        StandInRMSNorm.calls += 1
+        x = hidden_states.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (1.25 * (1.0 + self.weight.float()) * x).to(hidden_states.dtype)
+
+
+STAND_INS = {"RMSNorm": StandInRMSNorm, "RMSNormZeroCentered": StandInZeroCenteredRMSNorm}
+
+
 def _kernelize(model, **_):
     """What kernels.kernelize does for a matching layer: bind the kernel layer's forward to the instance."""
     for module in model.modules():
         # transformers' decorator names the layer; releases without the kernels integration have none, and
         # there the class name says it
         name = getattr(type(module), "kernel_layer_name", None) or type(module).__name__.removeprefix("_")
-        if name == "RMSNorm" or (not KERNELIZES_AT_LOAD and name.endswith("RMSNorm")):
+        if name in STAND_INS:
+            module.forward = MethodType(STAND_INS[name].forward, module)
+        elif not KERNELIZES_AT_LOAD and name.endswith("RMSNorm"):
             module.forward = MethodType(StandInRMSNorm.forward, module)
 
 
@@ -68,20 +83,21 @@ def kernelized(monkeypatch):
 def test_layer0_and_capture_run_the_models_kernelized_layers(family, tiny_models, kernelized):
     adapter = kernelized(family, tiny_models[family])
     norm = adapter.language_model().layers[0].input_layernorm
-    assert norm.forward.__func__ is StandInRMSNorm.forward, "the load did not install the kernel"
+    assert norm.forward.__func__ in {c.forward for c in STAND_INS.values()}, "the load did not install the kernel"
     p = adapter.prepare(tiny_image(), INSTRUCTION)
 
     StandInRMSNorm.calls = 0
     per_head, mean = adapter.layer0_attention(p)
     assert StandInRMSNorm.calls > 0, "layer 0's q/k path bypassed the model's (kernelized) norm"
-    with torch.no_grad(), capture(adapter.attention_layers(), mode="record", stop_after=0) as cap:
+    probe = adapter.probe_layer
+    with torch.no_grad(), capture(adapter.attention_layers(), mode="record", stop_after=probe) as cap:
         adapter.language_model()(inputs_embeds=adapter.embed(p), use_cache=False, attention_mask=None,
                                  position_ids=adapter.position_ids(p))
-    captured = cap.probs[0][0][:, p.instruction_positions][:, :, p.visual_positions].mean(1).float()
+    captured = cap.probs[probe][0][:, p.instruction_positions][:, :, p.visual_positions].mean(1).float()
 
     eager = kernelized(family, tiny_models[family], attn_implementation="eager")
     with torch.no_grad():
-        att = eager.model(**p.inputs, output_attentions=True).attentions[0][0]  # (H, S, S)
+        att = eager.model(**p.inputs, output_attentions=True).attentions[0][0]  # (H, S, S), the probe layer
     expect = att[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
     torch.testing.assert_close(per_head, expect, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(mean, expect.mean(0), atol=1e-6, rtol=1e-5)

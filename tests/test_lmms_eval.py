@@ -157,3 +157,18 @@ def test_vila_through_lmms_eval_keeps_its_unpruned_answers_at_keep_1(task_dir, t
     assert answers == plain and {(r["num_kept"], r["num_visual"]) for r in lm.records} == {(9, 9)}
     lm, _, _ = run_lmms(task_dir, f"{vila},keep=0.5", limit=3)
     assert {(r["num_kept"], r["num_visual"]) for r in lm.records} == {(5, 9)}
+
+
+def test_hybrid_qwen3_5_prunes_through_lmms_eval(task_dir, tmp_path):
+    """A tiny random Qwen3.5 (linear attention before its probe layer) through lmms-eval with an export that
+    records its probe layer: the scenes' 224 px images are 7 x 7 tokens of 32 px, a quarter kept."""
+    from models import tiny_model_dir
+    from predictor.config import PredictorConfig
+    from predictor.export import save_predictor
+    from predictor.model import RelevancePredictor
+
+    mllm = tiny_model_dir("qwen3_5", tmp_path)
+    export = save_predictor(RelevancePredictor(PredictorConfig(widths=[4, 8], inputs=["attn", "coords"])),
+                            tmp_path / "export", trained_on={"modality": "image", "probe_layer": 1})
+    lm, _, answers = run_lmms(task_dir, f"model=qwen3_5,model_path={mllm},predictor={export},keep=0.25", limit=2)
+    assert len(answers) == 2 and {(r["num_kept"], r["num_visual"]) for r in lm.records} == {(13, 49)}

@@ -67,7 +67,8 @@ def test_bad_modality_in_config_names_file_field_and_found(tmp_path, value):
 def _ctx(modality: str) -> ScoreContext:
     grid, n = (2, 2, 3), 12
     mean = torch.softmax(torch.randn(n, generator=torch.Generator().manual_seed(0)), 0)
-    ctx = ScoreContext(adapter=None, prepared=SimpleNamespace(grid=grid, num_visual=n, modality=modality),
+    adapter = SimpleNamespace(name="stub", model_id="stub", probe_layer=0)  # features read from layer 0
+    ctx = ScoreContext(adapter=adapter, prepared=SimpleNamespace(grid=grid, num_visual=n, modality=modality),
                        embeds=torch.zeros(1, n, 2), position_ids=torch.arange(n)[None], item=0)
     ctx.layer0_cache = (mean[None], mean)
     return ctx

@@ -68,7 +68,8 @@ def test_a_missing_dependency_of_a_family_module_is_said():
 
 
 @pytest.mark.parametrize("module,registry,expected", [
-    ("predictor.adapters", "ADAPTERS", ["llava_onevision", "qwen2_vl", "qwen3_vl", "vila"]),
+    ("predictor.adapters", "ADAPTERS", ["llava_onevision", "llava_onevision1_5", "qwen2_vl", "qwen3_5", "qwen3_vl",
+                                        "vila"]),
     ("data_gen.explainers", "EXPLAINERS", ["attention", "gae", "ground_truth", "input_x_gradient",
                                            "integrated_gradients"]),
     ("data_gen.sources", "SOURCES", ["hf_dataset", "jsonl", "llava_json", "synthetic_scenes", "synthetic_video"]),

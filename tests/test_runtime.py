@@ -14,7 +14,7 @@ from predictor.model import RelevancePredictor
 from predictor.runtime import (METHODS, ClusterAggregation, budget_for, deepstack_batch, instruction_attention, kmeans, left_pad,
                                make_context, make_method, prefill, prune_context, prune_prompt, pruned_generate)
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "vila"]
+from models import ADAPTER_OF, FAMILIES, tiny_model_dir
 
 
 def _image(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -24,25 +24,11 @@ def _image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def adapter(request, tmp_path_factory):
-    from reference_mllm.tiny_models import (DEFAULT_WORDS, build_llava_onevision, build_qwen2_vl, build_qwen3_vl,
-                                            build_vila)
     from predictor.adapters import get_adapter
 
-    out = tmp_path_factory.mktemp(request.param)
-    if request.param == "vila":
-        build_vila(out, list(DEFAULT_WORDS))
-        name = "vila"
-    elif request.param == "llava_onevision":
-        build_llava_onevision(out, list(DEFAULT_WORDS))
-        name = "llava_onevision"
-    elif request.param == "qwen3_vl":
-        build_qwen3_vl(out, list(DEFAULT_WORDS))
-        name = "qwen3_vl"
-    else:
-        build_qwen2_vl(out, list(DEFAULT_WORDS), variant=request.param)
-        name = "qwen2_vl"
+    out = tiny_model_dir(request.param, tmp_path_factory.mktemp(request.param))
     # the adapter's default attention: SDPA, with fp32 maps only inside an explainer's capture
-    return get_adapter(name).load(str(out), dtype="float32", device="cpu")
+    return get_adapter(ADAPTER_OF[request.param]).load(str(out), dtype="float32", device="cpu")
 
 
 def _video(frames: int, h: int, w: int, seed: int = 0) -> list[Image.Image]:
@@ -65,7 +51,7 @@ def test_layer0_matches_full_eager_attention(adapter):
             out = model(inputs_embeds=ctx.embeds, position_ids=ctx.position_ids, output_attentions=True)
     finally:
         model.set_attn_implementation(ATTN_IMPL)
-    full = out.attentions[0][0].float()  # (H, S, S)
+    full = out.attentions[0][0].float()  # (H, S, S): the model returns softmax layers only, the first is the probe
     ref = full[:, p.instruction_positions][:, :, p.visual_positions].mean(1)
     assert heads.shape == ref.shape == (full.shape[0], p.num_visual)
     torch.testing.assert_close(heads, ref, rtol=1e-4, atol=1e-6)

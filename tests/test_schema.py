@@ -132,3 +132,28 @@ def test_segments_validated():
     with pytest.raises(SampleError) as err:
         encode(s)
     check(err, "meta.segments[1].start", "4 (contiguous)", "3")
+
+
+@pytest.mark.parametrize("bad", [-1, 1.0, "3", True])
+def test_probe_layer_is_optional_and_validated(bad):
+    """meta.probe_layer: the decoder layer the attention came from; absent means 0 (shards written before it
+    existed, all from models whose layer 0 is softmax attention)."""
+    from predictor.schema import meta_value, validate
+
+    assert meta_value(meta(), "probe_layer") == 0 and meta_value(meta(probe_layer=3), "probe_layer") == 3
+    assert decode(encode(sample(meta=meta(probe_layer=3)))).meta["probe_layer"] == 3
+    with pytest.raises(SampleError, match="meta.probe_layer"):
+        validate(sample(meta=meta(probe_layer=bad)))
+
+
+def test_training_summary_counts_an_absent_probe_layer_as_0(tmp_path):
+    """The export's trained_on.probe_layer comes from the shards; shards without the field were layer 0."""
+    from predictor.training.memory import ShardDataModule
+    from predictor.training.streaming import StreamingDataModule
+    from synthetic_shards import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path, 6, grids=[(1, 2, 3)])
+    for cls in (ShardDataModule, StreamingDataModule):
+        dm = cls(str(tmp_path), ["attn"], val_fraction=0.0)
+        dm.setup()
+        assert dm.summary["probe_layer"] == 0, cls.__name__

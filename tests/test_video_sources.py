@@ -195,7 +195,7 @@ class VideoFakeAdapter:
     """test_data_gen.FakeAdapter's video twin: 1 token per 28x28 px cell per frame, grid (T, h, w);
     `fps` is accepted and recorded (the signature data_gen inspects)."""
 
-    name, model_id = "fake", "fake-model"
+    name, model_id, probe_layer = "fake", "fake-model", 0
 
     def __init__(self):
         self.fps_seen: list = []

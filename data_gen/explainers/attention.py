@@ -30,9 +30,9 @@ class AttentionRollout:
             cap.probs = _HeadMean()
             adapter.teacher_forced(prepared, answer_ids, output_attentions=False, answer_logits_only=True)
         n = s + n_t
-        rows = torch.zeros(n_t, n, device=means[0].device)
+        rows = torch.zeros(n_t, n, device=next(iter(means.values())).device)
         rows[torch.arange(n_t), s - 1 + torch.arange(n_t)] = 1.0
-        for layer in reversed(range(adapter.num_layers)):
+        for layer in sorted(means, reverse=True):  # softmax layers; a hybrid's linear layers pass as I
             rows = rows + rows @ means[layer]
         visual = prepared.visual_positions.to(rows.device)
         return finish(rows[:, visual].mean(0))

@@ -11,6 +11,10 @@ q, k, v in the forward and recomputes A_l in the backward; nothing of size L x H
 The row vector travels as the gradient of a carrier tensor threaded through the attention layers
 (`capture(rule=..., carry=...)`): the gradient of the carrier before layer 0 is r_t.
 
+A hybrid decoder (Qwen3.5) has linear-attention layers without attention probabilities: the rollout
+runs over its softmax-attention layers (`Adapter.attention_layers`) and passes a linear layer by its
+residual path alone (its factor is I), not by an implicit attention matrix of its recurrence.
+
 One forward; the T backward passes go `chunk` tokens at a time through one batched backward
 (`torch.autograd.grad(..., is_grads_batched=True)`: each token's score gradient and its e_{p_t} as
 one batch row). A chunk holds about chunk x (H, S', S') fp32 tensors in each layer's backward
@@ -54,7 +58,8 @@ class GAE:
                 out = adapter.teacher_forced(prepared, answer_ids, output_attentions=False, inputs_embeds=embeds,
                                              answer_logits_only=True)
                 scores = answer_scores(out.logits, answer_ids, self.score)[0]  # (T,)
-            assert cap.carried == list(range(adapter.num_layers)), f"carrier went through layers {cap.carried}"
+            softmax = sorted(adapter.attention_layers().values())
+            assert cap.carried == softmax, f"carrier went through layers {cap.carried}, expected {softmax}"
             eye = torch.eye(n_t, device=embeds.device)
             rows = torch.zeros(n_t, 1, s + n_t, device=embeds.device)
             rows[torch.arange(n_t), 0, s - 1 + torch.arange(n_t)] = 1.0  # e_{p_t}

@@ -20,7 +20,8 @@ def reference_gae(adapter, prepared, answer_ids: torch.Tensor, score: str = "log
     with torch.enable_grad():
         embeds = adapter.embed(prepared, answer_ids).detach().requires_grad_(True)  # weights are frozen
         out = adapter.teacher_forced(prepared, answer_ids, output_attentions=True, inputs_embeds=embeds)
-        atts = out.attentions  # L x (1, H, S+T, S+T)
+        # L x (1, H, S+T, S+T); a hybrid decoder's linear layers (None) pass as I: their residual path
+        atts = tuple(a for a in out.attentions if a is not None)
         scores = answer_scores(out.logits[:, s - 1:s - 1 + n_t], answer_ids, score)[0]  # (T,)
         n = s + n_t
         visual = prepared.visual_positions.to(scores.device)

@@ -20,7 +20,8 @@ from predictor.schema import VisualSpan, visual_spans
 # one module per family, imported on first lookup so that `import predictor.adapters` stays light
 ADAPTERS: Registry[type["Adapter"]] = Registry(
     "adapter", modules=("predictor.adapters.qwen2_vl", "predictor.adapters.qwen3_vl",
-                        "predictor.adapters.llava_onevision", "predictor.adapters.vila"))
+                        "predictor.adapters.llava_onevision", "predictor.adapters.vila",
+                        "predictor.adapters.qwen3_5", "predictor.adapters.llava_onevision1_5"))
 
 
 def get_adapter(name: str) -> type["Adapter"]:
@@ -138,7 +139,7 @@ class Adapter(ABC):
                        inputs_embeds: torch.Tensor | None = None, answer_logits_only: bool = False) -> Any:
         """Forward over prompt + answer with gradients flowing: returns an object with `.logits`
         (B, S+T, V) and `.attentions`, with output_attentions every layer's fp32 probabilities (tuple of
-        L tensors (B, H, S+T, S+T)), else None (then a `capture` over `attention_layers()` sees them).
+        L tensors (B, H, S+T, S+T); None at a hybrid decoder's linear-attention layers), else None (then a `capture` over `attention_layers()` sees them).
         inputs_embeds: (B, S+T, D) replaces the embedded sequence (gradient attributions on the visual
         token embeddings). answer_logits_only: logits (B, T, V) at the positions predicting the answer."""
 
@@ -147,8 +148,8 @@ class Adapter(ABC):
         """(1, S[+T], D) input embeddings with the visual features merged in."""
 
     def layer0_attention(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predictor's input for one prompt, as data_gen labels it: layer-0 attention of the
-        instruction tokens over the visual tokens (`layer0.instruction_attention`, the function the
+        """The predictor's input for one prompt, as data_gen labels it: probe-layer (`probe_layer`) attention
+        of the instruction tokens over the visual tokens (`layer0.instruction_attention`, the function the
         runtime scores with) -> (per_head (H, N_v) mean over instruction rows, mean (N_v,) also over
         heads), float32 on CPU."""
         with torch.no_grad():
@@ -170,8 +171,18 @@ class Adapter(ABC):
         raise NotImplementedError(f"adapter {self.name!r} does not expose its language model for pruned inference")
 
     def attention_layers(self) -> dict[int, int]:
-        """id(attention module) -> decoder layer index, what `attention.capture` records or recomputes."""
-        return {id(layer.self_attn): i for i, layer in enumerate(self.language_model().layers)}
+        """id(attention module) -> decoder layer index of every softmax-attention layer, what
+        `attention.capture` records or recomputes (a hybrid decoder's linear-attention layers have none)."""
+        return {id(layer.self_attn): i for i, layer in enumerate(self.language_model().layers)
+                if getattr(layer, "self_attn", None) is not None}
+
+    @property
+    def probe_layer(self) -> int:
+        """The decoder layer whose instruction-to-visual attention is the predictor's input: the first
+        softmax-attention layer, from the config's `layer_types` (0 without one, or where layer 0 attends
+        with softmax: every family but a hybrid one such as Qwen3.5). Shards and exports record it."""
+        types = getattr(self.language_model().config, "layer_types", None) or []
+        return next((i for i, t in enumerate(types) if t != "linear_attention"), 0)
 
     @property
     def num_layers(self) -> int:
@@ -184,14 +195,16 @@ class Adapter(ABC):
 
     def layer0_qk(self, embeds: torch.Tensor, position_ids: torch.Tensor,
                   query_positions: torch.Tensor, key_len: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Layer-0 queries of `query_positions` and keys of positions [0, key_len), rotary applied in
-        fp32, key heads repeated for grouped-query attention (precision: see `layer0.py`).
+        """Probe-layer (`probe_layer`, layer 0 but for hybrid decoders) queries of `query_positions` and keys
+        of positions [0, key_len), rotary applied in fp32, key heads repeated for grouped-query attention
+        (precision and the layers before the probe: see `layer0.py`).
 
         embeds: (1, S, D); position_ids as returned by `position_ids`.
         Returns q (H, N_q, d), k (H, key_len, d) fp32 and the softmax scale.
-        Only what layer 0 needs for these rows and columns is computed: no values, no S x S scores.
+        Only what the probe layer needs for these rows and columns is computed: no values, no S x S scores.
         """
-        return decoder_qk(self.language_model(), embeds, position_ids, query_positions, key_len)
+        return decoder_qk(self.language_model(), embeds, position_ids, query_positions, key_len,
+                          layer=self.probe_layer)
 
     def deepstack(self, prepared: Prepared) -> torch.Tensor | None:
         """(L, N_v, D) features the family adds to the hidden states of the visual tokens after decoder

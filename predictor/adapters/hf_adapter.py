@@ -26,7 +26,7 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bflo
 @dataclass
 class TeacherForced:
     logits: torch.Tensor  # (B, S+T, V), or (B, T, V) with answer_logits_only: row t predicts answer token t
-    attentions: tuple[torch.Tensor, ...] | None  # L x (B, H, S+T, S+T) fp32, in the autograd graph
+    attentions: tuple[torch.Tensor | None, ...] | None  # L x (B, H, S+T, S+T) fp32 (None: linear attention)
 
 
 class HFAdapter(Adapter):
@@ -365,7 +365,7 @@ class HFAdapter(Adapter):
             s, t = prepared.seq_len, n - prepared.seq_len
             hidden = hidden[:, s - 1:s - 1 + t]
         logits = self.model.lm_head(hidden)
-        atts = tuple(cap.probs[i] for i in range(self.num_layers)) if output_attentions else None
+        atts = tuple(cap.probs.get(i) for i in range(self.num_layers)) if output_attentions else None
         return TeacherForced(logits=logits, attentions=atts)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from predictor.adapters.layer0 import instruction_attention
 from predictor.features import build_segment_features
-from predictor.schema import visual_spans
+from predictor.schema import meta_value, visual_spans
 from predictor.targets import top_count_mask
 
 
@@ -188,11 +188,26 @@ class PredictorScores(ScoreMethod):
                              f"data.modality={prompt_modality}), or score anyway with "
                              "make_method('predictor', ..., allow_modality_mismatch=True)")
 
+    def check_probe_layer(self, adapter: Any) -> None:
+        """The export's features came from one decoder layer (trained_on.probe_layer; absent: 0, every
+        export made before hybrid decoders); scoring with another layer's attention is refused."""
+        config = getattr(self.model, "export_config", None)
+        if config is None:  # built in code, not loaded from an export
+            return
+        trained = meta_value(config.get("trained_on") or {}, "probe_layer")
+        probe = adapter.probe_layer
+        if trained != probe:
+            raise ValueError(f"the predictor was trained on the attention of decoder layer {trained!r} "
+                             f"(trained_on.probe_layer), but adapter {adapter.name!r} ({adapter.model_id}) reads "
+                             f"layer {probe}: its features would come from another layer. Use a predictor trained "
+                             f"on this model's shards (python -m data_gen, then python train.py)")
+
     @torch.no_grad()
     def scores(self, ctx: ScoreContext) -> torch.Tensor:
         """One softmax over all visual tokens of logits computed image by image (video by video), each on
         its own grid: no convolution crosses an image boundary (`features.build_segment_features`)."""
         self.check_modality(getattr(ctx.prepared, "modality", "image"))
+        self.check_probe_layer(ctx.adapter)
         heads, mean = ctx.layer0()
         spans = [(s.start, s.stop, s.grid) for s in visual_spans_of(ctx.prepared)]
         cfg = self.model.config

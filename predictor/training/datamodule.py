@@ -22,7 +22,7 @@ from predictor.training.batches import Example, figure_batch_of
 
 log = logging.getLogger(__name__)
 
-SUMMARY_META = ("model_id", "adapter", "explainer", "modality", "schema_version")  # meta.json fields summarised
+SUMMARY_META = ("model_id", "adapter", "probe_layer", "explainer", "modality", "schema_version")  # meta.json fields summarised
 
 
 def summarise_field(counts: Counter, name: str) -> Any:

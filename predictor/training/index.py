@@ -11,7 +11,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from predictor.schema import EXT_META
+from predictor.schema import EXT_META, meta_value
 from predictor.split import is_val_key
 from predictor.training.datamodule import SUMMARY_META
 from predictor.training.shards import corrupt_shard, group_members
@@ -51,7 +51,7 @@ def index_shard(url: str, val_fraction: float, modality: str | None, split: str 
             if modality is not None and meta.get("modality") != modality:
                 continue
             for k in SUMMARY_META:
-                idx.meta[k][meta.get(k)] += 1
+                idx.meta[k][meta_value(meta, k)] += 1
             is_val = split == "val" if split else is_val_key(key, val_fraction)
             idx.val += is_val
             idx.train += not is_val

@@ -7,7 +7,7 @@ from collections import Counter
 
 from torch.utils.data import DataLoader, Dataset
 
-from predictor.schema import Sample
+from predictor.schema import Sample, meta_value
 from predictor.training.batches import Example, collate, make_example
 from predictor.training.datamodule import SUMMARY_META, DataModule
 from predictor.training.epochs import EvenBatchSampler
@@ -59,7 +59,7 @@ class ShardDataModule(DataModule):
         train.sort(key=lambda s: s.key)
         val.sort(key=lambda s: s.key)
         n_v = [s.num_visual for s in kept]
-        self._summarise({k: Counter(s.meta.get(k) for s in kept) for k in SUMMARY_META}, len(train), len(val),
+        self._summarise({k: Counter(meta_value(s.meta, k) for s in kept) for k in SUMMARY_META}, len(train), len(val),
                         len(paths), len(self.stats.corrupt_shards), self.stats.skipped_samples,
                         (min(n_v), max(n_v), sum(n_v)))
         self.train_set = ExampleDataset([make_example(s, self.inputs) for s in train])

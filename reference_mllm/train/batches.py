@@ -187,8 +187,8 @@ class TrainBatches(torch.utils.data.IterableDataset):
         for b, d in enumerate(drawn):
             target[b, batch["input_ids"][b] == self.image_token_id] = torch.from_numpy(d.named)
         tok = self.processor.tokenizer
-        word_pos = self._positions(batch, tok.convert_tokens_to_ids([d.word for d in drawn]))
-        type_pos = self._positions(batch, tok.convert_tokens_to_ids([d.kind for d in drawn]))
+        word_pos = self._positions(batch, [_word_id(tok, d.word) for d in drawn])
+        type_pos = self._positions(batch, [_word_id(tok, d.kind) for d in drawn])
         # the instruction: the tokens between <|vision_end|> and the user turn's <|im_end|>
         ids = batch["input_ids"]
         idx = torch.arange(ids.shape[1])
@@ -215,3 +215,12 @@ class TrainBatches(torch.utils.data.IterableDataset):
     def _positions(batch, ids: list[int]) -> torch.Tensor:
         """(B,) the last position of token ids[b] in row b of the batch."""
         return torch.tensor([int((batch["input_ids"][b] == t).nonzero()[-1]) for b, t in enumerate(ids)])
+
+
+def _word_id(tokenizer: Any, word: str) -> int:
+    """The token id of `word` where a question has it, after a space: the word itself for the word-level
+    tokenizer, its space-prefixed token for a byte-level BPE (the Qwen3.5 reference model's)."""
+    ids = tokenizer(" " + word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer splits {word!r} into {len(ids)} tokens; the scene words must be one token each")
+    return ids[0]

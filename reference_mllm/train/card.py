@@ -35,23 +35,40 @@ video tokens) of {lo}-{hi} objects ({len(scenes.COLOURS)} colours x {len(scenes.
 visible in only {cl['target_frames']} consecutive frames, and the question is "What shape was the <colour> object?"."""
         name, flag, heldout = "reference-qwen2vl-video", " --video", "`synthetic_video` split `heldout`"
         settings, sized = "`reference_mllm.clips.ClipConfig`", "frame"
+    arch = f"""the Qwen2-VL architecture (transformers'
+`Qwen2VLForConditionalGeneration`; text: {cfg['text'].get('num_hidden_layers')} layers, hidden
+{cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
+embed {cfg['vision'].get('embed_dim')}, patch 14, merge 2)"""
+    family, layers = "Qwen2-VL", ""
+    if cfg.get("arch", "qwen2_vl") == "qwen3_5":
+        types = cfg["text"]["layer_types"]
+        probe = next(i for i, t in enumerate(types) if t != "linear_attention")
+        arch = f"""the Qwen3.5 architecture (transformers'
+`Qwen3_5ForConditionalGeneration`; text: {len(types)} layers, {", ".join(t.split("_")[0] for t in types)} attention,
+hidden {cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
+hidden {cfg['vision']['hidden_size']}, patch 14, merge 2)"""
+        name, flag, family = "reference-qwen3_5", " --arch qwen3_5", "Qwen3.5"
+        layers = f"""
+Layer numbers below count softmax-attention layers: its "layer 0" is decoder layer {probe}, the first after the
+Gated DeltaNet linear-attention layer{"s" if probe > 1 else ""} (the adapter's `probe_layer`, whose attention the
+relevance predictor reads); "layers 1-2" are decoder layers {probe + 1}-{probe + 2}. The dropped tokens below are
+masked out of the softmax layers and zeroed in the linear layer's input (its state still decays there); pruning
+at inference removes them from the sequence.
+"""
     return f"""# {name}: a test model for this pipeline, not a general MLLM
 {status}
-A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture (transformers'
-`Qwen2VLForConditionalGeneration`; text: {cfg['text']['num_hidden_layers']} layers, hidden
-{cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
-embed {cfg['vision']['embed_dim']}, patch 14, merge 2), trained from scratch on this repository's
+A {record['parameters'] / 1e6:.2f}M-parameter model in {arch}, trained from scratch on this repository's
 {knows} Its vocabulary is a few dozen words. It exists so that label generation,
 predictor training and pruned evaluation can run, and be judged against a known ground truth, on a CPU.
 Do not use it for anything else.
 
-Load it like any Qwen2-VL checkpoint:
+Load it like any {family} checkpoint:
 
 ```python
 from predictor.adapters import load_adapter
-adapter = load_adapter("qwen2_vl", "checkpoints/{name}")
+adapter = load_adapter("{"qwen3_5" if family == "Qwen3.5" else "qwen2_vl"}", "checkpoints/{name}")
 ```
-
+{layers}
 ## Training
 
     python -m reference_mllm.train{flag} --seed {record['seed']} --steps {record['steps']}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from reference_mllm.train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
+from reference_mllm.train.config import ARCHS, DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, qwen3_5_config, video_config
 from reference_mllm.train.loop import train
 
 
@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--video", action="store_true",
                    help=f"train the video reference model on synthetic_video clips (config.video_config; default "
                         f"--out {VIDEO_OUT}, --steps {video_config().steps})")
+    p.add_argument("--arch", choices=ARCHS, default="qwen2_vl",
+                   help="qwen3_5: the Qwen3.5-architecture (hybrid decoder) reference model, config.qwen3_5_config "
+                        "(default --out checkpoints/reference-qwen3_5)")
     p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (--video: {VIDEO_OUT})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help=f"default: {RefTrainConfig.steps} (--video: {video_config().steps})")
@@ -30,13 +33,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="", help="training image sizes HxW, e.g. 224x224 (default: the config's mix)")
     a = p.parse_args(argv)
     extra = {}
+    if a.video and a.arch != "qwen2_vl":
+        p.error("--video trains the Qwen2-VL video reference model; --arch qwen3_5 is image only")
+    recipe = video_config if a.video else qwen3_5_config if a.arch == "qwen3_5" else RefTrainConfig
     if a.text:
-        extra["text"] = {**RefTrainConfig().text, **json.loads(a.text)}
+        extra["text"] = {**recipe().text, **json.loads(a.text)}
     if a.sizes:
         extra["sizes"] = [[int(v) for v in x.split("x")] for x in a.sizes.split(",")]
         extra["size_weights"] = [1.0] * len(extra["sizes"])
     extra.update({k: v for k, v in (("out", a.out), ("steps", a.steps)) if v is not None})
-    recipe = video_config if a.video else RefTrainConfig
     cfg = recipe(seed=a.seed, eval_items=a.eval_items, threads=a.threads, l0_cue=a.l0_cue,
                  l0_position_bias=a.l0_position_bias, **extra)
     record = train(cfg)

@@ -8,10 +8,14 @@ from reference_mllm.scenes import SceneConfig
 
 DEFAULT_OUT = "checkpoints/reference-qwen2vl"
 VIDEO_OUT = "checkpoints/reference-qwen2vl-video"
+QWEN3_5_OUT = "checkpoints/reference-qwen3_5"
 MODALITIES = ("image", "video")
-# (text layer, head) of the guided lookup (losses.guidance): the naming word onto the object, the answer
-# position onto the naming word, the answer position onto the question's type word. Layer 0 is the
-# predictor's input and gets only the weak cue and the position bias below.
+ARCHS = ("qwen2_vl", "qwen3_5")
+# (softmax-attention layer, head) of the guided lookup (losses.guidance): the naming word onto the object, the
+# answer position onto the naming word, the answer position onto the question's type word. Softmax layer 0
+# (the model's probe layer: decoder layer 0, or for a hybrid decoder the first after its linear layers) is the
+# predictor's input and gets only the weak cue and the position bias below. The indices count softmax-attention
+# layers only, as the model's own output_attentions does.
 GUIDED = ((1, 0), (2, 0), (2, 1))
 
 
@@ -65,7 +69,9 @@ class RefTrainConfig:
                                                     initializer_range=0.1))
     vision: dict = field(default_factory=lambda: dict(depth=2, embed_dim=64, num_heads=4))
     max_pixels: int = 896 * 896  # the processor leaves scenes up to this size unresized
-
+    # the architecture: "qwen2_vl" (the committed reference model) or "qwen3_5" (a hybrid decoder: the
+    # recipe `qwen3_5_config`, whose text config's layer_types put linear attention before the probe layer)
+    arch: str = "qwen2_vl"
     def scene_config(self) -> SceneConfig:
         return SceneConfig(**self.scenes)
 
@@ -73,7 +79,11 @@ class RefTrainConfig:
         """Raise ValueError naming the field and the fix; called before any work."""
         if len(self.sizes) != len(self.size_weights):
             raise ValueError(f"sizes ({len(self.sizes)}) and size_weights ({len(self.size_weights)}) differ in length")
-        layers, heads = int(self.text["num_hidden_layers"]), int(self.text["num_attention_heads"])
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch={self.arch!r}: expected one of {list(ARCHS)}")
+        types = self.text.get("layer_types") or ["full_attention"] * int(self.text["num_hidden_layers"])
+        layers = sum(t != "linear_attention" for t in types)  # softmax-attention layers
+        heads = int(self.text["num_attention_heads"])
         if layers <= max(layer for layer, _ in GUIDED) or heads <= max(head for _, head in GUIDED):
             raise ValueError(f"text: {layers} layers x {heads} heads; the recipe guides (layer, head) "
                              f"{list(GUIDED)} and leaves layer 0 alone, so it needs at least "
@@ -88,6 +98,23 @@ class RefTrainConfig:
             raise ValueError(f"modality={self.modality!r}: expected one of {list(MODALITIES)}")
         self.scene_config()  # bad scene settings fail here
         ClipConfig(**self.clips)
+
+
+def qwen3_5_config(**changes) -> RefTrainConfig:
+    """The Qwen3.5-architecture reference model's recipe (`python -m reference_mllm.train --arch qwen3_5`): the
+    image recipe on transformers' Qwen3_5ForConditionalGeneration, whose decoder starts with a Gated DeltaNet
+    linear-attention layer (as Qwen3.5's layers 0-2) before three gated softmax-attention layers: the first of
+    them is the probe layer (cue and position bias), the other two carry the guided lookup. Its vision tower
+    takes 14 px patches, so one visual token covers the scenes' 28 px cell as in the Qwen2-VL reference."""
+    q35 = dict(out=QWEN3_5_OUT, arch="qwen3_5",
+               text=dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+                         intermediate_size=256, initializer_range=0.1,
+                         layer_types=["linear_attention"] + ["full_attention"] * 3,
+                         linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=32,
+                         linear_value_head_dim=32),
+               vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
+                           num_position_embeddings=1024))
+    return RefTrainConfig(**{**q35, **changes})
 
 
 def video_config(**changes) -> RefTrainConfig:

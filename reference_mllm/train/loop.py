@@ -36,14 +36,15 @@ def evaluate(model: Any, processor: Any, items: list, max_new_tokens: int = 4) -
 
 def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
     """Train, evaluate on held-out scenes at each `eval_sizes`, save to `cfg.out`; -> the record."""
-    from reference_mllm.tiny_models import make_qwen2_vl, save_model
+    from reference_mllm.tiny_models import make_qwen2_vl, make_qwen3_5, save_model
 
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     video = cfg.modality == "video"
-    model, processor = make_qwen2_vl(scenes.video_words() if video else scenes.scene_words(), text=cfg.text,
-                                     vision=cfg.vision, max_pixels=cfg.max_pixels, seed=cfg.seed)
+    make = make_qwen3_5 if cfg.arch == "qwen3_5" else make_qwen2_vl
+    model, processor = make(scenes.video_words() if video else scenes.scene_words(), text=cfg.text,
+                            vision=cfg.vision, max_pixels=cfg.max_pixels, seed=cfg.seed)
     tok = processor.tokenizer
     eos_id, pad_id = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     maps = cfg.att_weight > 0 or cfg.l0_cue > 0 or cfg.l0_position_bias > 0  # attention maps are needed
