@@ -24,7 +24,9 @@ def _chat(first=tiny_image(), second=tiny_image(56, 56, 3)):
 
 
 def _words(adapter, p):
-    return adapter.tokenizer.convert_ids_to_tokens(p.inputs["input_ids"][0][p.instruction_positions])
+    """The instruction's tokens as text, one per token (a word-level or byte-level BPE tokenizer alike)."""
+    ids = p.inputs["input_ids"][0][p.instruction_positions]
+    return [adapter.tokenizer.decode([int(i)]).strip().lower() for i in ids]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
