@@ -20,7 +20,7 @@ def qwen35(tiny_models):
     return adapter, adapter.prepare(tiny_image(), "What shape is the red object?")
 
 
-def _layer_inputs(adapter, n=29, seed=0):
+def _layer_inputs(adapter, n=150, seed=0):  # > 2 chunks of the kernel (64 tokens)
     layers = linear_attention_layers(adapter)
     assert sorted(layers) == [0, 2]  # the tiny model: linear, softmax, linear, softmax
     module = layers[0]
