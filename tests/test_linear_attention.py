@@ -127,3 +127,19 @@ def test_bench_explainers_takes_an_explainers_options():
     assert bench._make("gae").linear_layers == "residual"
     with pytest.raises(ValueError, match="key=value"):
         bench._make("gae:implicit")
+
+
+def test_folders_labelled_before_the_option_resume_with_residual_only(tmp_path):
+    """labeller.json of a folder made before linear_layers existed records no such key: the default (residual,
+    the same labels) resumes it, implicit is refused."""
+    from data_gen.config import DataGenConfig
+    from data_gen.labeller import check_same_labeller, labeller_settings
+
+    (tmp_path / "config.json").write_text("{}")
+    model, cfg = {"path": str(tmp_path)}, DataGenConfig(out=str(tmp_path / "out"))
+    check_same_labeller(cfg.out, labeller_settings(model, str(tmp_path), "qwen2_vl", {"name": "gae", "rule": "abs"}, cfg))
+    check_same_labeller(cfg.out, labeller_settings(model, str(tmp_path), "qwen2_vl",
+                                                   {"name": "gae", "rule": "abs", "linear_layers": "residual"}, cfg))
+    with pytest.raises(ValueError, match="linear_layers"):
+        check_same_labeller(cfg.out, labeller_settings(model, str(tmp_path), "qwen2_vl",
+                                                       {"name": "gae", "rule": "abs", "linear_layers": "implicit"}, cfg))
