@@ -4,6 +4,8 @@
     python benchmarks/bench_explainers.py --n 100 --size 224 448 --explainers gae attention
     python benchmarks/bench_explainers.py --n 100 --predictor checkpoints/predictor-reference
     python benchmarks/bench_explainers.py --adapter qwen3_5 --model checkpoints/reference-qwen3_5
+    python benchmarks/bench_explainers.py --adapter qwen3_5 --model checkpoints/reference-qwen3_5 \
+        --explainers gae gae:linear_layers=implicit input_x_gradient   # an explainer's options: name:key=value,...
 
 For every held-out scene the model answers correctly, each method's relevance over the visual
 tokens is compared with the ground truth (`gt_relevance`: the share of the object's pixels in each
@@ -51,7 +53,7 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
 
     torch.manual_seed(seed)
     adapter = load_adapter(adapter_name, model)
-    methods = {name: get_explainer(name)() for name in explainers}
+    methods = {name: _make(name) for name in explainers}
     methods["layer0"] = lambda a, p, ids: a.layer0_attention(p)[1]
     if predictor:
         from predictor import load_predictor
@@ -101,6 +103,20 @@ def run(model: str = REF, n: int = 40, size: tuple[int, int] = (224, 224), seed:
     rows = {m: {k: v / max(done, 1) for k, v in s.items()} for m, s in sums.items()}
     return {"rows": rows, "scenes": done, "wrong": wrong, "object_share": share / max(done, 1),
             "objects": n_objects / max(done, 1), "size": list(size), "model": model}
+
+
+def _make(spec: str):
+    """"name" or "name:key=value,key=value" (e.g. gae:linear_layers=implicit) -> the explainer."""
+    from data_gen.explainers import get_explainer
+
+    name, _, opts = spec.partition(":")
+    options = {}
+    for opt in filter(None, opts.split(",")):
+        key, eq, value = opt.partition("=")
+        if not eq:
+            raise ValueError(f"--explainers {spec!r}: options are key=value, e.g. gae:linear_layers=implicit")
+        options[key] = int(value) if value.isdigit() else value
+    return get_explainer(name)(**options)
 
 
 def table(result: dict) -> str:

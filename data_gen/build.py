@@ -92,6 +92,12 @@ def build_source(spec: dict[str, Any], adapter: Any = None) -> Source:
     return cls(**spec)
 
 
+def recorded_explainer(spec: dict[str, Any]) -> dict[str, Any]:
+    """The explainer config as resumable folders record it: gae's linear_layers=residual, its default, is left
+    out, as folders made before the option record it (their labels are the residual ones, bit for bit)."""
+    return {k: v for k, v in spec.items() if not (k == "linear_layers" and v == "residual")}
+
+
 def build_explainer(spec: dict[str, Any]) -> tuple[Callable, str]:
     """{"name": registered explainer name, **options} -> (explainer, name)."""
     from data_gen.explainers.base import get_explainer

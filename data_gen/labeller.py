@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_gen.build import model_fingerprint
+from data_gen.build import model_fingerprint, recorded_explainer
 from data_gen.config import DataGenConfig
 from data_gen.settings_guard import check_same_settings
 from predictor.versions import versions
@@ -29,7 +29,7 @@ def labeller_settings(model: dict[str, Any], model_dir: str, adapter_name: str, 
     return {"versions": versions(), "adapter": adapter_name, "model": str(model["path"]), "model_fingerprint": model_fingerprint(model_dir),
             "dtype": model.get("dtype"), "attn_implementation": model.get("attn_implementation"),
             # gae's chunk sets memory, not labels (batched and per-token backward agree to ~1e-6)
-            "explainer": {k: v for k, v in explainer.items() if k != "chunk"},
+            "explainer": {k: v for k, v in recorded_explainer(explainer).items() if k != "chunk"},
             "max_pixels": cfg.max_pixels, "max_video_pixels": cfg.max_video_pixels, "max_new_tokens": cfg.max_new_tokens,
             "correctness": cfg.correctness, "keep_wrong": cfg.keep_wrong, "save_heads": cfg.save_heads}
 

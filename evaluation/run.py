@@ -86,14 +86,14 @@ def _guarded(s: EvalSettings, settings_file: Path, model_dir: str, scales: dict[
              predictor: Path | None) -> None:
     """Items already evaluated in out/ are reused only if they were made the same way; max_items may
     grow (more items are evaluated), figures and progress do not matter."""
-    from data_gen.build import model_fingerprint
+    from data_gen.build import model_fingerprint, recorded_explainer
     from data_gen.settings_guard import check_same_settings
     from predictor.versions import versions
 
     check_same_settings(settings_file, {
         "versions": versions(), "model": {k: v for k, v in s.model.items() if k != "path"}, "model_fingerprint": model_fingerprint(model_dir),
         "predictor_fingerprint": model_fingerprint(str(predictor)) if predictor is not None else None,
-        "explainer": s.explainer if "oracle" in s.methods else None, "source": s.source, "generalisation": scales,
+        "explainer": recorded_explainer(s.explainer) if "oracle" in s.methods else None, "source": s.source, "generalisation": scales,
         "methods": list(s.methods), "keeps": sorted(float(k) for k in s.keeps), "max_new_tokens": s.max_new_tokens,
         "correctness": s.correctness, "timing": s.timing, "seed": s.seed, "swap_keep": s.swap_keep,
         "max_pixels": s.max_pixels, "max_video_pixels": s.max_video_pixels,
