@@ -35,13 +35,30 @@ video tokens) of {lo}-{hi} objects ({len(scenes.COLOURS)} colours x {len(scenes.
 visible in only {cl['target_frames']} consecutive frames, and the question is "What shape was the <colour> object?"."""
         name, flag, heldout = "reference-qwen2vl-video", " --video", "`synthetic_video` split `heldout`"
         settings, sized = "`reference_mllm.clips.ClipConfig`", "frame"
+    mix = {k: w for k, w in cfg.get("prompt_mix", {"single": 1.0}).items() if w > 0}
+    chat_note = ""
+    if set(mix) != {"single"}:
+        name, flag = "reference-qwen2vl-chat", " --chat"
+        total = sum(mix.values())
+        shares = ", ".join(f"{k} {w / total:.0%}" for k, w in mix.items())
+        chat_note = f"""
+**Chat prompts.** Started from `{cfg.get('init') or 'scratch'}`'s weights (same vocabulary), it was trained on a
+mix of prompt kinds, each step one kind ({shares}): "single" is one image and one question; "two_images" is
+two scenes and the question about an object that is in one of them only (the first image for even items, the
+second for odd ones); "multi_turn" is a conversation about one scene, its first question with the answer, then
+the second question (another object), which is the one answered. The chat template renders the history, as
+the adapters' message form does (`reference_mllm.prompts`, the same prompts as the `synthetic_scenes` source's
+`two_images` and `multi_turn` modes). The vocabulary has no word for an image's place, so no question asks
+which image holds the object.
+"""
     return f"""# {name}: a test model for this pipeline, not a general MLLM
 {status}
 A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture (transformers'
 `Qwen2VLForConditionalGeneration`; text: {cfg['text']['num_hidden_layers']} layers, hidden
 {cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
 embed {cfg['vision']['embed_dim']}, patch 14, merge 2), trained from scratch on this repository's
-{knows} Its vocabulary is a few dozen words. It exists so that label generation,
+{knows} Its vocabulary is a few dozen words.
+{chat_note} It exists so that label generation,
 predictor training and pruned evaluation can run, and be judged against a known ground truth, on a CPU.
 Do not use it for anything else.
 
@@ -73,9 +90,10 @@ Everything else (the scene settings above: {settings}, the schedule, the sizes) 
 ## Held-out accuracy
 
 Greedy generation, normalised exact match, {record['heldout_items_per_size']} held-out scenes
-({heldout}, seed {record['seed']}) per {sized} size, all visual tokens:
+({heldout}, seed {record['seed']}) per {sized} size{" and per chat prompt kind" if chat_note else ""}, all
+visual tokens:
 
-| image size (h x w) | accuracy |
+| {"prompt, " if chat_note else ""}image size (h x w) | accuracy |
 |---|---|
 {rows}
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from reference_mllm.train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
+from reference_mllm.train.config import CHAT_OUT, DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, chat_config, video_config
 from reference_mllm.train.loop import train
 
 
@@ -15,7 +15,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--video", action="store_true",
                    help=f"train the video reference model on synthetic_video clips (config.video_config; default "
                         f"--out {VIDEO_OUT}, --steps {video_config().steps})")
-    p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (--video: {VIDEO_OUT})")
+    p.add_argument("--chat", action="store_true",
+                   help=f"train the chat reference model on a mix of single-image, two-image and two-turn prompts, "
+                        f"from the committed reference model's weights (config.chat_config; default --out {CHAT_OUT}, "
+                        f"--steps {chat_config().steps})")
+    p.add_argument("--mix", default="", help='prompt kinds and their shares, e.g. "single=0.4,two_images=0.25,'
+                                             'multi_turn=0.35" (default: only single; --chat: its mix)')
+    p.add_argument("--init", default=None, help="start from this saved reference model (same vocabulary; default: "
+                                                f"from scratch, --chat: {DEFAULT_OUT})")
+    p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (--video: {VIDEO_OUT}, --chat: {CHAT_OUT})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help=f"default: {RefTrainConfig.steps} (--video: {video_config().steps})")
     p.add_argument("--eval-items", type=int, default=RefTrainConfig.eval_items)
@@ -35,11 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     if a.sizes:
         extra["sizes"] = [[int(v) for v in x.split("x")] for x in a.sizes.split(",")]
         extra["size_weights"] = [1.0] * len(extra["sizes"])
-    extra.update({k: v for k, v in (("out", a.out), ("steps", a.steps)) if v is not None})
-    recipe = video_config if a.video else RefTrainConfig
+    if a.mix:
+        extra["prompt_mix"] = {k: float(v) for k, v in (x.split("=") for x in a.mix.split(","))}
+    extra.update({k: v for k, v in (("out", a.out), ("steps", a.steps), ("init", a.init)) if v is not None})
+    if a.video and a.chat:
+        p.error("--video and --chat are two recipes: pick one")
+    recipe = video_config if a.video else chat_config if a.chat else RefTrainConfig
     cfg = recipe(seed=a.seed, eval_items=a.eval_items, threads=a.threads, l0_cue=a.l0_cue,
                  l0_position_bias=a.l0_position_bias, **extra)
     record = train(cfg)
     print(f"saved {cfg.out}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min")
     for size, acc in record["heldout_accuracy"].items():
-        print(f"held-out accuracy at {size}: {acc * 100:.1f}% ({record['heldout_items_per_size']} scenes)")
+        print(f"held-out accuracy at {size}: {acc * 100:.1f}% ({record['heldout_items_per_size']} prompts)")
