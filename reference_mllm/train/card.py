@@ -51,17 +51,18 @@ the adapters' message form does (`reference_mllm.prompts`, the same prompts as t
 `two_images` and `multi_turn` modes). The vocabulary has no word for an image's place, so no question asks
 which image holds the object.
 """
+    origin = (f"trained further (from `{cfg['init']}`, itself trained from scratch) on" if cfg.get("init")
+              else "trained from scratch on")
     return f"""# {name}: a test model for this pipeline, not a general MLLM
 {status}
 A {record['parameters'] / 1e6:.2f}M-parameter model in the Qwen2-VL architecture (transformers'
 `Qwen2VLForConditionalGeneration`; text: {cfg['text']['num_hidden_layers']} layers, hidden
 {cfg['text']['hidden_size']}, {cfg['text']['num_attention_heads']} heads; vision: {cfg['vision']['depth']} layers,
-embed {cfg['vision']['embed_dim']}, patch 14, merge 2), trained from scratch on this repository's
-{knows} Its vocabulary is a few dozen words.
-{chat_note} It exists so that label generation,
+embed {cfg['vision']['embed_dim']}, patch 14, merge 2), {origin} this repository's
+{knows} Its vocabulary is a few dozen words. It exists so that label generation,
 predictor training and pruned evaluation can run, and be judged against a known ground truth, on a CPU.
 Do not use it for anything else.
-
+{chat_note}
 Load it like any Qwen2-VL checkpoint:
 
 ```python
@@ -73,7 +74,7 @@ adapter = load_adapter("qwen2_vl", "checkpoints/{name}")
 
     python -m reference_mllm.train{flag} --seed {record['seed']} --steps {record['steps']}
 
-{record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
+{record['steps']} steps{" from the init's weights" if cfg.get("init") else ""}, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
 seed and thread count give byte-identical weights), {sized} sizes {cfg['sizes']} drawn with weights
 {cfg['size_weights']}, {cfg['visual_tokens_per_step']} visual tokens per step. Losses:
 - the answer (label smoothing {cfg['label_smoothing']});
