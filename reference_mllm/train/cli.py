@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
                                                 f"from scratch, --chat: {DEFAULT_OUT})")
     p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (--video: {VIDEO_OUT}, --chat: {CHAT_OUT})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help=f"default: {RefTrainConfig.steps} (--video: {video_config().steps})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"default: {RefTrainConfig.steps} (--video: {video_config().steps}, --chat: {chat_config().steps})")
     p.add_argument("--eval-items", type=int, default=RefTrainConfig.eval_items)
     p.add_argument("--threads", type=int, default=RefTrainConfig.threads)
     p.add_argument("--l0-cue", type=float, default=RefTrainConfig.l0_cue,
