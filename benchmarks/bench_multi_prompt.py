@@ -2,6 +2,10 @@
 
     python benchmarks/bench_multi_prompt.py --mode two_images --n 100
     python benchmarks/bench_multi_prompt.py --mode multi_turn --n 100 [--predictor <export>]
+    python benchmarks/bench_multi_prompt.py --mode two_images --model checkpoints/reference-qwen2vl-chat \
+        --predictor single=/tmp/single/export --predictor mix=/tmp/mix/export
+
+Several `--predictor NAME=EXPORT` are measured in one run, beside the same baselines' rows ("predictor NAME").
 
 On the synthetic scenes' `two_images` and `multi_turn` modes (data_gen/sources/synthetic_scenes.py), with the
 reference MLLM: the unpruned accuracy, then per method and keep ratio the retained accuracy (pruned accuracy /
@@ -32,7 +36,21 @@ def main_token(gt: list[float]) -> int:
     return int(np.argmax(gt))
 
 
-def run(mode: str, n: int, model: str, predictor: str, split: str = "test", batch: int = 25) -> dict:
+def predictor_exports(specs: list[str]) -> dict[str, str]:
+    """["NAME=EXPORT" or "EXPORT", ...] -> {row name: export}; a bare EXPORT's row is "predictor"."""
+    out = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        row = f"predictor {name}" if name else "predictor"
+        if row in out:
+            raise ValueError(f"--predictor {spec!r}: the row name {row!r} is given twice; name them NAME=EXPORT")
+        out[row] = path
+    return out
+
+
+def run(mode: str, n: int, model: str, predictor: str | list[str], split: str = "test", batch: int = 25) -> dict:
+    """predictor: an export, or several "NAME=EXPORT" (`predictor_exports`)."""
+    exports = predictor_exports([predictor] if isinstance(predictor, str) else list(predictor))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     adapter = load_adapter("qwen2_vl", model)
     source = SyntheticScenes(split=split, mode=mode)
@@ -49,11 +67,12 @@ def run(mode: str, n: int, model: str, predictor: str, split: str = "test", batc
         ctx.answer_ids = o.answer_ids  # the oracle explains the unpruned answer
     from data_gen.explainers import get_explainer
 
-    built = {"predictor": dict(predictor=load_predictor(predictor)), "oracle": dict(explainer=get_explainer("gae")())}
+    built = {row: dict(predictor=load_predictor(path)) for row, path in exports.items()}
+    built["oracle"] = dict(explainer=get_explainer("gae")())
     out = {"mode": mode, "n": n, "unpruned_accuracy": acc, "num_visual": prepared[0].num_visual, "rows": {}}
     budgets = [("global", 0)] + ([("per-image", None)] if mode == "two_images" else [])
-    for name in METHODS:
-        method = make_method(name, seed=0, max_new_tokens=8, **built.get(name, {}))
+    for name in [*exports, *METHODS[1:]]:
+        method = make_method(name.split()[0], seed=0, max_new_tokens=8, **built.get(name, {}))
         for budget_name, m in budgets:
             row = {}
             for keep in KEEPS:
@@ -95,10 +114,11 @@ if __name__ == "__main__":
     ap.add_argument("--mode", choices=("two_images", "multi_turn"), required=True)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--model", default="checkpoints/reference-qwen2vl")
-    ap.add_argument("--predictor", default="checkpoints/predictor-reference")
+    ap.add_argument("--predictor", action="append", default=None,
+                    help="an export, or NAME=EXPORT, repeatable (default: checkpoints/predictor-reference)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
-    res = run(a.mode, a.n, a.model, a.predictor)
+    res = run(a.mode, a.n, a.model, a.predictor or ["checkpoints/predictor-reference"])
     print(table(res))
     if a.json:
         with open(a.json, "w") as f:

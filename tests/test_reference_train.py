@@ -268,3 +268,82 @@ def test_video_batches_mark_the_named_object_in_its_frames_only(processor):
         y = visual_y[b][visual]
         assert y[0] == 0.0 and y[-1] == 1.0 and (y.diff() >= 0).all()  # stacked frames' rows, in token order
         assert (colour[b * 64:(b + 1) * 64][on] > 0).all()  # the object's tokens are labelled, not background
+
+
+def test_chat_batches_mark_the_named_image_and_the_last_user_turn(processor):
+    """The chat mix (`prompt_mix`): a two-image step marks the named object in its own image only and gives each
+    image its own rows; a two-turn step's instruction is the second question, not the first."""
+    from reference_mllm import prompts
+
+    mix = {"single": 1.0, "two_images": 1.0, "multi_turn": 1.0}
+    stream = _batches(processor, steps=40, visual_tokens_per_step=256, sizes=[[224, 224]], size_weights=[1.0],
+                      prompt_mix=mix)
+    kinds = [stream.kind(s) for s in range(40)]
+    assert set(kinds) == set(mix) and kinds == [stream.kind(s) for s in range(40)]  # drawn, and a function of the step
+    step = kinds.index("two_images")
+    k, items = stream.scene_indices(step)
+    assert len(items) == 2  # two images of 64 tokens each: half the single-image batch
+    chats = [prompts.draw(stream.sources[k], i, "two_images") for i in items]
+    from reference_mllm.train.batches import chat_example
+
+    batch, colour, _, target, word_pos, type_pos, instruction, visual_y = stream.encode([chat_example(c) for c in chats])
+    tok = processor.tokenizer
+    assert batch["image_grid_thw"].shape == (4, 3) and len(colour) == 4 * 64
+    for b, c in enumerate(chats):
+        visual = batch["input_ids"][b] == tok.convert_tokens_to_ids("<|image_pad|>")
+        on = target[b][visual].reshape(2, 64)
+        assert on[c.target_image].sum() == 1 and on[1 - c.target_image].sum() == 0
+        assert int(on[c.target_image].float().argmax()) == scenes.main_token(c.drawn[c.target_image], c.question.target)
+        y = visual_y[b][visual].reshape(2, 64)
+        assert torch.equal(y[0], y[1]) and y[0, 0] == 0 and y[0, -1] == 1  # each image's own rows
+        words = tok.convert_ids_to_tokens(batch["input_ids"][b][instruction[b]].tolist())
+        assert " ".join(words) == c.question.text.lower().replace("?", " ?")
+
+    step = kinds.index("multi_turn")
+    k, items = stream.scene_indices(step)
+    chats = [prompts.draw(stream.sources[k], i, "multi_turn") for i in items]
+    batch, _, _, target, word_pos, type_pos, instruction, _ = stream.encode([chat_example(c) for c in chats])
+    for b, c in enumerate(chats):
+        words = tok.convert_ids_to_tokens(batch["input_ids"][b][instruction[b]].tolist())
+        assert " ".join(words) == c.question.text.lower().replace("?", " ?")  # the second question only
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][b, word_pos[b]])) == c.question.word
+        assert int(word_pos[b]) > int((batch["input_ids"][b] == tok.convert_tokens_to_ids("<|vision_end|>")).nonzero()[-1])
+        answer = batch["labels"][b][batch["labels"][b] != -100]
+        assert tok.decode(answer, skip_special_tokens=True) == c.question.answer  # only the last answer is learnt
+    assert stream.encode([chat_example(c) for c in chats])[3].sum() == len(chats)  # one cell per named object
+
+
+def test_init_starts_from_a_saved_model_and_refuses_another_vocabulary(tmp_path):
+    from reference_mllm.tiny_models import build_qwen2_vl
+
+    torch.set_num_threads(1)
+    cfg = RefTrainConfig()
+    first = train(RefTrainConfig(out=str(tmp_path / "a"), **TINY), progress=False)
+    rec = train(RefTrainConfig(out=str(tmp_path / "b"), init=str(tmp_path / "a"), lr=0.0, **{**TINY, "steps": 1}),
+                progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the init's weights, unchanged
+    assert rec["config"]["init"] == str(tmp_path / "a") and first["steps"] == 3
+    build_qwen2_vl(tmp_path / "other", ["zebra"], text=cfg.text, vision=cfg.vision)
+    with pytest.raises(ValueError, match="vocabulary differs"):
+        train(RefTrainConfig(out=str(tmp_path / "c"), init=str(tmp_path / "other"), **TINY), progress=False)
+
+
+def test_chat_cli_trains_the_mix_and_reports_each_prompt_kind(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "chat"
+    main(["--chat", "--init", "", "--steps", "2", "--eval-items", "1", "--out", str(out), "--sizes", "112x112",
+          "--mix", "single=1,two_images=1,multi_turn=1"])
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["prompt_mix"] == {"single": 1.0, "two_images": 1.0, "multi_turn": 1.0}
+    assert {"two_images 224x224", "multi_turn 224x224"} <= set(record["heldout_accuracy"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("# reference-qwen2vl-chat") and "--chat" in card and "multi_turn" in card
+
+
+@pytest.mark.parametrize("mix, match", [({"single": 0.0}, "prompt_mix"), ({"three_images": 1.0}, "prompt_mix")])
+def test_bad_prompt_mix_is_refused(tmp_path, mix, match):
+    with pytest.raises(ValueError, match=match):
+        train(RefTrainConfig(out=str(tmp_path / "x"), prompt_mix=mix), progress=False)

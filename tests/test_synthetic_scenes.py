@@ -219,3 +219,20 @@ def test_eval_refuses_chat_items_instead_of_evaluating_their_first_image():
 
     with pytest.raises(ValueError, match="bench_multi_prompt"):
         load_media(SyntheticScenes(split="test", mode="multi_turn")[0], ItemSettings())
+
+
+@pytest.mark.parametrize("mode", ["two_images", "multi_turn"])
+def test_the_chat_reference_model_trains_on_the_sources_prompts(mode):
+    """`python -m reference_mllm.train --chat` and its held-out accuracy use `reference_mllm.prompts`, and so does
+    the source's mode: the same messages, images and answers for the same (seed, split, index)."""
+    from reference_mllm.train import heldout_items
+
+    asked = heldout_items(0, [224, 224], 3, scenes.SceneConfig().to_dict(), kind=mode)
+    source = SyntheticScenes(split="heldout", mode=mode)
+    for i, a in enumerate(asked):
+        item = source[i]
+        assert (a.instruction, a.answer) == (item.instruction, item.answer)
+        assert [m["role"] for m in a.messages] == [m["role"] for m in item.messages]
+        pixels = [p["image"].tobytes() for m in item.messages if not isinstance(m["content"], str)
+                  for p in m["content"] if p["type"] == "image"]
+        assert pixels == [im.tobytes() for im in a.image]

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from data_gen.sources.base import SOURCES, Item, Source
-from reference_mllm import scenes
+from reference_mllm import prompts, scenes
 from reference_mllm.streams import SceneStream
 
 _DEFAULT = scenes.SceneConfig()
@@ -45,7 +45,6 @@ def _gt(scene: scenes.Scene, index: int) -> list[float]:
 # eval's one knob for how many items to use); num_items only matters to code that wants a short stream.
 STREAM_LENGTH = 1_000_000
 MODES = ("single", "two_images", "multi_turn")
-MAX_PARTNER_SEARCH = 1000  # scenes tried for a two-image partner without the target's naming word
 
 
 @SOURCES.register("synthetic_scenes")
@@ -96,37 +95,20 @@ class SyntheticScenes(SceneStream, Source):
                     image=s.image, extra=extra)
 
     def _two_images(self, i: int) -> Item:
-        s = self.scene(i)
-        q = s.questions[0]
-        attr = "colour" if q.kind == "shape" else "shape"  # what names the target
-        named = getattr(s.objects[q.target], attr)
-        for j in range(i + 1, i + 1 + MAX_PARTNER_SEARCH):
-            other = self.scene(j % max(len(self), 1))
-            if all(getattr(o, attr) != named for o in other.objects):
-                break
-        else:
-            raise ValueError(f"no scene among the {MAX_PARTNER_SEARCH} after {i} lacks a {named} object; "
-                             f"draw fewer objects (source.num_objects)")
-        first = i % 2 == 0  # the named object alternates between the first and the second image
-        pair = [s, other] if first else [other, s]
-        gt = [[0.0] * (p.grid[1] * p.grid[2]) if p is other else _gt(s, q.target) for p in pair]
-        messages = [{"role": "user", "content": [{"type": "image", "image": pair[0].image},
-                                                 {"type": "image", "image": pair[1].image},
-                                                 {"type": "text", "text": q.text}]}]
-        extra = {"gt_relevance": gt[0] + gt[1], "target_image": 0 if first else 1, "partner": j,
-                 "question_type": q.kind, "grids": [list(p.grid) for p in pair]}
+        c = prompts.two_images(self, i)
+        q = c.question
+        extra = {"gt_relevance": [round(float(v), 6) for v in c.relevance()], "target_image": c.target_image,
+                 "partner": c.partner, "question_type": q.kind, "grids": [list(p.grid) for p in c.drawn]}
         return Item(id=f"scenes2-{self.split}-s{self.seed}-{i:07d}", instruction=q.text, answer=q.answer,
-                    image=pair[0].image, messages=messages, extra=extra)
+                    image=c.images[0], messages=c.messages, extra=extra)
 
     def _multi_turn(self, i: int) -> Item:
         s = self.scene(i)
         if len(s.questions) < 2:
             raise ValueError(f"scene {i} has {len(s.objects)} object(s): a conversation needs two questions")
-        q0, q1 = s.questions[:2]
-        messages = [{"role": "user", "content": [{"type": "image", "image": s.image}, {"type": "text", "text": q0.text}]},
-                    {"role": "assistant", "content": q0.answer},
-                    {"role": "user", "content": [{"type": "text", "text": q1.text}]}]
+        c = prompts.multi_turn(s)
+        q0, q1 = c.previous, c.question
         extra = {"gt_relevance": _gt(s, q1.target), "grid": list(s.grid), "question_type": q1.kind,
                  "previous": {"instruction": q0.text, "answer": q0.answer, "gt_relevance": _gt(s, q0.target)}}
         return Item(id=f"scenesmt-{self.split}-s{self.seed}-{i:07d}", instruction=q1.text, answer=q1.answer,
-                    image=s.image, messages=messages, extra=extra)
+                    image=s.image, messages=c.messages, extra=extra)

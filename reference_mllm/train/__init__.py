@@ -3,10 +3,16 @@
     python -m reference_mllm.train                    # -> checkpoints/reference-qwen2vl/
     python -m reference_mllm.train --steps 200 --out /tmp/ref   # a quick look
     python -m reference_mllm.train --video            # -> checkpoints/reference-qwen2vl-video/
+    python -m reference_mllm.train --chat             # -> checkpoints/reference-qwen2vl-chat/
 
 `--video` (`config.video_config`) trains a second model, on `synthetic_video` clips, with the same recipe:
 video tokens stand where image tokens stood (pixel_values_videos, video_grid_thw) and the named object's
 tokens are those of the frame pairs it is visible in.
+
+`--chat` (`config.chat_config`) continues the committed model (`init`, same vocabulary) on a mix of prompt kinds
+(`prompt_mix`, `--mix`): single images, two images with the question about one of them, and two-turn
+conversations (`reference_mllm.prompts`, the prompts of `synthetic_scenes`' `two_images` and `multi_turn` modes),
+the chat template rendering the history; only the last answer is learnt, and the losses read the last user turn.
 
 The model is transformers' own `Qwen2VLForConditionalGeneration` (built by `reference_mllm.tiny_models`),
 trained on the chat-template prompt + answer + `<|im_end|>`, so greedy generation through the
@@ -29,7 +35,7 @@ held-out evaluation), card.py (the model card), cli.py.
 """
 from reference_mllm.train.batches import chat_prompt, heldout_items, make_batch
 from reference_mllm.train.cli import main
-from reference_mllm.train.config import DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, video_config
+from reference_mllm.train.config import CHAT_OUT, DEFAULT_OUT, VIDEO_OUT, RefTrainConfig, chat_config, video_config
 from reference_mllm.train.loop import evaluate, train
 
-__all__ = ["DEFAULT_OUT", "VIDEO_OUT", "RefTrainConfig", "video_config", "chat_prompt", "evaluate", "heldout_items", "main", "make_batch", "train"]
+__all__ = ["CHAT_OUT", "DEFAULT_OUT", "VIDEO_OUT", "chat_config", "RefTrainConfig", "video_config", "chat_prompt", "evaluate", "heldout_items", "main", "make_batch", "train"]

@@ -8,14 +8,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from reference_mllm import clips, scenes
+from reference_mllm import clips, prompts, scenes
 from reference_mllm.clips import FPS
 from reference_mllm.streams import ClipStream, SceneStream
 
 
-def chat_prompt(processor: Any, instruction: str, modality: str = "image") -> str:
-    """The chat-template prompt for one image (or video) + instruction, ending with the assistant header."""
-    messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": instruction}]}]
+def chat_prompt(processor: Any, instruction: str | list[dict], modality: str = "image") -> str:
+    """The chat-template prompt for one image (or video) + instruction, or for a chat (`instruction` a list of
+    messages, `reference_mllm.prompts`), ending with the assistant header."""
+    if isinstance(instruction, list):
+        messages = prompts.template_messages(instruction)
+    else:
+        messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": instruction}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -24,13 +28,15 @@ def media_inputs(image: Any = None, video: Any = None, fps: float | None = None)
     them (no resampling; the fps as metadata), so that training sees the inputs inference sees."""
     from predictor.adapters.hf_adapter import HFAdapter
 
-    return {"images": [image]} if video is None else HFAdapter.video_kwargs(video, fps)
+    if video is not None:
+        return HFAdapter.video_kwargs(video, fps)
+    return {"images": image if isinstance(image, list) else [image]}
 
 
-def make_batch(processor: Any, examples: list[tuple[Any, str, str]], eos_id: int, pad_id: int,
+def make_batch(processor: Any, examples: list[tuple[Any, str | list[dict], str]], eos_id: int, pad_id: int,
                modality: str = "image") -> dict[str, torch.Tensor]:
-    """Teacher-forcing batch of (image or frames, instruction, answer): prompt (exactly as generation sees it) +
-    answer + <|im_end|>.
+    """Teacher-forcing batch of (image or frames, instruction, answer), or (the images, the messages, answer) of a
+    chat: prompt (exactly as generation sees it) + answer + <|im_end|>.
 
     -> input_ids/attention_mask/labels (B, S) right-padded (labels -100 outside the answer),
        mm_token_type_ids (B, S), pixel_values (sum of patches, C*T*P*P), image_grid_thw (B, 3)
@@ -47,7 +53,7 @@ def make_batch(processor: Any, examples: list[tuple[Any, str, str]], eos_id: int
         ids.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
         pixels.append(enc[pixels_key])
-        grids.append(enc[grid_key])
+        grids.append(enc[grid_key])  # (images, 3)
         types.append(enc["mm_token_type_ids"][0].tolist())  # 1 at image tokens, 2 at video: M-RoPE needs it
     n = max(len(x) for x in ids)
     return {
@@ -72,7 +78,26 @@ class Example:
     named: np.ndarray  # (N_v,) bool: the named object's visual tokens
     colour: np.ndarray  # (N_v,) int64 per-token labels (0 = background), see scenes.token_labels
     shape: np.ndarray
-    grid: tuple[int, int, int]  # (t, h, w) visual tokens
+    grid: tuple[int, int, int]  # (t, h, w) visual tokens (of the first image)
+    messages: list[dict] | None = None  # a chat prompt's messages (media: its images), None: (media, question)
+    grids: list[tuple[int, int, int]] | None = None  # every image's grid, in prompt order (None: [grid])
+
+    @property
+    def prompt(self) -> str | list[dict]:
+        return self.messages if self.messages is not None else self.question
+
+    @property
+    def all_grids(self) -> list[tuple[int, int, int]]:
+        return self.grids or [self.grid]
+
+
+def chat_example(c: prompts.ChatPrompt) -> Example:
+    """A chat prompt as a training example: the named object's tokens and the per-token labels over all its
+    images' visual tokens, in prompt order."""
+    labels = [scenes.token_labels(s) for s in c.drawn]
+    return Example(c.images, c.question.text, c.question.answer, c.question.word, c.question.kind,
+                   c.relevance() > 0, np.concatenate([a for a, _ in labels]), np.concatenate([b for _, b in labels]),
+                   c.drawn[0].grid, messages=c.messages, grids=[s.grid for s in c.drawn])
 
 
 def example(drawn: scenes.Scene | clips.Clip) -> Example:
@@ -98,11 +123,18 @@ class Asked:
     video: Any = None
     fps: float | None = None
     modality: str = "image"
+    messages: list[dict] | None = None  # a chat (`reference_mllm.prompts`): its images are in the messages
 
 
-def heldout_items(seed: int, size: list[int], n: int, scene_config: dict, modality: str = "image") -> list[Asked]:
+def heldout_items(seed: int, size: list[int], n: int, scene_config: dict, modality: str = "image",
+                  kind: str = "single") -> list[Asked]:
     """The first n held-out scenes (video: clips, `scene_config` a ClipConfig dict) of one size, drawn as the
-    reference model's training scenes were (the `synthetic_scenes` / `synthetic_video` sources' `heldout` split)."""
+    reference model's training scenes were (the `synthetic_scenes` / `synthetic_video` sources' `heldout` split);
+    kind "two_images" / "multi_turn": the source's prompts of that mode (`reference_mllm.prompts`)."""
+    if kind != "single":
+        stream = SceneStream(n + prompts.MAX_PARTNER_SEARCH, seed, "heldout", [size], scenes.SceneConfig(**scene_config))
+        chats = [prompts.draw(stream, i, kind) for i in range(n)]
+        return [Asked(c.question.text, c.question.answer, image=c.images, messages=c.messages) for c in chats]
     if modality == "image":
         stream = SceneStream(n, seed, "heldout", [size], scenes.SceneConfig(**scene_config))
         return [Asked(s.question, s.answer, image=s.image) for s in map(stream.scene, range(n))]
@@ -160,27 +192,45 @@ class TrainBatches(torch.utils.data.IterableDataset):
         self.per_step = max(batch_size(cfg, s) for s in cfg.sizes)
         stream, config = ((SceneStream, scenes.SceneConfig(**cfg.scenes)) if cfg.modality == "image"
                           else (ClipStream, clips.ClipConfig(**cfg.clips)))
-        self.sources = [stream(cfg.steps * self.per_step, cfg.seed, "train", [s], config) for s in cfg.sizes]
+        # (the two-image partners come from further down the stream: room for their search)
+        self.sources = [stream(cfg.steps * self.per_step + prompts.MAX_PARTNER_SEARCH, cfg.seed, "train", [s], config) for s in cfg.sizes]
         self.weights = np.asarray(cfg.size_weights, dtype=np.float64) / sum(cfg.size_weights)
+        self.kinds = [k for k, w in cfg.prompt_mix.items() if w > 0]
+        self.kind_weights = np.asarray([cfg.prompt_mix[k] for k in self.kinds], dtype=np.float64)
+        self.kind_weights /= self.kind_weights.sum()
+
+    def kind(self, step: int) -> str:
+        """The prompt kind of step `step` (`cfg.prompt_mix`), drawn from (seed, step) apart from its size."""
+        if len(self.kinds) == 1:
+            return self.kinds[0]
+        rng = np.random.default_rng([self.cfg.seed, step, 2])
+        return self.kinds[int(rng.choice(len(self.kinds), p=self.kind_weights))]
 
     def scene_indices(self, step: int) -> tuple[int, range]:
         """(index into cfg.sizes, train-split item indices) of step `step`'s scenes."""
         rng = np.random.default_rng([self.cfg.seed, step])
         k = int(rng.choice(len(self.cfg.sizes), p=self.weights))
         first = step * self.per_step
-        return k, range(first, first + batch_size(self.cfg, self.cfg.sizes[k]))
+        images = 2 if self.kind(step) == "two_images" else 1
+        return k, range(first, first + max(1, batch_size(self.cfg, self.cfg.sizes[k]) // images))
 
     def __iter__(self):
         torch.set_num_threads(1)
         for step in range(self.cfg.steps):
             k, items = self.scene_indices(step)
+            kind, rng = self.kind(step), np.random.default_rng([self.cfg.seed, step, 1])
+            if kind != "single":
+                yield self.encode([chat_example(prompts.draw(self.sources[k], i, kind)) for i in items], rng)
+                continue
             draw = self.sources[k].scene if self.cfg.modality == "image" else self.sources[k].clip
-            yield self.encode([draw(i) for i in items], np.random.default_rng([self.cfg.seed, step, 1]))
+            yield self.encode([draw(i) for i in items], rng)
 
-    def encode(self, drawn: list[scenes.Scene] | list[clips.Clip], rng: np.random.Generator | None = None):
-        """rng: draws the dropped tokens (None: nothing dropped)."""
-        drawn = [example(d) for d in drawn]
-        batch = make_batch(self.processor, [(d.media, d.question, d.answer) for d in drawn], self.eos_id, self.pad_id,
+    def encode(self, drawn: list[scenes.Scene] | list[clips.Clip] | list[Example],
+               rng: np.random.Generator | None = None):
+        """drawn: scenes or clips, or examples (`chat_example`); rng: draws the dropped tokens (None: nothing
+        dropped)."""
+        drawn = [d if isinstance(d, Example) else example(d) for d in drawn]
+        batch = make_batch(self.processor, [(d.media, d.prompt, d.answer) for d in drawn], self.eos_id, self.pad_id,
                            self.cfg.modality)
         labels = [(d.colour, d.shape) for d in drawn]
         target = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
@@ -189,16 +239,18 @@ class TrainBatches(torch.utils.data.IterableDataset):
         tok = self.processor.tokenizer
         word_pos = self._positions(batch, [_word_id(tok, d.word) for d in drawn])
         type_pos = self._positions(batch, [_word_id(tok, d.kind) for d in drawn])
-        # the instruction: the tokens between <|vision_end|> and the user turn's <|im_end|>
+        # the instruction: the last user turn's text, from after its last <|vision_end|> (or its "user\n" header,
+        # in a turn without an image) to its <|im_end|>
         ids = batch["input_ids"]
         idx = torch.arange(ids.shape[1])
-        start = self._positions(batch, tok.convert_tokens_to_ids(["<|vision_end|>"] * len(drawn)))
+        start = torch.maximum(self._positions(batch, tok.convert_tokens_to_ids(["<|vision_end|>"] * len(drawn))),
+                              self._positions(batch, [_text_id(tok, "user")] * len(drawn)) + 1)
         instruction = (idx[None] > start[:, None]) & (idx[None] < word_pos.new_tensor(
             [int(((ids[b] == self.eos_id) & (idx > start[b])).nonzero()[0]) for b in range(len(drawn))])[:, None])
         visual_y = torch.full(ids.shape, float("nan"))
-        for b, d in enumerate(drawn):
-            t, h, w = d.grid
-            visual_y[b, ids[b] == self.image_token_id] = (torch.arange(t * h * w) // w).float() / max(t * h - 1, 1)
+        for b, d in enumerate(drawn):  # each image's own rows
+            visual_y[b, ids[b] == self.image_token_id] = torch.cat([
+                (torch.arange(t * h * w) // w).float() / max(t * h - 1, 1) for t, h, w in d.all_grids])
         dropped = torch.zeros_like(target)
         if rng is not None:
             for b, d in enumerate(drawn):
@@ -215,6 +267,15 @@ class TrainBatches(torch.utils.data.IterableDataset):
     def _positions(batch, ids: list[int]) -> torch.Tensor:
         """(B,) the last position of token ids[b] in row b of the batch."""
         return torch.tensor([int((batch["input_ids"][b] == t).nonzero()[-1]) for b, t in enumerate(ids)])
+
+
+def _text_id(tokenizer: Any, text: str) -> int:
+    """The one token id of `text` as the chat template writes it (no space before it, e.g. the "user" of a turn
+    header), for the word-level and the byte-level BPE tokenizer alike."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer splits {text!r} into {len(ids)} tokens; expected one")
+    return ids[0]
 
 
 def _word_id(tokenizer: Any, word: str) -> int:

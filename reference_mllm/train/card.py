@@ -55,13 +55,31 @@ relevance predictor reads); "layers 1-2" are decoder layers {probe + 1}-{probe +
 masked out of the softmax layers and zeroed in the linear layer's input (its state still decays there); pruning
 at inference removes them from the sequence.
 """
+    mix = {k: w for k, w in cfg.get("prompt_mix", {"single": 1.0}).items() if w > 0}
+    chat_note = ""
+    if set(mix) != {"single"}:
+        name, flag = "reference-qwen2vl-chat", " --chat"
+        total = sum(mix.values())
+        shares = ", ".join(f"{k} {w / total:.0%}" for k, w in mix.items())
+        chat_note = f"""
+**Chat prompts.** Started from `{cfg.get('init') or 'scratch'}`'s weights (same vocabulary), it was trained on a
+mix of prompt kinds, each step one kind ({shares}): "single" is one image and one question; "two_images" is
+two scenes and the question about an object that is in one of them only (the first image for even items, the
+second for odd ones); "multi_turn" is a conversation about one scene, its first question with the answer, then
+the second question (another object), which is the one answered. The chat template renders the history, as
+the adapters' message form does (`reference_mllm.prompts`, the same prompts as the `synthetic_scenes` source's
+`two_images` and `multi_turn` modes). The vocabulary has no word for an image's place, so no question asks
+which image holds the object.
+"""
+    origin = (f"trained further (from `{cfg['init']}`, itself trained from scratch) on" if cfg.get("init")
+              else "trained from scratch on")
     return f"""# {name}: a test model for this pipeline, not a general MLLM
 {status}
-A {record['parameters'] / 1e6:.2f}M-parameter model in {arch}, trained from scratch on this repository's
+A {record['parameters'] / 1e6:.2f}M-parameter model in {arch}, {origin} this repository's
 {knows} Its vocabulary is a few dozen words. It exists so that label generation,
 predictor training and pruned evaluation can run, and be judged against a known ground truth, on a CPU.
 Do not use it for anything else.
-
+{chat_note}
 Load it like any {family} checkpoint:
 
 ```python
@@ -73,7 +91,7 @@ adapter = load_adapter("{"qwen3_5" if family == "Qwen3.5" else "qwen2_vl"}", "ch
 
     python -m reference_mllm.train{flag} --seed {record['seed']} --steps {record['steps']}
 
-{record['steps']} steps, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
+{record['steps']} steps{" from the init's weights" if cfg.get("init") else ""}, {record['train_seconds'] / 60:.1f} min on a 2-core CPU, seed {record['seed']} (the same
 seed and thread count give byte-identical weights), {sized} sizes {cfg['sizes']} drawn with weights
 {cfg['size_weights']}, {cfg['visual_tokens_per_step']} visual tokens per step. Losses:
 - the answer (label smoothing {cfg['label_smoothing']});
@@ -90,9 +108,10 @@ Everything else (the scene settings above: {settings}, the schedule, the sizes) 
 ## Held-out accuracy
 
 Greedy generation, normalised exact match, {record['heldout_items_per_size']} held-out scenes
-({heldout}, seed {record['seed']}) per {sized} size, all visual tokens:
+({heldout}, seed {record['seed']}) per {sized} size{" and per chat prompt kind" if chat_note else ""}, all
+visual tokens:
 
-| image size (h x w) | accuracy |
+| {"prompt, " if chat_note else ""}image size (h x w) | accuracy |
 |---|---|
 {rows}
 """

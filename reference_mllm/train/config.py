@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reference_mllm import prompts
 from reference_mllm.clips import ClipConfig
 from reference_mllm.scenes import SceneConfig
 
 DEFAULT_OUT = "checkpoints/reference-qwen2vl"
 VIDEO_OUT = "checkpoints/reference-qwen2vl-video"
 QWEN3_5_OUT = "checkpoints/reference-qwen3_5"
+CHAT_OUT = "checkpoints/reference-qwen2vl-chat"
 MODALITIES = ("image", "video")
 ARCHS = ("qwen2_vl", "qwen3_5")
 # (softmax-attention layer, head) of the guided lookup (losses.guidance): the naming word onto the object, the
@@ -58,7 +60,14 @@ class RefTrainConfig:
     modality: str = "image"
     # the clips (reference_mllm.clips.ClipConfig), used when modality="video": synthetic_video's defaults
     clips: dict = field(default_factory=lambda: ClipConfig().to_dict())
-    eval_items: int = 200  # held-out scenes per evaluated size
+    # the prompts trained on (modality "image"), each kind with its share of the steps (reference_mllm.prompts):
+    # "single" (one image, one question), "two_images" (the question about one of two images), "multi_turn"
+    # (a conversation: the first question with its answer, then the second). Only "single": the committed
+    # recipe as it was; `chat_config` is the chat model's mix.
+    prompt_mix: dict = field(default_factory=lambda: {"single": 1.0})
+    # start from this saved reference model's weights (same vocabulary; "" : from scratch)
+    init: str = ""
+    eval_items: int = 200  # held-out scenes per evaluated size (and per chat prompt kind)
     eval_sizes: list[list[int]] = field(default_factory=lambda: [[224, 224], [224, 448], [448, 448]])
     threads: int = 1  # one thread: with other processes on the cores, 2 threads ran 5-7x slower
     # initializer_range 0.1 (transformers' default: 0.02): the answer path (object -> question word -> answer
@@ -96,6 +105,12 @@ class RefTrainConfig:
             raise ValueError(f"token_drop={self.token_drop}: expected a probability in [0, 1] (0: off)")
         if self.modality not in MODALITIES:
             raise ValueError(f"modality={self.modality!r}: expected one of {list(MODALITIES)}")
+        kinds = [k for k, w in self.prompt_mix.items() if w > 0]
+        if not kinds or any(k not in prompts.KINDS or w < 0 for k, w in self.prompt_mix.items()):
+            raise ValueError(f"prompt_mix={self.prompt_mix}: expected weights >= 0, some > 0, of the kinds "
+                             f"{list(prompts.KINDS)}")
+        if self.modality == "video" and kinds != ["single"]:
+            raise ValueError(f"prompt_mix={self.prompt_mix}: the video recipe trains on single clips only")
         self.scene_config()  # bad scene settings fail here
         ClipConfig(**self.clips)
 
@@ -123,3 +138,12 @@ def video_config(**changes) -> RefTrainConfig:
     video = dict(out=VIDEO_OUT, modality="video", steps=2200, sizes=[[112, 112]], size_weights=[1.0],
                  eval_sizes=[[112, 112]])
     return RefTrainConfig(**{**video, **changes})
+
+
+def chat_config(**changes) -> RefTrainConfig:
+    """The chat reference model's recipe (`python -m reference_mllm.train --chat`): the image recipe on a mix of
+    single-image, two-image and two-turn prompts at 224 x 224, started from the committed reference model
+    (same vocabulary), with `changes` on top."""
+    chat = dict(out=CHAT_OUT, steps=1200, init=DEFAULT_OUT, warmup=50, lr=1e-3,
+                prompt_mix={"single": 0.4, "two_images": 0.25, "multi_turn": 0.35})
+    return RefTrainConfig(**{**chat, **changes})

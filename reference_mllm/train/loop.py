@@ -26,12 +26,28 @@ def evaluate(model: Any, processor: Any, items: list, max_new_tokens: int = 4) -
     model.eval()
     correct = 0
     for item in items:
-        enc = processor(text=[chat_prompt(processor, item.instruction, item.modality)], return_tensors="pt",
+        prompt = item.messages if getattr(item, "messages", None) else item.instruction
+        enc = processor(text=[chat_prompt(processor, prompt, item.modality)], return_tensors="pt",
                         **media_inputs(item.image, item.video, item.fps))
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         text = processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         correct += normalise(text) == normalise(item.answer)
     return correct / max(len(items), 1)
+
+
+def load_init(model: Any, processor: Any, path: str) -> None:
+    """Copy a saved reference model's weights into `model`; its vocabulary must be this model's (ValueError)."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    saved = AutoTokenizer.from_pretrained(path).get_vocab()
+    if saved != processor.tokenizer.get_vocab():
+        raise ValueError(f"init={path!r}: its vocabulary differs from this recipe's ({len(saved)} against "
+                         f"{len(processor.tokenizer.get_vocab())} tokens); train from scratch (init='')")
+    state = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"init={path!r}: another architecture (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                         f"use the recipe's text/vision settings or train from scratch (init='')")
 
 
 def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
@@ -45,6 +61,8 @@ def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
     make = make_qwen3_5 if cfg.arch == "qwen3_5" else make_qwen2_vl
     model, processor = make(scenes.video_words() if video else scenes.scene_words(), text=cfg.text,
                             vision=cfg.vision, max_pixels=cfg.max_pixels, seed=cfg.seed)
+    if cfg.init:
+        load_init(model, processor, cfg.init)
     tok = processor.tokenizer
     eos_id, pad_id = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     maps = cfg.att_weight > 0 or cfg.l0_cue > 0 or cfg.l0_position_bias > 0  # attention maps are needed
@@ -106,6 +124,9 @@ def train(cfg: RefTrainConfig, progress: bool = True) -> dict:
     model.set_attn_implementation("sdpa")
     items = {f"{h}x{w}": heldout_items(cfg.seed, [h, w], cfg.eval_items, cfg.clips if video else cfg.scenes,
                                         cfg.modality) for h, w in cfg.eval_sizes}
+    for kind in (k for k, w in cfg.prompt_mix.items() if w > 0 and k != "single"):
+        h, w = cfg.eval_sizes[0]
+        items[f"{kind} {h}x{w}"] = heldout_items(cfg.seed, [h, w], cfg.eval_items, cfg.scenes, kind=kind)
     accuracy = {size: evaluate(model, processor, drawn) for size, drawn in items.items()}
     record = {"train_seconds": round(train_s, 1), "steps": cfg.steps, "seed": cfg.seed,
               "parameters": sum(p.numel() for p in model.parameters()),
