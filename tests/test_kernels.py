@@ -60,7 +60,10 @@ def _kernelize(model, **_):
         if name in STAND_INS:
             module.forward = MethodType(STAND_INS[name].forward, module)
         elif not KERNELIZES_AT_LOAD and name.endswith("RMSNorm"):
-            module.forward = MethodType(StandInRMSNorm.forward, module)
+            # Qwen3.5's zero-centred norm (scale 1 + weight, `eps`) is the one without `variance_epsilon`
+            zero_centred = hasattr(module, "eps") and not hasattr(module, "variance_epsilon")
+            stand_in = StandInZeroCenteredRMSNorm if zero_centred else StandInRMSNorm
+            module.forward = MethodType(stand_in.forward, module)
 
 
 @pytest.fixture

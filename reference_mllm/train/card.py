@@ -71,6 +71,7 @@ the adapters' message form does (`reference_mllm.prompts`, the same prompts as t
 `two_images` and `multi_turn` modes). The vocabulary has no word for an image's place, so no question asks
 which image holds the object.
 """
+    wrap = "\n" if chat_note else " "  # the held-out line, as the cards without chat prompts have it
     origin = (f"trained further (from `{cfg['init']}`, itself trained from scratch) on" if cfg.get("init")
               else "trained from scratch on")
     return f"""# {name}: a test model for this pipeline, not a general MLLM
@@ -108,8 +109,7 @@ Everything else (the scene settings above: {settings}, the schedule, the sizes) 
 ## Held-out accuracy
 
 Greedy generation, normalised exact match, {record['heldout_items_per_size']} held-out scenes
-({heldout}, seed {record['seed']}) per {sized} size{" and per chat prompt kind" if chat_note else ""}, all
-visual tokens:
+({heldout}, seed {record['seed']}) per {sized} size{" and per chat prompt kind" if chat_note else ""}, all{wrap}visual tokens:
 
 | {"prompt, " if chat_note else ""}image size (h x w) | accuracy |
 |---|---|
