@@ -145,15 +145,21 @@ def make_qwen3_vl(words: list[str], *, moe: bool = False, text: dict | None = No
         for layer in model.model.language_model.layers:
             layer.self_attn.q_norm.weight.uniform_(0.5, 2.0)
             layer.self_attn.k_norm.weight.uniform_(0.5, 2.0)
+    return model, _qwen3_vl_processor(tokenizer, vis, min_pixels, max_pixels)
+
+
+def _qwen3_vl_processor(tokenizer: Any, vis: dict, min_pixels: int, max_pixels: int) -> Any:
+    """Qwen3-VL's processor (Qwen3.5 takes the same) over the tiny vision config `vis`."""
+    import transformers as tf
+
     grid = dict(patch_size=vis["patch_size"], temporal_patch_size=vis["temporal_patch_size"],
                 merge_size=vis["spatial_merge_size"])
     image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels,
                                                   image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
     video_processor = tf.Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": 8 * max_pixels},
                                                image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
-    processor = tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                    video_processor=video_processor, chat_template=tokenizer.chat_template)
-    return model, processor
+    return tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=video_processor, chat_template=tokenizer.chat_template)
 
 
 def build_qwen3_vl(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:
@@ -207,15 +213,7 @@ def make_qwen3_5(words: list[str], *, text: dict | None = None, vision: dict | N
                 layer.self_attn.q_norm.weight.uniform_(-0.5, 1.0)
                 layer.self_attn.k_norm.weight.uniform_(-0.5, 1.0)
             layer.input_layernorm.weight.uniform_(-0.3, 0.3)
-    grid = dict(patch_size=vis["patch_size"], temporal_patch_size=vis["temporal_patch_size"],
-                merge_size=vis["spatial_merge_size"])
-    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels,
-                                                  image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
-    video_processor = tf.Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": 8 * max_pixels},
-                                               image_mean=[0.5] * 3, image_std=[0.5] * 3, **grid)
-    processor = tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                    video_processor=video_processor, chat_template=tokenizer.chat_template)
-    return model, processor
+    return model, _qwen3_vl_processor(tokenizer, vis, min_pixels, max_pixels)
 
 
 def build_qwen3_5(out_dir: str | Path, words: list[str], **kwargs: Any) -> Path:

@@ -17,7 +17,7 @@ import torch
 
 from predictor.adapters.attention import ATTN_IMPL, capture, register
 from predictor.adapters.base import Adapter, DeepStack, Prepared, PromptCache, _strip_answer
-from predictor.adapters.messages import Chat, MediaItem
+from predictor.adapters.messages import Chat, MediaItem, instruction_spans
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -230,18 +230,7 @@ class HFAdapter(Adapter):
         placeholder into its visual tokens (Qwen3-VL videos: frames separated by timestamp text); the text
         between placeholders is unchanged, just shifted: we tokenise the unexpanded text with offsets and
         find each stretch of text tokens in the expanded ids."""
-        spans, cursor = [], len(text)
-        for part, is_instruction in reversed(texts):
-            start = text.rfind(part, 0, cursor)
-            if start < 0:  # a -1 start would make the system prompt's first tokens the "instruction" features
-                raise ValueError(
-                    f"adapter {self.name!r} ({self.model_id}): the chat template's prompt does not contain the "
-                    f"instruction {part!r} verbatim (the template rewrote it, e.g. trimmed or escaped it), so "
-                    f"its tokens cannot be found; prompt: {text[:300]!r}. Pass the instruction as the template "
-                    f"writes it (e.g. stripped), or fix the template or the adapter's _messages")
-            cursor = start
-            if is_instruction:
-                spans.append((start, start + len(part)))
+        spans = instruction_spans(text, texts, f"adapter {self.name!r} ({self.model_id})")
         enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
         raw = torch.tensor(enc["input_ids"])
         where = torch.isin(raw, torch.tensor(sorted(set(media_tokens)))).nonzero().flatten().tolist()

@@ -106,3 +106,25 @@ def _part(part: Any, where: str, role: str, media: list[MediaItem], texts: list)
         raise ValueError(f"{where}: fps was given with an image; fps describes video frames")
     media.append(MediaItem(kind, part[kind], part.get("fps")))
     return {"type": kind}
+
+
+def instruction_spans(text: str, texts: list[tuple[str, bool]], who: str) -> list[tuple[int, int]]:
+    """Character spans in the templated prompt `text` of the instruction's text parts.
+
+    texts: every text part of the chat in prompt order, (text, is_instruction). They are found from the end of
+    the prompt backwards, each before the next, so a phrase that also occurs in the system prompt or an earlier
+    turn is taken where its turn has it. who: the adapter and model, for the error. Raises where a part is not in
+    the prompt verbatim: a -1 start would make the system prompt's first tokens the "instruction" features."""
+    spans, cursor = [], len(text)
+    for part, is_instruction in reversed(texts):
+        start = text.rfind(part, 0, cursor)
+        if start < 0:
+            raise ValueError(
+                f"{who}: the templated prompt does not contain the instruction {part!r} verbatim (the template "
+                f"rewrote it, e.g. trimmed or escaped it), so its tokens cannot be found; prompt: {text[:300]!r}. "
+                f"Pass the instruction as the template writes it (e.g. stripped), or fix the template or the "
+                f"adapter's _messages")
+        cursor = start
+        if is_instruction:
+            spans.append((start, start + len(part)))
+    return spans

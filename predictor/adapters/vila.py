@@ -41,7 +41,7 @@ from torch import nn
 from predictor.adapters.attention import ATTN_IMPL, register
 from predictor.adapters.base import ADAPTERS, Prepared, PromptCache, _strip_answer
 from predictor.adapters.hf_adapter import DTYPES, HFAdapter
-from predictor.adapters.messages import Chat, MediaItem
+from predictor.adapters.messages import Chat, MediaItem, instruction_spans
 from predictor.adapters.vila_model import IMAGE_TOKEN_INDEX, load_vila, read_layout
 
 IMAGE_TAG = "<image>"
@@ -272,17 +272,7 @@ class VilaAdapter(HFAdapter):
                   for m in media]
         # the text needs only how many images each item is: one stand-in (not a str) per image or frame
         text = self._render(template, [[_FRAME] * len(f) for f in frames])
-        spans, cursor = [], len(text)
-        for part, is_instruction in reversed(texts):  # each text part before the next, from the end
-            start = text.rfind(part, 0, cursor)
-            if start < 0:
-                raise ValueError(
-                    f"adapter {self.name!r} ({self.model_id}): the conversation template's prompt does not contain the "
-                    f"instruction {part!r} verbatim, so its tokens cannot be found; prompt: {text[:300]!r}. Pass "
-                    f"the instruction as the template writes it, or fix the adapter's _messages")
-            cursor = start
-            if is_instruction:
-                spans.append((start, start + len(part)))
+        spans = instruction_spans(text, texts, f"adapter {self.name!r} ({self.model_id})")
         proc, m = self.processor, self._merged_side()
         per, counts = m * m, [len(f) for f in frames]
         ids, offsets, special = proc.encode(text)
