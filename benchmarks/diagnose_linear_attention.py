@@ -12,17 +12,15 @@ differ from the residual ones (largest difference / largest label, same top toke
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from data_gen.correctness import normalise
 from data_gen.explainers import get_explainer
 from data_gen.explainers._common import answer_scores
 from data_gen.explainers.reference import linear_as_matrix
-from data_gen.sources.synthetic_scenes import SyntheticScenes
+
+from _answered import answered, scene_source
 
 
 def _rank(x: torch.Tensor) -> torch.Tensor:
@@ -33,21 +31,11 @@ def run(model: str, n: int, size=(224, 224), seed: int = 0, rule: str = "abs") -
     from predictor.adapters import load_adapter
 
     adapter = load_adapter("qwen3_5", model)
-    record = Path(model) / "training.json"
-    scene_kw = json.loads(record.read_text())["config"].get("scenes", {}) if record.is_file() else {}
-    source = SyntheticScenes(num_items=20 * n, seed=seed, split="test", sizes=[list(size)], **scene_kw)
+    source = scene_source(model, n, seed=seed, sizes=[list(size)])
     answer_row, any_row = {}, {}
     diffs, same_top, spearman = [], 0, []
     done = 0
-    bar = tqdm(total=n, desc="scenes")
-    for i in range(len(source)):
-        if done == n:
-            break
-        item = source[i]
-        p = adapter.prepare(item.image, item.instruction)
-        ids, text = adapter.generate(p, max_new_tokens=8)
-        if ids.numel() == 0 or normalise(text) != normalise(item.answer):
-            continue
+    for _, _, _, p, ids in tqdm(answered(adapter, source, n, max_new_tokens=8), total=n, desc="scenes"):
         ids = ids.reshape(-1)
         s, n_t = p.seq_len, ids.numel()
         implicit: dict[int, torch.Tensor] = {}
@@ -70,8 +58,6 @@ def run(model: str, n: int, size=(224, 224), seed: int = 0, rule: str = "abs") -
         same_top += int(imp.argmax() == residual.argmax())
         spearman.append(float(torch.corrcoef(torch.stack([_rank(imp), _rank(residual)]))[0, 1]))
         done += 1
-        bar.update()
-    bar.close()
     types = adapter.language_model().config.layer_types
     return {"scenes": done, "layers": {layer: {"type": types[layer],
                                                "answer_row_mean": sum(v) / len(v), "answer_row_max": max(v),
