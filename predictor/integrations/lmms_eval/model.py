@@ -194,7 +194,8 @@ class RelevancePruned(lmms):
 
     def _prepare_chat(self, round_visuals, turns: list[str], answers: list[str], task, doc_id):
         """A chat of user turns (turns[r] with the visuals round_visuals[r]) and the model's answers between
-        them. A single image or video with one question is the adapter's short form, as eval.py prepares it."""
+        them. A single image or video with one question prepares as the adapter's short form does (eval.py's).
+        """
         if sum(len(v) for v in round_visuals) == 0:
             raise ValueError(f"task {task!r} doc {doc_id}: no visuals; relevance_pruned prunes visual tokens, so every "
                              f"document needs at least one image or video")
@@ -204,12 +205,6 @@ class RelevancePruned(lmms):
             messages.append({"role": "user", "content": parts})
             if r < len(answers):
                 messages.append({"role": "assistant", "content": answers[r] or " "})
-        only = messages[0]["content"]
-        if len(messages) == 1 and len(only) == 2 and only[0]["type"] != "text" and only[1]["type"] == "text":
-            media = only[0]
-            if media["type"] == "image":
-                return self.adapter.prepare(media["image"], only[1]["text"])
-            return self.adapter.prepare(None, only[1]["text"], video=media["video"], fps=media.get("fps"))
         return self.adapter.prepare_messages(messages)
 
     def _interleave(self, visuals: list, context: str) -> list[dict]:
